@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A short, seeded pipeline run gated by `glioseg check-metrics` against a committed baseline.
+# On real data (../shared/lgg restored) when it is there, else on the embedded synthetic data.
+# Runs in a temporary copy of the tracked files, so the checkout's params and data stay as they are.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED_LGG="$ROOT/../shared/lgg"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+export PATH="$ROOT/.venv/bin:$PATH"
+
+(cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$WORK")
+cd "$WORK"
+git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm "ci snapshot"
+
+if [ -f "$SHARED_LGG/restore.py" ]; then
+    kind=real
+    python "$SHARED_LGG/restore.py" "$WORK/lgg" --patients "${GLIOSEG_CI_PATIENTS:-40}" >/dev/null
+    source_path="$WORK/lgg/kaggle_3m"
+else
+    echo "ci: ../shared/lgg not found: running the metrics gate on the embedded synthetic data"
+    kind=synthetic
+    source_path=synthetic
+fi
+python - "$ROOT/ci/profile-$kind.yaml" "$source_path" <<'PY'
+import sys, yaml
+params = yaml.safe_load(open(sys.argv[1]))
+params["data"]["source"] = sys.argv[2]
+yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
+PY
+glioseg check-params params.yaml >/dev/null
+start=$(date +%s)
+dvc repro evaluate
+echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
+glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$ROOT/ci/floors.yaml"

@@ -1,0 +1,144 @@
+"""The CI gate: compare current metrics with a baseline under per-metric floors.
+
+The rules file maps a metric (dotted key of the flattened metrics JSON) to an absolute floor
+``min``, an allowed drop below the baseline ``tolerance``, or both (the higher floor wins)::
+
+    dice_patient_mean: {tolerance: 0.02}
+    dice_positive_slice_mean: {min: 0.5}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from glioseg.config import flatten
+from glioseg.errors import ConfigError, DataError
+
+RULE_KEYS = ("min", "tolerance")
+COLUMNS = ["metric", "baseline", "current", "delta", "floor", "ok", "note"]
+# Absorbs float rounding in ``baseline - tolerance`` so a value exactly at the floor passes.
+SLACK = 1e-12
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not one (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _rule(path: Path, metric: str, rule: Any) -> dict[str, float]:
+    if not isinstance(rule, dict) or not rule:
+        raise ConfigError(f"{path}: metric '{metric}': expected {{min: ...}} and/or {{tolerance: ...}}")
+    parsed = {}
+    for key, value in rule.items():
+        if key not in RULE_KEYS:
+            raise ConfigError(f"{path}: metric '{metric}': unknown key '{key}' (expected min or tolerance)")
+        number = _number(value)
+        if number is None:
+            raise ConfigError(f"{path}: metric '{metric}': '{key}' must be a number (got {value!r})")
+        if key == "tolerance" and number < 0:
+            raise ConfigError(f"{path}: metric '{metric}': 'tolerance' must be >= 0 (got {value!r})")
+        parsed[key] = number
+    return parsed
+
+
+def load_floors(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """The rules file as ``{metric: {"min": ..., "tolerance": ...}}`` (either key may be absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: metric rules file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected a mapping of metric -> {{min|tolerance: number}}")
+    return {str(metric): _rule(path, str(metric), rule) for metric, rule in raw.items()}
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A metrics JSON file, nested dicts flattened to dotted keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: metrics file not found")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics")
+    return flatten(raw)
+
+
+def _value(metrics: dict[str, Any], metric: str, source: str, notes: list[str]) -> float | None:
+    """The metric as a finite float; None (with a note why) when it is absent or not a number."""
+    if metric not in metrics:
+        notes.append(f"missing from {source}")
+        return None
+    number = _number(metrics[metric])
+    if number is None:
+        notes.append(f"not a finite number in {source} ({metrics[metric]!r})")
+    return number
+
+
+def _row(metric: str, rule: dict[str, float], current: dict[str, Any], baseline: dict[str, Any]) -> dict:
+    notes: list[str] = []
+    floors = [rule["min"]] if "min" in rule else []
+    if "tolerance" in rule:
+        base = _value(baseline, metric, "baseline", notes)
+        if base is not None:
+            floors.append(base - rule["tolerance"])
+    else:
+        base = _number(baseline.get(metric))
+    value = _value(current, metric, "current metrics", notes)
+    floor = max(floors) if floors else None
+    ok = not notes and value >= floor - SLACK
+    if not ok and not notes:
+        notes.append(f"below floor by {floor - value:.4g}")
+    return {
+        "metric": metric,
+        "baseline": base,
+        "current": value,
+        "delta": value - base if value is not None and base is not None else None,
+        "floor": floor,
+        "ok": ok,
+        "note": "; ".join(notes),
+    }
+
+
+def compare(current: dict, baseline: dict, rules: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per rule (as :func:`load_floors` returns them): ``ok`` when current >= floor.
+
+    A metric missing (or not a finite number) in the current metrics, or missing from the baseline
+    when its rule needs the baseline, fails with a ``note`` saying so.
+    """
+    current, baseline = flatten(current), flatten(baseline)
+    rows = [_row(metric, rule, current, baseline) for metric, rule in rules.items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The comparison for a CI log or PR comment; absent values show as ``-``."""
+    shown = table.assign(ok=table["ok"].map({True: "pass", False: "FAIL"})).astype(object)
+    return shown.where(shown.notna(), None).to_markdown(index=False, floatfmt=".4f", missingval="-")
+
+
+def check_metrics(
+    metrics_path: str | os.PathLike, baseline_path: str | os.PathLike, rules_path: str | os.PathLike
+) -> tuple[bool, str]:
+    """Whether every rule passes, and the comparison as a markdown table."""
+    rules = load_floors(rules_path)
+    table = compare(load_metrics(metrics_path), load_metrics(baseline_path), rules)
+    return bool(table["ok"].all()), to_markdown(table)

@@ -1,0 +1,1 @@
+"""Data stages: sources, cleaning, labels, split and the array cache."""

@@ -1,0 +1,18 @@
+"""User-facing errors: one line that names the file or key at fault.
+
+Library code raises :class:`GliosegError` for anything a user can fix (a missing file, a bad
+param, a corrupt image). The CLI turns it into ``error: <message>`` and exit code 2, with no
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class GliosegError(Exception):
+    """A problem with the user's input, reported as a single line."""
+
+
+class DataError(GliosegError):
+    """Input data (a file, an archive, a folder) is missing, unreadable or inconsistent."""
+
+
+class ConfigError(GliosegError):
+    """A param in params.yaml is unknown, missing or has a wrong value."""

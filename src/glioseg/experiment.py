@@ -1,0 +1,149 @@
+"""Stage-level orchestration: a training run with its MLflow run, evaluation, and sweep runs.
+
+Stage scripts and the CLI call these; each function reads the pipeline's inputs from
+:mod:`glioseg.paths`, writes its outputs atomically and returns what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glioseg import paths, tracking
+from glioseg.config import Params
+from glioseg.data.cache import SliceArrays, load_cache
+from glioseg.errors import DataError
+from glioseg.evaluate import evaluate, predict_masks, write_outputs
+from glioseg.io import read_json, write_csv, write_json
+from glioseg.model import LoadedModel, build_model, load_model, save_checkpoint
+from glioseg.train import CURVE_METRICS, Trainer
+from glioseg.viz import figure_to_array, learning_curves, overlay, overlay_grid, save_png
+
+
+def load_pipelines(path: Path = paths.AUGMENT) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: augmentation pipeline not found (run `dvc repro augment`)")
+    return read_json(path)
+
+
+def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:
+    """What a resumable checkpoint must match: the params, the pipelines and the cached data."""
+    digest = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(pipelines, sort_keys=True).encode())
+    digest.update(tracking.file_sha256(Path(cache_path)).encode())
+    return digest.hexdigest()
+
+
+def overlay_rows(val: SliceArrays, count: int) -> np.ndarray:
+    """A fixed set of validation slices to watch during training: those with the most tumour."""
+    tumour = val.masks.reshape(len(val), -1).sum(axis=1)
+    return np.argsort(-tumour, kind="stable")[:count]
+
+
+class RunLogger:
+    """The training loop's epoch callback: metrics every epoch, overlays every few epochs."""
+
+    def __init__(self, params: Params, val: SliceArrays, loaded_view):
+        self.params = params
+        self.val = val
+        self.rows = overlay_rows(val, params.train.overlay_slices)
+        self.loaded_view = loaded_view
+
+    def __call__(self, epoch: int, row: dict[str, float], model: torch.nn.Module) -> None:
+        tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if epoch % self.params.train.overlay_every == 0 or epoch == self.params.epochs:
+            tracking.log_image(self.overlays(model), f"overlays/val_epoch_{epoch:03d}.png")
+
+    def overlays(self, model: torch.nn.Module) -> np.ndarray:
+        subset = self.val.take(self.rows)
+        predictions = predict_masks(self.loaded_view(model), subset, self.params.train.device)
+        panels = [overlay(subset.images[i], subset.masks[i], predictions[i]) for i in range(len(subset))]
+        titles = [f"{subset.patient[i]} #{subset.slice[i]}" for i in range(len(subset))]
+        return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
+
+
+def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one model, tracked as one MLflow run; writes ``out_dir``/model.pt, train.json, history.csv."""
+    arrays = load_cache(paths.CACHE)
+    pipelines = load_pipelines()
+    train, val = arrays.select("train"), arrays.select("val")
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{paths.SPLIT}: the train and val subsets must both hold slices")
+    trainer = Trainer(params, train, val, pipelines, fingerprint(params, paths.CACHE, pipelines))
+
+    def loaded_view(model: torch.nn.Module) -> LoadedModel:
+        return LoadedModel(model, params.model, pipelines, params.train.threshold, {})
+
+    with tracking.start_run(run_name, params.flat(), tags or {}) as run:
+        if paths.AUGMENT_PREVIEW.is_file():
+            tracking.log_artifact(paths.AUGMENT_PREVIEW, "augment")
+        tracking.log_artifact(paths.AUGMENT, "augment")
+        outcome = trainer.fit(out_dir / "checkpoints", RunLogger(params, val, loaded_view))
+        best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
+        save_checkpoint(out_dir / "model.pt", best)
+        write_csv(out_dir / "history.csv", outcome.history)
+        final = outcome.history.iloc[outcome.best_epoch - 1]
+        summary = {
+            "mlflow_run_id": run.info.run_id,
+            "best_epoch": outcome.best_epoch,
+            "train": {m: float(final[f"train_{m}"]) for m in CURVE_METRICS},
+            "val": {m: float(final[f"val_{m}"]) for m in CURVE_METRICS},
+        }
+        write_json(out_dir / "train.json", summary)
+        tracking.log_metrics({"best_epoch": outcome.best_epoch, "best_val_dice": summary["val"]["dice"]})
+        curves = learning_curves(outcome.history, run_name)
+        tracking.log_image(figure_to_array(curves), "curves/learning_curves.png")
+        model = build_model(params.model)
+        model.load_state_dict(best["state_dict"])
+        tracking.log_model(model)
+    return summary
+
+
+def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, device: str) -> dict[str, Any]:
+    """Evaluate a model on cached subsets; log the results to the model's own MLflow run.
+
+    Returns ``{subset: summary}``; with ``out_dir`` the first subset's CSVs and overlays are
+    written there too.
+    """
+    loaded = load_model(model_path)
+    arrays = load_cache(paths.CACHE)
+    results: dict[str, Any] = {}
+    images: dict[str, np.ndarray] = {}
+    for subset in subsets:
+        part = arrays.select(subset)
+        if len(part) == 0:
+            raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
+        result = evaluate(loaded, part, device)
+        results[subset] = result.summary
+        if out_dir is not None and subset == subsets[0]:
+            images = write_outputs(result, part, out_dir)
+    run_id = loaded.meta.get("mlflow_run_id")
+    if run_id:
+        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in summary.items()}
+        tracking.log_to_run(run_id, flat, images)
+    return {"mlflow_run_id": run_id, **results}
+
+
+def sweep_run(params: Params, name: str) -> dict[str, Any]:
+    """Train and evaluate one configuration of the report's comparison tables."""
+    config = params.for_sweep(name)
+    out_dir = paths.sweep_dir(name)
+    trained = train_run(config, f"sweep-{name}", out_dir, {"sweep": name})
+    evaluated = evaluate_run(out_dir / "model.pt", ("train", "test"), None, config.train.device)
+    result = {
+        "name": name,
+        "loss": config.loss,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "mlflow_run_id": trained["mlflow_run_id"],
+        "train": evaluated["train"],
+        "test": evaluated["test"],
+    }
+    write_json(out_dir / "metrics.json", result)
+    return result
+

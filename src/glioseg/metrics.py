@@ -1,0 +1,188 @@
+"""Segmentation metrics from confusion counts, with the empty-mask rule in one place.
+
+Masks are binary; any non-zero value counts as positive. Every metric takes counts (a
+:class:`Counts`, or an array whose last axis is ``tp, fp, fn, tn``) and is vectorised over arrays.
+
+The empty-mask rule, for a ratio whose denominator is zero:
+
+* Dice and IoU with empty truth **and** empty prediction give ``empty`` (1.0 by default: a
+  correct "no tumour", as MONAI's ``DiceMetric(ignore_empty=False)``). nnU-Net instead reports
+  NaN and leaves such cases out of its means; pass ``empty=np.nan`` for that convention. Empty
+  truth with a non-empty prediction gives 0.
+* Precision with no predicted positives gives ``empty`` when the truth is empty too, else 0.
+* Sensitivity with empty truth gives ``empty``; specificity with no true negatives in the truth
+  gives ``empty``; accuracy over zero pixels gives ``empty``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Pixel counts of a binary prediction against its truth."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+MaskLike = np.ndarray | torch.Tensor
+CountsLike = Counts | np.ndarray
+
+
+def _as_bool(mask: MaskLike) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask) != 0
+
+
+def confusion_per_item(pred: MaskLike, truth: MaskLike) -> np.ndarray:
+    """(N, 4) int64 counts ``tp, fp, fn, tn`` for batched masks, summed over all axes but the first."""
+    pred, truth = _as_bool(pred), _as_bool(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    pixel_axes = tuple(range(1, pred.ndim))
+    return np.stack(
+        [
+            (pred & truth).sum(pixel_axes),
+            (pred & ~truth).sum(pixel_axes),
+            (~pred & truth).sum(pixel_axes),
+            (~pred & ~truth).sum(pixel_axes),
+        ],
+        axis=-1,
+    ).astype(np.int64)
+
+
+def confusion(pred: MaskLike, truth: MaskLike) -> Counts:
+    """Confusion counts of one prediction against its truth, over all pixels."""
+    pred, truth = _as_bool(pred), _as_bool(truth)
+    return Counts(*(int(value) for value in confusion_per_item(pred[None], truth[None])[0]))
+
+
+def _unpack(counts: CountsLike) -> tuple[np.ndarray, ...]:
+    values = np.asarray(astuple(counts) if isinstance(counts, Counts) else counts, dtype=np.float64)
+    if values.shape[-1:] != (4,):
+        raise ValueError(f"counts need a last axis of 4 (tp, fp, fn, tn), got shape {values.shape}")
+    return tuple(values[..., column] for column in range(4))
+
+
+def _ratio(
+    numerator: np.ndarray, denominator: np.ndarray, fallback: float | np.ndarray
+) -> float | np.ndarray:
+    """``numerator / denominator``, and ``fallback`` where the denominator is zero."""
+    defined = denominator > 0
+    result = np.where(defined, numerator / np.where(defined, denominator, 1.0), fallback)
+    return float(result) if result.ndim == 0 else result
+
+
+def dice(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    tp, fp, fn, _ = _unpack(counts)
+    return _ratio(2 * tp, 2 * tp + fp + fn, empty)
+
+
+def iou(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    tp, fp, fn, _ = _unpack(counts)
+    return _ratio(tp, tp + fp + fn, empty)
+
+
+def precision(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    tp, fp, fn, _ = _unpack(counts)
+    return _ratio(tp, tp + fp, np.where(fn == 0, empty, 0.0))
+
+
+def sensitivity(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    tp, _, fn, _ = _unpack(counts)
+    return _ratio(tp, tp + fn, empty)
+
+
+def specificity(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    _, fp, _, tn = _unpack(counts)
+    return _ratio(tn, tn + fp, empty)
+
+
+def accuracy(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
+    tp, fp, fn, tn = _unpack(counts)
+    return _ratio(tp + tn, tp + fp + fn + tn, empty)
+
+
+def _means(name: str, counts: np.ndarray) -> dict[str, float]:
+    """``dice_<name>_mean`` and ``iou_<name>_mean`` over rows of counts; nothing when there are none."""
+    if len(counts) == 0:
+        return {}
+    return {
+        f"dice_{name}_mean": float(dice(counts).mean()),
+        f"iou_{name}_mean": float(iou(counts).mean()),
+    }
+
+
+def summarise(per_slice: pd.DataFrame) -> dict[str, float | int]:
+    """Test-set summary from per-slice counts (columns ``patient, tp, fp, fn, tn``).
+
+    Three averages answer different questions: over slices (every slice weighs the same, an
+    empty slice predicted empty scores 1), over positive slices only (quality where tumour is),
+    and over patients (counts summed per patient, i.e. Dice of the rebuilt 3-D volume). Pooled
+    values sum counts over all pixels of the set. Keys of an average over nothing are left out.
+    """
+    missing = [column for column in ["patient", *COUNT_COLUMNS] if column not in per_slice]
+    if missing:
+        raise ValueError(f"per-slice counts lack column(s) {', '.join(missing)}")
+    counts = per_slice[COUNT_COLUMNS].to_numpy(dtype=np.int64)
+    positive = (per_slice["tp"] + per_slice["fn"] > 0).to_numpy()
+    per_patient = per_slice.groupby("patient")[COUNT_COLUMNS].sum().to_numpy(dtype=np.int64)
+    summary: dict[str, float | int] = {
+        **_means("slice", counts),
+        **_means("positive_slice", counts[positive]),
+        **_means("patient", per_patient),
+    }
+    if len(counts):
+        pooled = counts.sum(axis=0)
+        summary |= {
+            "dice_pooled": dice(pooled),
+            "iou_pooled": iou(pooled),
+            "pixel_accuracy": accuracy(pooled),
+            "precision": precision(pooled),
+            "sensitivity": sensitivity(pooled),
+            "specificity": specificity(pooled),
+        }
+    return summary | {
+        "slices": len(per_slice),
+        "positive_slices": int(positive.sum()),
+        "patients": len(per_patient),
+    }
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face-neighbour outside it (the array border counts as outside)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure)
+
+
+def hausdorff95(pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float] = 1.0) -> float:
+    """95th percentile of the symmetric surface distances between two masks, in ``spacing`` units.
+
+    The distances from each surface voxel of one mask to the nearest surface voxel of the other,
+    both directions pooled (as MedPy's ``hd95``). Both masks empty gives 0.0; exactly one empty
+    gives ``inf`` (no surface to measure to), which callers may skip.
+    """
+    pred, truth = _as_bool(pred), _as_bool(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    if not pred.any() and not truth.any():
+        return 0.0
+    if not pred.any() or not truth.any():
+        return float("inf")
+    pred_surface, truth_surface = _surface(pred), _surface(truth)
+    to_truth = ndimage.distance_transform_edt(~truth_surface, sampling=spacing)[pred_surface]
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[truth_surface]
+    return float(np.percentile(np.concatenate([to_truth, to_pred]), 95))

@@ -1,0 +1,226 @@
+"""The report stage: reports/report.md and the figures it embeds, from the pipeline's own outputs.
+
+Every number in the two comparison tables comes from a run the pipeline trained (the ``train``
+stage or a ``sweep@NAME`` stage) and names its MLflow run. "Dice" in the tables is the mean
+per-patient Dice (3-D volumes rebuilt from slices), the measure Buda et al. report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from glioseg import paths
+from glioseg.config import Params
+from glioseg.data.lgg import read_image
+from glioseg.errors import DataError
+from glioseg.io import read_json, write_text
+from glioseg.viz import display_image, learning_curves, overlay_grid, save_png
+
+# Seed 004 (student report), Tables 1 and 2: their numbers, shown beside ours and labelled as theirs.
+SEED_LOSS_TABLE = {"wbce": (0.80, 0.77), "dice": (0.75, 0.73), "combined": (0.83, 0.85)}
+SEED_LR_TABLE = {5e-5: (70, 0.83, 0.84), 1e-4: (50, 0.83, 0.85), 5e-4: (50, 0.82, 0.79)}
+LOSS_LABELS = {"wbce": "weighted BCE", "dice": "Dice", "combined": "combined (wBCE + Dice)"}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    loss: str
+    lr: float
+    epochs: int
+    run_id: str
+    train: dict[str, float]
+    test: dict[str, float]
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run `dvc repro` to produce it)")
+    return read_json(path)
+
+
+def collect_runs(params: Params) -> list[RunResult]:
+    """The main run (train + evaluate stages) and every sweep run found under runs/."""
+    main_metrics = _read(paths.TEST_METRICS)
+    main = RunResult(
+        name="train", loss=params.loss, lr=params.lr, epochs=params.epochs,
+        run_id=_read(paths.TRAIN_METRICS).get("mlflow_run_id", ""),
+        train=main_metrics["train"], test=main_metrics["test"],
+    )
+    runs = [main]
+    for name in params.sweeps:
+        data = _read(paths.sweep_dir(name) / "metrics.json")
+        runs.append(RunResult(name, data["loss"], float(data["lr"]), int(data["epochs"]),
+                              data["mlflow_run_id"], data["train"], data["test"]))
+    return runs
+
+
+def _row(run: RunResult) -> dict[str, object]:
+    return {
+        "train Dice": run.train["dice_patient_mean"],
+        "test Dice": run.test["dice_patient_mean"],
+        "test IoU": run.test["iou_patient_mean"],
+        "test Dice (tumour slices)": run.test.get("dice_positive_slice_mean", np.nan),
+        "MLflow run": f"`{run.run_id}` ({run.name})",
+    }
+
+
+def unique_by(runs: list[RunResult], key) -> dict:
+    """First run for each key (the main run comes first, so it wins over an identical sweep)."""
+    chosen: dict = {}
+    for run in runs:
+        chosen.setdefault(key(run), run)
+    return chosen
+
+
+def loss_table(runs: list[RunResult], params: Params) -> pd.DataFrame:
+    same_schedule = [r for r in runs if np.isclose(r.lr, params.lr) and r.epochs == params.epochs]
+    by_loss = unique_by(same_schedule, lambda r: r.loss)
+    rows = []
+    for loss, label in LOSS_LABELS.items():
+        theirs = SEED_LOSS_TABLE[loss]
+        ours = _row(by_loss[loss]) if loss in by_loss else dict.fromkeys(_row_keys(), np.nan)
+        rows.append({"loss": label, **ours, "seed 004 train Dice (theirs)": theirs[0],
+                     "seed 004 test Dice (theirs)": theirs[1]})
+    return pd.DataFrame(rows)
+
+
+def _row_keys() -> list[str]:
+    return ["train Dice", "test Dice", "test IoU", "test Dice (tumour slices)", "MLflow run"]
+
+
+def lr_table(runs: list[RunResult]) -> pd.DataFrame:
+    combined = unique_by([r for r in runs if r.loss == "combined"], lambda r: (r.lr, r.epochs))
+    rows = []
+    for (lr, epochs), run in sorted(combined.items()):
+        theirs = SEED_LR_TABLE.get(lr, (np.nan, np.nan, np.nan))
+        rows.append({"lr": f"{lr:g}", "epochs": epochs, **_row(run),
+                     "seed 004 (epochs, train, test) (theirs)": f"{theirs[0]}, {theirs[1]}, {theirs[2]}"})
+    return pd.DataFrame(rows)
+
+
+def data_summary(labels: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    kept = labels[labels["kept"] == 1]
+    removed = labels[labels["kept"] == 0]
+    counts = pd.DataFrame(
+        [
+            {"slices": "all pairs", "total": len(labels), "positive": int(labels["diagnosis"].sum()),
+             "negative": int((labels["diagnosis"] == 0).sum()), "patients": labels["patient"].nunique()},
+            {"slices": "removed (dark)", "total": len(removed), "positive": int(removed["diagnosis"].sum()),
+             "negative": int((removed["diagnosis"] == 0).sum()), "patients": removed["patient"].nunique()},
+            {"slices": "kept", "total": len(kept), "positive": int(kept["diagnosis"].sum()),
+             "negative": int((kept["diagnosis"] == 0).sum()), "patients": kept["patient"].nunique()},
+        ]
+    )
+    sizes = split.groupby("subset").agg(
+        patients=("patient", "nunique"), slices=("slice", "size"), positive=("diagnosis", "sum")
+    ).reindex(["train", "val", "test"]).reset_index()
+    return counts, sizes
+
+
+def removed_examples(removed: pd.DataFrame, count: int = 4) -> plt.Figure | None:
+    if removed.empty:
+        return None
+    shown = removed.sort_values("mean_intensity").head(count)
+    panels = [display_image(read_image(path)) for path in shown["image"]]
+    titles = [f"{r.patient} #{r.slice}\nmean {r.mean_intensity:.2f}" for r in shown.itertuples()]
+    return overlay_grid(panels, titles, columns=len(panels))
+
+
+def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, table, label in ((axes[0], loss, "loss"), (axes[1], lr, "lr")):
+        x = np.arange(len(table))
+        axis.bar(x - 0.2, table["train Dice"], 0.4, label="train")
+        axis.bar(x + 0.2, table["test Dice"], 0.4, label="test")
+        axis.set_xticks(x, table[label].astype(str), rotation=15)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("Dice (per patient)")
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    keys = sorted(set(metrics["test"]) | set(metrics["train"]))
+    return pd.DataFrame({"metric": keys, "test": [metrics["test"].get(k) for k in keys],
+                         "train": [metrics["train"].get(k) for k in keys]})
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, floatfmt=".3f")
+
+
+def build_report(params: Params) -> Path:
+    labels = pd.read_csv(paths.LABELS)
+    split = pd.read_csv(paths.SPLIT)
+    removed = labels[labels["kept"] == 0].merge(pd.read_csv(paths.REMOVED)[["patient", "slice", "mean_intensity"]],
+                                                on=["patient", "slice"])
+    history = pd.read_csv(paths.TRAIN_HISTORY)
+    runs = collect_runs(params)
+    counts, sizes = data_summary(labels, split)
+    losses, lrs = loss_table(runs, params), lr_table(runs)
+    figures = paths.FIGURES
+    save_png(figures / "learning_curves.png", learning_curves(history, "main run (train stage)"))
+    save_png(figures / "comparison.png", comparison_plot(losses, lrs))
+    removed_figure = removed_examples(removed)
+    if removed_figure is not None:
+        save_png(figures / "removed_examples.png", removed_figure)
+    evaluation = sorted(p.name for p in paths.EVALUATION.glob("*.png"))
+    text = "\n".join(
+        [
+            "# glioseg report",
+            "",
+            f"Data source: `{params.data.source}`; split by {params.split.by}; image size "
+            f"{params.augment.image_size}; encoder {params.model.encoder}; main run: loss {params.loss}, "
+            f"lr {params.lr:g}, {params.epochs} epochs, batch {params.batch_size}.",
+            "",
+            "Dice below is the mean per-patient Dice (volumes rebuilt from slices) unless named otherwise;",
+            "`metrics/test.json` has every definition (per slice, tumour slices only, pooled, per patient).",
+            "",
+            "## Data",
+            "",
+            _md(counts),
+            "",
+            "Split (by " + params.split.by + "):",
+            "",
+            _md(sizes),
+            "",
+            *(["![removed dark slices](figures/removed_examples.png)", ""] if removed_figure is not None else []),
+            "## Learning curves",
+            "",
+            "![learning curves](figures/learning_curves.png)",
+            "",
+            "![augmentation preview](../data/augment_preview.png)",
+            "",
+            "## Test metrics (main run)",
+            "",
+            _md(metrics_table(_read(paths.TEST_METRICS))),
+            "",
+            *[f"![{name}](evaluation/{name})" for name in evaluation],
+            "",
+            f"## Table 1: loss configuration (lr {params.lr:g}, {params.epochs} epochs)",
+            "",
+            _md(losses),
+            "",
+            "## Table 2: learning rate (combined loss)",
+            "",
+            _md(lrs),
+            "",
+            "![comparison](figures/comparison.png)",
+            "",
+            "Seed 004's numbers are theirs: 128 px, 50-70 epochs, a slice-level (leaky) split and a",
+            "per-image Dice; ours come from the runs named in each row, on the data and params above.",
+            "",
+        ]
+    )
+    write_text(paths.REPORT, text)
+    write_text(figures / "tables.json", json.dumps({"loss": losses.to_dict("records"), "lr": lrs.to_dict("records")},
+                                                    indent=2, default=str))
+    return paths.REPORT

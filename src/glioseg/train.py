@@ -1,0 +1,208 @@
+"""The training loop: seeded, in-memory batches, AMP on CUDA, best/last checkpoints and resume.
+
+Data never leave memory: the cached uint8 arrays become tensors on the training device once,
+and each epoch draws a permutation and applies :class:`~glioseg.transforms.BatchAugment` to
+whole batches. ``checkpoint_dir/last.pt`` is rewritten after every epoch (atomically) with the
+optimiser and random-generator states, so an interrupted run resumes where it stopped and ends
+with the same weights as an uninterrupted one. It is only resumed when its fingerprint (params
+and data) matches.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from glioseg.config import Params
+from glioseg.data.cache import SliceArrays
+from glioseg.inference import autocast, select_device, to_tensor
+from glioseg.losses import SegmentationLoss, class_balance_weights
+from glioseg.metrics import confusion_per_item, summarise
+from glioseg.model import build_model, model_payload, read_checkpoint, save_checkpoint
+from glioseg.transforms import BatchAugment, pipelines_from_dict
+
+EpochCallback = Callable[[int, dict[str, float], torch.nn.Module], None]
+
+CURVE_METRICS = ("loss", "dice", "iou", "dice_positive_slice")
+
+
+@dataclass
+class TrainOutcome:
+    best: dict[str, Any]
+    history: pd.DataFrame
+    best_epoch: int
+    resumed_from: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DeviceArrays:
+    """One subset of the cache as tensors on the training device."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    distance: torch.Tensor
+    patient: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, arrays: SliceArrays, device: torch.device) -> DeviceArrays:
+        return cls(
+            images=to_tensor(arrays.images, device),
+            masks=torch.from_numpy(arrays.masks).unsqueeze(1).to(device),
+            distance=torch.from_numpy(arrays.distance).unsqueeze(1).to(device),
+            patient=arrays.patient,
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def epoch_summary(counts: np.ndarray, patients: np.ndarray, loss: float) -> dict[str, float]:
+    frame = pd.DataFrame(counts, columns=["tp", "fp", "fn", "tn"]).assign(patient=patients)
+    stats = summarise(frame)
+    return {
+        "loss": loss,
+        "dice": stats["dice_patient_mean"],
+        "iou": stats["iou_patient_mean"],
+        "dice_positive_slice": stats.get("dice_positive_slice_mean", float("nan")),
+    }
+
+
+class Trainer:
+    def __init__(self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str):
+        self.params = params
+        self.pipelines = pipelines
+        self.fingerprint = fingerprint
+        self.device = select_device(params.train.device)
+        self.amp = params.train.amp and self.device.type == "cuda"
+        seed_everything(params.seed)
+        if params.train.threads:
+            torch.set_num_threads(params.train.threads)
+        self.augment = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["train"])
+        self.train_data = DeviceArrays.from_arrays(train, self.device)
+        self.val_data = DeviceArrays.from_arrays(val, self.device)
+        positive_fraction = float(train.masks.mean()) if len(train) else 0.0
+        weight = params.train.weight_map
+        self.loss_fn = SegmentationLoss(
+            params.loss, w0=weight.w0, sigma=weight.sigma,
+            class_weights=class_balance_weights(positive_fraction) if weight.class_balance else (1.0, 1.0),
+        )
+        self.model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
+        self.order_rng = torch.Generator().manual_seed(params.seed)
+        self.augment_rng = torch.Generator().manual_seed(params.seed + 1)
+
+    def _state(self, epoch: int, history: list[dict], best: dict | None, best_epoch: int) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "order_rng": self.order_rng.get_state(),
+            "augment_rng": self.augment_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+            "best_epoch": best_epoch,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.order_rng.set_state(state["order_rng"])
+        self.augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        data, batch_size = self.train_data, self.params.batch_size
+        order = torch.randperm(len(data), generator=self.order_rng)
+        counts, patients, total_loss = [], [], 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size].to(self.device)
+            images, masks, distance = self.augment.geometry(
+                [data.images[index], data.masks[index], data.distance[index]], self.augment_rng
+            )
+            images = self.augment.normalise(images).contiguous(memory_format=torch.channels_last)
+            target = masks.float()
+            with autocast(self.device, self.amp):
+                logits = self.model(images)
+            loss = self.loss_fn(logits, target, distance.float())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += float(loss.detach()) * len(index)
+            counts.append(confusion_per_item((logits.detach() > _logit(self.params.train.threshold)).cpu().numpy(),
+                                             masks.bool().cpu().numpy()))
+            patients.append(data.patient[index.cpu().numpy()])
+        return epoch_summary(np.concatenate(counts), np.concatenate(patients), total_loss / len(order))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        data, counts, total_loss = self.val_data, [], 0.0
+        for start in range(0, len(data), 64):
+            part = slice(start, start + 64)
+            images = self.augment.normalise(data.images[part]).contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.amp):
+                logits = self.model(images)
+            target = data.masks[part].float()
+            total_loss += float(self.loss_fn(logits, target, data.distance[part].float())) * len(target)
+            predicted = (logits.float() > _logit(self.params.train.threshold)).cpu().numpy()
+            counts.append(confusion_per_item(predicted, data.masks[part].bool().cpu().numpy()))
+        return epoch_summary(np.concatenate(counts), data.patient, total_loss / max(len(data), 1))
+
+    def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None) -> TrainOutcome:
+        last_path = checkpoint_dir / "last.pt"
+        history: list[dict] = []
+        best, best_epoch, start_epoch = None, 0, 1
+        if last_path.is_file():
+            state = read_checkpoint(last_path)
+            if state.get("fingerprint") == self.fingerprint:
+                self._restore(state)
+                history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+                start_epoch = state["epoch"] + 1
+        resumed_from = start_epoch - 1
+        best_score = max((row["val_dice"] for row in history), default=-1.0)
+        epochs = range(start_epoch, self.params.epochs + 1)
+        for epoch in tqdm(epochs, desc="train", unit="epoch", initial=resumed_from, total=self.params.epochs):
+            began = time.perf_counter()
+            train_stats = self.train_epoch()
+            val_stats = self.validate()
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                   **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": time.perf_counter() - began}
+            history.append(row)
+            if row["val_dice"] > best_score:
+                best_score, best_epoch = row["val_dice"], epoch
+                best = self.payload(epoch=epoch, val_dice=row["val_dice"])
+            save_checkpoint(last_path, self._state(epoch, history, best, best_epoch))
+            if on_epoch is not None:
+                on_epoch(epoch, row, self.model)
+        return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
+
+    def payload(self, **meta: Any) -> dict[str, Any]:
+        return model_payload(self.model, self.params.model, self.pipelines, self.params.train.threshold, **meta)
+
+
+def _logit(probability: float) -> float:
+    """Threshold on logits equivalent to ``sigmoid(logit) > probability`` (no sigmoid needed)."""
+    probability = min(max(probability, 1e-7), 1 - 1e-7)
+    return float(np.log(probability / (1 - probability)))

@@ -1,0 +1,141 @@
+"""Albumentations pipelines built from params, and their batched-tensor twin for training.
+
+Three pipelines travel together in ``data/augment.json`` (albumentations' own ``to_dict``
+format) and inside every model checkpoint, so predict applies exactly what training did:
+
+- ``preprocess``: resize to ``augment.image_size`` (area for images, nearest for masks), applied
+  once when the array cache is built;
+- ``train``: horizontal flip, vertical flip, RandomRotate90 (each with its probability), then
+  normalisation with the train split's per-channel mean and std;
+- ``eval``: the normalisation alone.
+
+Running albumentations per sample costs more than a small U-Net step on a CPU, so the training
+loop applies the *same* train pipeline to whole batches of tensors with :class:`BatchAugment`,
+which reads its probabilities and statistics from the serialized pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from glioseg.config import AugmentParams
+from glioseg.errors import DataError
+
+
+def preprocess_pipeline(image_size: int) -> A.Compose:
+    return A.Compose(
+        [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    )
+
+
+def normalize(mean: list[float], std: list[float]) -> A.Normalize:
+    return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
+
+
+def train_pipeline(params: AugmentParams, mean: list[float], std: list[float]) -> A.Compose:
+    flips = (
+        [A.HorizontalFlip(p=params.hflip), A.VerticalFlip(p=params.vflip), A.RandomRotate90(p=params.rotate90)]
+        if params.enabled
+        else []
+    )
+    return A.Compose([*flips, normalize(mean, std)], additional_targets={"distance": "mask"})
+
+
+def eval_pipeline(mean: list[float], std: list[float]) -> A.Compose:
+    return A.Compose([normalize(mean, std)])
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N,H,W,C), on the 0..1 scale Normalize expects."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    std = pixels.std(axis=0)
+    return pixels.mean(axis=0).round(6).tolist(), np.where(std > 0, std, 1.0).round(6).tolist()
+
+
+def build_pipelines(params: AugmentParams, train_images: np.ndarray) -> dict[str, A.Compose]:
+    mean, std = channel_stats(train_images)
+    return {
+        "preprocess": preprocess_pipeline(params.image_size),
+        "train": train_pipeline(params, mean, std),
+        "eval": eval_pipeline(mean, std),
+    }
+
+
+def pipelines_to_dict(pipelines: dict[str, A.Compose]) -> dict[str, Any]:
+    return {name: A.to_dict(pipeline) for name, pipeline in pipelines.items()}
+
+
+def pipelines_from_dict(serialized: dict[str, Any], source: str = "augment.json") -> dict[str, A.Compose]:
+    missing = {"preprocess", "train", "eval"} - set(serialized)
+    if missing:
+        raise DataError(f"{source}: missing pipeline(s) {', '.join(sorted(missing))}")
+    return {name: A.from_dict(data) for name, data in serialized.items()}
+
+
+def _find(pipeline: A.Compose, kind: type) -> Any | None:
+    return next((t for t in pipeline.transforms if isinstance(t, kind)), None)
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """The train pipeline applied to a whole batch of tensors (N,C,H,W), on any device.
+
+    Each sample draws its own flips and rotation, as albumentations would per sample; masks and
+    distance maps get the same geometry as their image.
+    """
+
+    hflip: float
+    vflip: float
+    rotate90: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
+        norm = _find(pipeline, A.Normalize)
+        if norm is None:
+            raise DataError("augment.json: the train pipeline has no Normalize step")
+
+        def prob(kind: type) -> float:
+            transform = _find(pipeline, kind)
+            return float(transform.p) if transform is not None else 0.0
+
+        return cls(
+            hflip=prob(A.HorizontalFlip),
+            vflip=prob(A.VerticalFlip),
+            rotate90=prob(A.RandomRotate90),
+            mean=tuple(float(m) for m in norm.mean),
+            std=tuple(float(s) for s in norm.std),
+        )
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N,C,H,W) -> float, (x/255 - mean) / std per channel, like A.Normalize."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def geometry(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """Random flips and 90-degree rotations, identical across ``tensors`` for each sample."""
+        n = tensors[0].shape[0]
+        draw = torch.rand((n, 3), generator=generator)
+        turns = torch.randint(0, 4, (n,), generator=generator)
+        hflip = (draw[:, 0] < self.hflip).to(tensors[0].device)
+        vflip = (draw[:, 1] < self.vflip).to(tensors[0].device)
+        turns = torch.where(draw[:, 2] < self.rotate90, turns, torch.zeros_like(turns))
+        out = []
+        for tensor in tensors:
+            tensor = torch.where(hflip.view(-1, 1, 1, 1), tensor.flip(-1), tensor)
+            tensor = torch.where(vflip.view(-1, 1, 1, 1), tensor.flip(-2), tensor)
+            rotated = tensor.clone()
+            for k in (1, 2, 3):
+                chosen = (turns == k).nonzero().flatten().to(tensor.device)
+                if chosen.numel():
+                    rotated[chosen] = torch.rot90(tensor[chosen], k, dims=(-2, -1))
+            out.append(rotated)
+        return out

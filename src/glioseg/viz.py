@@ -1,0 +1,79 @@
+"""Pictures: slice overlays with truth/prediction outlines, grids and learning curves."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from glioseg.io import atomic_path  # noqa: E402
+
+TRUTH_COLOUR = (0, 255, 0)
+PREDICTION_COLOUR = (255, 0, 0)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a binary mask (the mask minus its erosion)."""
+    mask = mask > 0
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An MRI slice (H,W,3) as displayable uint8: the FLAIR channel (index 1) in grey."""
+    flair = image[..., 1] if image.ndim == 3 else image
+    return np.repeat(flair[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None) -> np.ndarray:
+    """RGB uint8: the slice with the truth outlined in green and the prediction in red."""
+    out = display_image(image).copy()
+    for mask, colour in ((truth, TRUTH_COLOUR), (prediction, PREDICTION_COLOUR)):
+        if mask is not None:
+            out[outline(mask)] = colour
+    return out
+
+
+def save_png(path: str | os.PathLike, figure: plt.Figure) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def overlay_grid(panels: list[np.ndarray], titles: list[str], columns: int = 4) -> plt.Figure:
+    rows = max(1, -(-len(panels) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, panel, title in zip(axes.flat, panels, titles):
+        axis.imshow(panel)
+        axis.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def figure_to_array(figure: plt.Figure) -> np.ndarray:
+    figure.canvas.draw()
+    array = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return array
+
+
+def learning_curves(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    metrics = [m for m in ("loss", "dice", "iou") if f"train_{m}" in history]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for subset in ("train", "val"):
+            axis.plot(history["epoch"], history[f"{subset}_{metric}"], label=subset)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,5 @@
+"""DVC stage 'download': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+
+from glioseg.cli import app
+
+app(["stage", "download"])

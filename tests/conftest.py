@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from glioseg.config import parse_params
+from glioseg.data.cache import SliceArrays
+from glioseg.losses import border_distance_sum
+from glioseg.transforms import build_pipelines, pipelines_to_dict
+
+TINY_PARAMS = {
+    "seed": 7,
+    "lr": 0.003,
+    "epochs": 3,
+    "batch_size": 4,
+    "augment": {"image_size": 32},
+    "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "train": {"device": "cpu", "threads": 1},
+}
+
+
+def square_slices(n: int, size: int, seed: int, patients: int = 3) -> SliceArrays:
+    """Images with a bright square whose pixels are exactly the mask (every third slice empty)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        if i % 3:
+            y, x = rng.integers(2, size - 12, size=2)
+            masks[i, y : y + 10, x : x + 10] = 1
+            if i % 3 == 2:
+                masks[i, 1:4, 1:4] = 1
+    images[masks > 0] = 220
+    distance = np.stack([border_distance_sum(m) for m in masks]).astype(np.float16)
+    patient = np.array([f"P{i % patients}" for i in range(n)])
+    return SliceArrays(images, masks, distance, patient, np.arange(n), np.array(["train"] * n))
+
+
+@pytest.fixture
+def tiny_params():
+    return parse_params(TINY_PARAMS)
+
+
+@pytest.fixture
+def tiny_data(tiny_params):
+    train = square_slices(12, 32, seed=0)
+    val = square_slices(6, 32, seed=1, patients=2)
+    pipelines = pipelines_to_dict(build_pipelines(tiny_params.augment, train.images))
+    return train, val, pipelines

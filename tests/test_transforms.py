@@ -1,0 +1,86 @@
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from glioseg.config import AugmentParams
+from glioseg.transforms import (
+    BatchAugment,
+    build_pipelines,
+    channel_stats,
+    pipelines_from_dict,
+    pipelines_to_dict,
+)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+
+
+def test_channel_stats_match_numpy(images):
+    mean, std = channel_stats(images)
+    expected = images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(mean, expected.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(std, expected.std(axis=0), atol=1e-6)
+
+
+def test_pipelines_round_trip_through_json(images):
+    pipelines = build_pipelines(AugmentParams(image_size=32, hflip=0.25), images)
+    restored = pipelines_from_dict(pipelines_to_dict(pipelines))
+    assert [type(t).__name__ for t in restored["train"].transforms] == [
+        "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Normalize"]
+    assert restored["train"].transforms[0].p == 0.25
+    assert [type(t).__name__ for t in restored["eval"].transforms] == ["Normalize"]
+    assert type(restored["preprocess"].transforms[0]).__name__ == "Resize"
+
+
+def test_disabled_augmentation_keeps_only_normalisation(images):
+    pipelines = build_pipelines(AugmentParams(image_size=32, enabled=False), images)
+    augment = BatchAugment.from_pipeline(pipelines["train"])
+    assert (augment.hflip, augment.vflip, augment.rotate90) == (0.0, 0.0, 0.0)
+
+
+def test_batch_normalise_equals_albumentations(images):
+    pipeline = build_pipelines(AugmentParams(image_size=32), images)["eval"]
+    expected = np.stack([pipeline(image=img)["image"] for img in images])
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    got = BatchAugment.from_pipeline(pipeline).normalise(tensor).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "reference"),
+    [
+        ((1.0, 0.0, 0.0), A.HorizontalFlip(p=1.0)),
+        ((0.0, 1.0, 0.0), A.VerticalFlip(p=1.0)),
+    ],
+)
+def test_batch_flips_equal_albumentations(images, probabilities, reference):
+    augment = BatchAugment(*probabilities, mean=(0, 0, 0), std=(1, 1, 1))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    mask = torch.from_numpy(images[..., :1].copy()).permute(0, 3, 1, 2)
+    out_image, out_mask = augment.geometry([tensor, mask], torch.Generator().manual_seed(0))
+    expected = np.stack([reference(image=img)["image"] for img in images])
+    np.testing.assert_array_equal(out_image.permute(0, 2, 3, 1).numpy(), expected)
+    np.testing.assert_array_equal(out_mask[:, 0].numpy(), expected[..., 0])
+
+
+def test_rotation_is_a_quarter_turn_shared_by_all_targets(images):
+    augment = BatchAugment(0.0, 0.0, 1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    rotated, again = augment.geometry([tensor, tensor.clone()], torch.Generator().manual_seed(5))
+    assert torch.equal(rotated, again)
+    for original, out in zip(tensor, rotated):
+        assert any(torch.equal(torch.rot90(original, k, dims=(-2, -1)), out) for k in range(4))
+    turned = sum(not torch.equal(o, r) for o, r in zip(tensor, rotated))
+    assert turned >= 3  # with p=1 three of four draws turn the slice (k=0 is allowed)
+
+
+def test_geometry_is_seeded(images):
+    augment = BatchAugment(0.5, 0.5, 0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    first = augment.geometry([tensor], torch.Generator().manual_seed(9))[0]
+    second = augment.geometry([tensor], torch.Generator().manual_seed(9))[0]
+    assert torch.equal(first, second)
