@@ -64,4 +64,4 @@ def test_project_params_file_is_valid():
     from pathlib import Path
 
     params = load_params(Path(__file__).parents[1] / "params.yaml")
-    assert set(params.sweeps) == {"wbce", "dice", "lr_5e-5", "lr_5e-4"}
+    assert set(params.sweeps) == {"wbce", "dice", "lr_5e-4", "lr_5e-3"}

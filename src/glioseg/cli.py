@@ -38,6 +38,9 @@ class Stage(str, Enum):
     report = "report"
 
 
+DATA_STAGES = ("download", "clean", "labels", "split", "cache", "augment")
+
+
 def user_errors(command):
     """Turn a GliosegError into a one-line message and exit code 2."""
 
@@ -53,25 +56,33 @@ def user_errors(command):
 
 
 def run_stage(stage: str, sweep: str | None = None, params_file: Path | None = None) -> dict:
-    """Load and validate params, run one pipeline stage, return its summary."""
-    from glioseg import experiment, paths, report, steps
+    """Load and validate params, run one pipeline stage, return its summary.
+
+    Modules are imported per stage: the data stages should not pay for importing MLflow.
+    """
     from glioseg.config import load_params
-    from glioseg.io import write_json
 
     params = load_params(params_file)
+    if stage in DATA_STAGES:
+        from glioseg import steps
+
+        return getattr(steps, stage)(params)
+    if stage == "report":
+        from glioseg.report import build_report
+
+        return {"report": str(build_report(params))}
+    from glioseg import experiment, paths
+    from glioseg.io import write_json
+
     if stage == "train":
         return experiment.train_run(params, "train", paths.MODELS)
     if stage == "evaluate":
         result = experiment.evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params.train.device)
         write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
         return result
-    if stage == "sweep":
-        if not sweep:
-            raise GliosegError("the sweep stage needs a sweep name: glioseg stage sweep NAME")
-        return experiment.sweep_run(params, sweep)
-    if stage == "report":
-        return {"report": str(report.build_report(params))}
-    return getattr(steps, stage)(params)
+    if not sweep:
+        raise GliosegError("the sweep stage needs a sweep name: glioseg stage sweep NAME")
+    return experiment.sweep_run(params, sweep)
 
 
 @app.command()

@@ -26,7 +26,7 @@ class SyntheticParams(Strict):
     patients: int = Field(10, ge=1)
     slices: int = Field(20, ge=4, description="slices per patient volume")
     size: int = Field(256, ge=32)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class DataParams(Strict):
@@ -117,7 +117,7 @@ class SweepRun(Strict):
 
 
 class Params(Strict):
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     lr: float = Field(1e-4, gt=0)
     loss: LossName = "combined"
     epochs: int = Field(50, ge=1)

@@ -97,12 +97,12 @@ def _row_keys() -> list[str]:
 
 def lr_table(runs: list[RunResult]) -> pd.DataFrame:
     combined = unique_by([r for r in runs if r.loss == "combined"], lambda r: (r.lr, r.epochs))
-    rows = []
-    for (lr, epochs), run in sorted(combined.items()):
-        theirs = SEED_LR_TABLE.get(lr, (np.nan, np.nan, np.nan))
-        rows.append({"lr": f"{lr:g}", "epochs": epochs, **_row(run),
-                     "seed 004 (epochs, train, test) (theirs)": f"{theirs[0]}, {theirs[1]}, {theirs[2]}"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"lr": f"{lr:g}", "epochs": epochs, **_row(run)} for (lr, epochs), run in sorted(combined.items())])
+
+
+def seed_lr_table() -> pd.DataFrame:
+    return pd.DataFrame([{"lr": f"{lr:g}", "epochs": epochs, "train Dice": train, "test Dice": test}
+                         for lr, (epochs, train, test) in SEED_LR_TABLE.items()])
 
 
 def data_summary(labels: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,12 +149,27 @@ def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
     keys = sorted(set(metrics["test"]) | set(metrics["train"]))
-    return pd.DataFrame({"metric": keys, "test": [metrics["test"].get(k) for k in keys],
-                         "train": [metrics["train"].get(k) for k in keys]})
+
+    def value(subset: str, key: str) -> object:
+        number = metrics[subset].get(key, np.nan)
+        return str(int(number)) if key in COUNT_KEYS and not np.isnan(number) else float(number)
+
+    return pd.DataFrame({"metric": keys, "test": [value("test", k) for k in keys],
+                         "train": [value("train", k) for k in keys]})
+
+
+COUNT_KEYS = {"patients", "slices", "positive_slices", "epochs", "total", "positive", "negative"}
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float | np.floating):
+        return "–" if np.isnan(value) else f"{value:.3f}"
+    return value
 
 
 def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".3f")
+    """Markdown with 3-decimal floats; strings such as learning rates are printed as they are."""
+    return frame.astype(object).map(_cell).to_markdown(index=False, disable_numparse=True)
 
 
 def build_report(params: Params) -> Path:
@@ -212,6 +227,10 @@ def build_report(params: Params) -> Path:
             "## Table 2: learning rate (combined loss)",
             "",
             _md(lrs),
+            "",
+            "Seed 004's Table 2 (theirs, for comparison):",
+            "",
+            _md(seed_lr_table()),
             "",
             "![comparison](figures/comparison.png)",
             "",

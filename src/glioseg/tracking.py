@@ -59,6 +59,7 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _mlflow():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # this machine has no network to send it to
     import mlflow  # imported lazily: it takes seconds and most commands do not need it
 
     return mlflow
@@ -100,6 +101,7 @@ def log_model(model: Any, name: str = "model") -> None:
     _mlflow().pytorch.log_model(
         model,
         name=name,
+        serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "segmentation-models-pytorch==0.6.0"],
     )
 

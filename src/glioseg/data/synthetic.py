@@ -21,17 +21,23 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+
+def _per_channel(*values: float) -> np.ndarray:
+    """A (3, 1, 1) column that broadcasts over channel-first (3, H, W) slices."""
+    return np.array(values, dtype=np.float32)[:, None, None]
+
+
 # Per channel (pre-contrast, FLAIR, post-contrast): tissue level, texture gains, structure contrasts.
-TISSUE = np.array([95.0, 85.0, 100.0])
-TEXTURE_GAIN = np.array([[12.0, 4.0], [6.0, 16.0], [9.0, -7.0]])  # channel x texture field
-SCALP = np.array([60.0, 20.0, 70.0])
-VENTRICLE = np.array([-50.0, -45.0, -55.0])
-TUMOUR = np.array([-20.0, 85.0, 10.0])
+TISSUE = _per_channel(95.0, 85.0, 100.0)
+TEXTURE_GAINS = (_per_channel(12.0, 6.0, 9.0), _per_channel(4.0, 16.0, -7.0))  # one per texture field
+SCALP = _per_channel(60.0, 20.0, 70.0)
+VENTRICLE = _per_channel(-50.0, -45.0, -55.0)
+TUMOUR = _per_channel(-20.0, 85.0, 10.0)
 TISSUE_NOISE = 2.5
 # Background levels 0..3 like scanner noise (about |N(0, 1.2)| rounded): P(value <= k) for k = 0, 1, 2.
 # Mean about 0.9, so an empty slice is "dark" (mean < 2) without being exactly zero.
 BACKGROUND_CDF = np.array([0.32, 0.79, 0.96], dtype=np.float32)
-TUMOUR_FREE_EVERY = 5  # one patient in five has no tumour
+TUMOUR_FREE_EVERY = 5  # one patient in five has no tumour, so any five consecutive patients include one
 WAVES = 4  # plane waves per texture field
 HARMONICS = np.arange(2, 5)  # of a tumour outline's wobble
 WOBBLE_MAX = 0.08  # amplitude per harmonic
@@ -74,7 +80,6 @@ class Volume:
     """Everything random about one patient, drawn up front; slices are rendered from it."""
 
     name: str
-    slices: int
     first: int  # first and last slice showing the head; those outside are near-black
     last: int
     centre: tuple[float, float]
@@ -97,7 +102,8 @@ def _patient_name(index: int, rng: np.random.Generator) -> str:
 
 
 def _wobble(rng: np.random.Generator) -> np.ndarray:
-    return np.stack([rng.uniform(0, WOBBLE_MAX, len(HARMONICS)), rng.uniform(0, 2 * np.pi, len(HARMONICS))], axis=1)
+    amplitudes = rng.uniform(0, WOBBLE_MAX, len(HARMONICS))
+    return np.stack([amplitudes, rng.uniform(0, 2 * np.pi, len(HARMONICS))], axis=1)
 
 
 def _tumour_run(rng: np.random.Generator, first: int, last: int) -> tuple[int, int]:
@@ -133,7 +139,7 @@ def _tumour(rng: np.random.Generator, volume: Volume, size: int) -> tuple[Blob, 
     smallest_head = min(volume.axes) * min(volume.head_scale(z) for z in range(start, start + length))
     radius = min(size * rng.uniform(0.04, 0.11), 0.3 * smallest_head)
     aspect = rng.uniform(0.75, 1.3)
-    x, y = _place(rng, volume.centre, 0.35 * smallest_head, radius, [])
+    x, y = _place(rng, volume.centre, 0.35 * smallest_head, radius, [])  # nothing to avoid: always placed
     mid = start + (length - 1) / 2
     blobs = [Blob((x, y, mid), (radius * aspect, radius / aspect, length / 2 + 0.5), _wobble(rng))]
     taken = [(x, y, radius * max(aspect, 1 / aspect))]
@@ -164,7 +170,6 @@ def _plan(index: int, slices: int, size: int, seed: int) -> Volume:
     )
     volume = Volume(
         name=name,
-        slices=slices,
         first=dark_first,
         last=slices - 1 - dark_last,
         centre=tuple(size / 2 + size * rng.uniform(-0.03, 0.03, size=2)),
@@ -178,17 +183,25 @@ def _plan(index: int, slices: int, size: int, seed: int) -> Volume:
 
 
 def _texture(waves: np.ndarray, z: int, coords: np.ndarray) -> np.ndarray:
-    """A smooth field in about [-1, 1]: a sum of plane waves, built as outer products (cheap)."""
+    """A smooth field in about [-1, 1]: a sum of plane waves.
+
+    cos(a(y) + b(x)) = cos a cos b - sin a sin b, so each wave is two outer products of 1-D
+    vectors rather than a cosine per pixel.
+    """
     unit = 2 * np.pi * coords / len(coords)
     field = np.zeros((len(coords), len(coords)), dtype=np.float32)
     for fx, fy, fz, phase in waves:
-        field += np.outer(np.exp(1j * fy * unit), np.exp(1j * (fx * unit + fz * z + phase))).real
-    return field / np.sqrt(len(waves))
+        a = (fy * unit).astype(np.float32)
+        b = (fx * unit + fz * z + phase).astype(np.float32)
+        field += np.outer(np.cos(a), np.cos(b))
+        field -= np.outer(np.sin(a), np.sin(b))
+    return field / np.float32(np.sqrt(len(waves)))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    uniform = rng.random((size, size, 3), dtype=np.float32)
-    return np.searchsorted(BACKGROUND_CDF, uniform).astype(np.float32)
+    uniform = rng.random((3, size, size), dtype=np.float32)
+    levels = sum((uniform > p).astype(np.uint8) for p in BACKGROUND_CDF)
+    return levels.astype(np.float32)
 
 
 def _tumour_mask(volume: Volume, z: int, coords: np.ndarray) -> np.ndarray:
@@ -200,28 +213,38 @@ def _tumour_mask(volume: Volume, z: int, coords: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _ellipse_radius2(
+    coords: np.ndarray, centre: tuple[float, float], axes: tuple[float, float]
+) -> np.ndarray:
+    """Squared normalised radius of every pixel for an axis-aligned ellipse (1 on its outline)."""
+    dx2 = ((coords - centre[0]) / axes[0]) ** 2
+    dy2 = ((coords - centre[1]) / axes[1]) ** 2
+    return dy2[:, None] + dx2[None, :]
+
+
 def _render(volume: Volume, z: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slice ``z`` as an (H, W, 3) uint8 image and an (H, W) bool tumour mask."""
-    background = _background(rng, size)
+    """Slice ``z`` as an (H, W, 3) uint8 image and an (H, W) bool tumour mask.
+
+    Works channel-first, (3, H, W), where per-channel constants broadcast cheaply.
+    """
+    image = _background(rng, size)
     coords = np.arange(size, dtype=np.float32)
+    mask = np.zeros((size, size), dtype=bool)
     scale = volume.head_scale(z)
-    if scale == 0:
-        return background.astype(np.uint8), np.zeros((size, size), dtype=bool)
-    dx = (coords - volume.centre[0])[None, :]
-    dy = (coords - volume.centre[1])[:, None]
-    radius = np.hypot(dx / (volume.axes[0] * scale), dy / (volume.axes[1] * scale))
-    textures = np.stack([_texture(field, z, coords) for field in volume.waves], axis=-1)
-    tissue = TISSUE + np.tensordot(textures, TEXTURE_GAIN, axes=([-1], [1]))
-    tissue += SCALP * ((radius > 0.88) & (radius < 1))[..., None]
-    ventricle_size = max(0.0, (scale - 0.7) / 0.3)  # only in the widest slices
-    ventricles = np.hypot(dx / (0.12 * volume.axes[0]), dy / (0.3 * volume.axes[1])) < ventricle_size
-    tissue += VENTRICLE * ventricles[..., None]
-    mask = _tumour_mask(volume, z, coords) & (radius < 0.85)
-    tissue += TUMOUR * mask[..., None]
-    tissue += TISSUE_NOISE * rng.standard_normal(tissue.shape, dtype=np.float32)
-    edge = np.clip((1 - radius) / 0.03, 0, 1)[..., None]  # a soft head outline
-    image = np.clip(background + edge * tissue, 0, 255)
-    return np.round(image).astype(np.uint8), mask
+    if scale > 0:
+        head_axes = (scale * volume.axes[0], scale * volume.axes[1])
+        radius = np.sqrt(_ellipse_radius2(coords, volume.centre, head_axes))
+        tissue = TISSUE + sum(g * _texture(w, z, coords) for g, w in zip(TEXTURE_GAINS, volume.waves))
+        tissue += SCALP * ((radius > 0.88) & (radius < 1))
+        ventricle_size = max(0.0, (scale - 0.7) / 0.3)  # only in the widest slices
+        ventricle_axes = (0.12 * volume.axes[0], 0.3 * volume.axes[1])
+        tissue += VENTRICLE * (_ellipse_radius2(coords, volume.centre, ventricle_axes) < ventricle_size**2)
+        mask = _tumour_mask(volume, z, coords) & (radius < 0.85)
+        tissue += TUMOUR * mask
+        tissue += TISSUE_NOISE * rng.standard_normal(tissue.shape, dtype=np.float32)
+        image += np.clip((1 - radius) / 0.03, 0, 1) * tissue  # a soft head outline
+    image = np.round(np.clip(image, 0, 255)).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(image, 0, -1)), mask
 
 
 def generate_lgg(dest: Path, patients: int, slices: int, size: int = 256, seed: int = 0) -> None:
@@ -237,7 +260,7 @@ def generate_lgg(dest: Path, patients: int, slices: int, size: int = 256, seed: 
         volume = _plan(index, slices, size, seed)
         folder = dest / volume.name
         folder.mkdir(parents=True, exist_ok=True)
-        noise = np.random.default_rng([seed, index, 1])
+        noise = np.random.default_rng([seed, index, 1])  # apart from the plan's, so either can change alone
         for z in range(slices):
             image, mask = _render(volume, z, noise, size)
             stem = folder / f"{volume.name}_{z + 1}"

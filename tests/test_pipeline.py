@@ -1,0 +1,204 @@
+"""End to end, at tiny scale: `dvc repro`, caching, `dvc exp run` (plain, --queue, --temp) and MLflow.
+
+A copy of the project (dvc.yaml, stages, src) with a tiny params.yaml runs in a temporary git
+repository; every DVC command is the real one, and the MLflow store is checked through MLflow's
+own client and through the REST API of a real `mlflow server`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore"]
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "seed": 3,
+    "lr": 0.003,
+    "loss": "combined",
+    "epochs": 2,
+    "batch_size": 8,
+    "data": {"source": "synthetic", "synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
+    "augment": {"image_size": 32},
+    "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "train": {"overlay_every": 1, "overlay_slices": 2, "threads": 1},
+    "sweeps": {
+        "wbce": {"loss": "wbce"},
+        "dice": {"loss": "dice"},
+        "lr_low": {"loss": "combined", "lr": 0.001, "epochs": 3},
+    },
+}
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in COPIED:
+        source, target = PROJECT / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny project"], root, env)
+    first = run(["dvc", "repro"], root, env)
+    second = run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "lock"], root, env)
+    return {"root": root, "env": env, "first": first, "second": second}
+
+
+def mlflow_runs(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("glioseg")
+    return client, experiment, client.search_runs([experiment.experiment_id], max_results=100)
+
+
+def test_repro_writes_every_output(project):
+    root = project["root"]
+    for path in ["data/raw/manifest.csv", "data/labels.csv", "data/removed.csv", "data/split.csv",
+                 "data/cache/slices.npz", "data/augment.json", "data/augment_preview.png", "models/model.pt",
+                 "models/train.json", "models/history.csv", "metrics/test.json", "reports/report.md",
+                 "reports/figures/learning_curves.png", "reports/figures/comparison.png",
+                 "reports/evaluation/per_slice.csv", "reports/evaluation/per_patient.csv"]:
+        assert (root / path).is_file(), path
+    labels_rows = (root / "data/labels.csv").read_text().count("\n") - 1
+    assert labels_rows == 6 * 8
+    history = (root / "models/history.csv").read_text().splitlines()
+    assert len(history) == 1 + TINY["epochs"]
+    test = json.loads((root / "metrics/test.json").read_text())
+    assert 0.0 <= test["test"]["dice_patient_mean"] <= 1.0
+    assert test["test"]["patients"] >= 1
+
+
+def test_second_repro_does_nothing(project):
+    assert "up to date" in project["second"].stdout.lower() or "didn't change" in project["second"].stdout
+
+
+def test_report_tables_name_their_runs(project):
+    root = project["root"]
+    report = (root / "reports/report.md").read_text()
+    assert "Table 1: loss configuration" in report and "Table 2: learning rate" in report
+    _, _, runs = mlflow_runs(root)
+    for run in runs:
+        assert run.info.run_id in report
+    tables = json.loads((root / "reports/figures/tables.json").read_text())
+    assert [row["loss"] for row in tables["loss"]] == ["weighted BCE", "Dice", "combined (wBCE + Dice)"]
+    assert all(isinstance(row["test Dice"], float) for row in tables["loss"])
+    assert [row["lr"] for row in tables["lr"]] == ["0.001", "0.003"]
+
+
+def test_one_mlflow_run_per_training_with_everything_logged(project):
+    client, experiment, runs = mlflow_runs(project["root"])
+    assert sorted(run.info.run_name for run in runs) == ["sweep-dice", "sweep-lr_low", "sweep-wbce", "train"]
+    main = next(run for run in runs if run.info.run_name == "train")
+    assert main.data.params["lr"] == "0.003"
+    assert main.data.params["model.encoder"] == "resnet18"
+    assert main.data.tags["data_manifest_sha256"] != "missing"
+    assert len(main.data.tags["git_commit"]) == 40
+    history = client.get_metric_history(main.info.run_id, "val_dice")
+    assert [m.step for m in history] == [1, 2]
+    assert "test_dice_patient_mean" in main.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(main.info.run_id)}
+    assert {"augment", "overlays", "curves", "evaluation"} <= artifacts
+    overlays = [a.path for a in client.list_artifacts(main.info.run_id, "overlays")]
+    assert overlays == ["overlays/val_epoch_001.png", "overlays/val_epoch_002.png"]
+    assert experiment.artifact_location.startswith((project["root"] / "mlartifacts").as_uri())
+
+
+def test_exp_run_set_param_adds_a_run(project):
+    root, env = project["root"], project["env"]
+    run(["dvc", "exp", "run", "evaluate", "-S", "lr=5e-5"], root, env)
+    _, _, runs = mlflow_runs(root)
+    new = [r for r in runs if r.data.tags.get("dvc_experiment")]
+    assert len(new) == 1
+    assert float(new[0].data.params["lr"]) == pytest.approx(5e-5)
+    shown = run(["dvc", "exp", "show", "--json"], root, env).stdout
+    assert "5e-05" in shown
+
+
+def test_queued_and_temp_experiments_land_in_the_repo_store(project):
+    root, env = project["root"], project["env"]
+    _, _, before = mlflow_runs(root)
+    run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "loss=wbce"], root, env)
+    run(["dvc", "queue", "start", "-j", "1"], root, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Success" in status, status
+    run(["dvc", "exp", "run", "evaluate", "--temp", "-S", "loss=dice"], root, env)
+    _, _, after = mlflow_runs(root)
+    new = {r.data.params["loss"] for r in after if r.info.run_id not in {b.info.run_id for b in before}}
+    assert new == {"wbce", "dice"}
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mlflow_server_serves_runs_metrics_and_overlays(project):
+    root = project["root"]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not come up"
+                time.sleep(1)
+        _, experiment, _ = mlflow_runs(root)
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 100}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        found = json.load(urllib.request.urlopen(request, timeout=30))["runs"]
+        main = next(r for r in found if r["info"]["run_name"] == "train")
+        metric_keys = {m["key"] for m in main["data"]["metrics"]}
+        assert {"train_loss", "val_dice", "val_iou", "test_dice_patient_mean"} <= metric_keys
+        listing = json.load(urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/artifacts/list?run_id={main['info']['run_id']}&path=overlays", timeout=30))
+        assert [f["path"] for f in listing["files"]] == ["overlays/val_epoch_001.png", "overlays/val_epoch_002.png"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -1,0 +1,69 @@
+"""The download stage on real Kaggle LGG data, restored from ../shared/lgg (skipped without it)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from glioseg.config import SyntheticParams
+from glioseg.data.lgg import read_mask
+from glioseg.data.sources import fetch_lgg
+
+SHARED_LGG = Path(__file__).resolve().parents[1].parent / "shared" / "lgg"
+PATIENTS = 3
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not SHARED_LGG.is_dir(), reason=f"real LGG data not available at {SHARED_LGG}"),
+]
+
+
+@pytest.fixture(scope="module")
+def restored(tmp_path_factory) -> Path:
+    """The first patients restored as kaggle_3m TIFs, plus the Kaggle-style zip."""
+    dest = tmp_path_factory.mktemp("lgg")
+    subprocess.run(
+        [sys.executable, str(SHARED_LGG / "restore.py"), str(dest), "--patients", str(PATIENTS), "--zip"],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+@pytest.fixture(scope="module")
+def expected() -> pd.DataFrame:
+    """Pairs and positive slices of the first patients, per the shared data's own manifest."""
+    manifest = pd.read_csv(SHARED_LGG / "manifest.csv")
+    first = sorted(manifest["patient"].unique())[:PATIENTS]
+    return manifest[manifest["patient"].isin(first)]
+
+
+def fetch(source: Path, out: Path) -> pd.DataFrame:
+    return fetch_lgg(
+        str(source), out / "kaggle_3m", out / "manifest.csv", patients=PATIENTS, synthetic=SyntheticParams()
+    )
+
+
+def positives(manifest: pd.DataFrame) -> int:
+    return sum(bool(read_mask(path).any()) for path in manifest["mask"])
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_fetch_matches_shared_manifest(restored, expected, tmp_path, kind):
+    source = restored / "kaggle_3m" if kind == "folder" else restored / "lgg-mri-segmentation.zip"
+
+    manifest = fetch(source, tmp_path)
+
+    assert sorted(manifest["patient"].unique()) == sorted(expected["patient"].unique())
+    assert len(manifest) == len(expected)
+    assert positives(manifest) == int((expected["tumour_pixels"] > 0).sum())
+
+
+def test_folder_and_zip_give_identical_files(restored, tmp_path):
+    from_folder = fetch(restored / "kaggle_3m", tmp_path / "folder")
+    from_zip = fetch(restored / "lgg-mri-segmentation.zip", tmp_path / "zip")
+
+    columns = ["patient", "slice", "image_sha256", "mask_sha256"]
+    pd.testing.assert_frame_equal(from_folder[columns], from_zip[columns])
