@@ -67,3 +67,34 @@ def test_folder_and_zip_give_identical_files(restored, tmp_path):
 
     columns = ["patient", "slice", "image_sha256", "mask_sha256"]
     pd.testing.assert_frame_equal(from_folder[columns], from_zip[columns])
+
+
+@pytest.mark.parametrize("threshold", [2.0, 8.0])
+def test_clean_and_labels_on_real_slices(restored, expected, tmp_path, threshold):
+    from glioseg.data.clean import find_dark, measure_slices
+    from glioseg.data.labels import build_labels
+
+    manifest = fetch(restored / "kaggle_3m", tmp_path)
+    measured = measure_slices(manifest)
+    removed = find_dark(measured, min_mean_intensity=threshold)
+    labels = build_labels(manifest, removed)
+
+    truth = expected.set_index(["patient", "slice"])["tumour_pixels"]
+    ours = labels.set_index(["patient", "slice"])
+    assert len(labels) == len(expected)
+    # masks are 0/255 on disk and 0/1 in memory: pixel counts must match the shared manifest exactly
+    assert (ours["tumour_pixels"].reindex(truth.index) == truth).all()
+    assert int(labels["diagnosis"].sum()) == int((truth > 0).sum())
+    # the removed slices are exactly the ones darker than the threshold, computed here independently
+    dark = {(row.patient, row.slice) for row in manifest.itertuples()
+            if read_image_mean(row.image) < threshold}
+    if threshold == 8.0:
+        assert dark, "the check needs some dark slices among these patients"
+    assert set(zip(removed["patient"], removed["slice"])) == dark
+    assert labels.loc[labels["kept"] == 0, ["patient", "slice"]].apply(tuple, axis=1).tolist() == sorted(dark)
+
+
+def read_image_mean(path: str) -> float:
+    import tifffile
+
+    return float(tifffile.imread(path).astype("float64").mean())

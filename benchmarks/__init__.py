@@ -1,0 +1,1 @@
+"""Training-throughput benchmarks: ``python -m benchmarks.run`` (see benchmarks/results.md)."""

@@ -1,0 +1,349 @@
+"""Training throughput, naive reference loop vs glioseg's Trainer: ``python -m benchmarks.run``.
+
+For each profile the data (synthetic by default: generate_lgg, 6 patients x 20 slices at
+256 px, in a temporary folder) are used twice, side by side:
+
+- naive: TIFs decoded per item, per-sample albumentations, DataLoader(num_workers=0), fp32;
+- glioseg: the array cache built once with ``glioseg.data.cache.build_cache``, saved as the
+  pipeline's ``.npz`` and loaded back, then ``glioseg.train.Trainer.train_epoch()``.
+
+Each loop runs in its own spawned process (unless ``--no-isolate``), so its peak RSS is its own;
+after their warm-up steps the two alternate timed rounds, so load from other processes on the
+machine falls on both. Prints a Markdown table and writes everything (with device, torch version, batch size, image
+size and precision beside every figure) to ``--json``. See benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from benchmarks.loops import SESSIONS, cpu_cores, device_name, serve
+from glioseg.config import Params, load_params, parse_params
+from glioseg.data.cache import build_cache, load_cache, save_cache
+from glioseg.data.lgg import list_pairs, read_mask
+from glioseg.data.synthetic import generate_lgg
+from glioseg.inference import select_device
+from glioseg.transforms import channel_stats
+
+SYNTHETIC = {"patients": 6, "slices": 20, "size": 256, "seed": 0}
+
+# The seed-004 protocol (profiles/seed-gpu.yaml): 128 px, batch 10, resnet34, full decoder, lr 1e-4.
+SEED_PROTOCOL = {
+    "lr": 1e-4,
+    "batch_size": 10,
+    "augment": {"image_size": 128},
+    "model": {"encoder": "resnet34", "encoder_depth": 5, "decoder_channels": [256, 128, 64, 32, 16]},
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied on top of params.yaml
+    steps: int = 10  # timed optimiser steps per loop...
+    warmup: int = 1  # ...after this many untimed ones
+    rounds: int = 3  # timed steps are split into this many rounds, alternating naive and glioseg
+
+
+# Steps chosen so `--profile both` stays within ~4 minutes on 2 CPU cores (the seed protocol's
+# resnet34 at 128 px trains at ~2-3 images/s there with the naive loop).
+PROFILES = {
+    "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
+                       SEED_PROTOCOL, steps=6, warmup=1, rounds=3),
+    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=24, warmup=2, rounds=4),
+}
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def profile_params(profile: Profile, base: Params, device: str | None = None) -> Params:
+    raw = deep_merge(base.model_dump(mode="json"), profile.overrides)
+    if device is not None:
+        raw = deep_merge(raw, {"train": {"device": device}})
+    return parse_params(raw, f"benchmark profile '{profile.name}'")
+
+
+class Loop:
+    """One loop's session, in a fresh spawned process (its own peak RSS and CUDA context) or here."""
+
+    def __init__(self, kind: str, args: tuple, isolate: bool):
+        self.kind, self.isolate = kind, isolate
+        if isolate:
+            context = mp.get_context("spawn")
+            self.conn, child = context.Pipe()
+            self.process = context.Process(target=serve, args=(child, kind, args), daemon=True)
+            self.process.start()
+            child.close()
+            self.ready = False
+        else:
+            self.session = SESSIONS[kind](*args)
+            self.ready = True
+
+    def _reply(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the {self.kind} loop's process died (exit code {self.process.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(f"the {self.kind} loop failed in its process:\n{value}")
+        return value
+
+    def call(self, method: str, *args: Any) -> Any:
+        if not self.isolate:
+            return getattr(self.session, method)(*args)
+        if not self.ready:  # the session is built when the child starts
+            self._reply()
+            self.ready = True
+        self.conn.send((method, *args))
+        return self._reply()
+
+    def close(self) -> None:
+        if self.isolate:
+            self.conn.close()
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join()
+
+
+def split_steps(steps: int, rounds: int) -> list[int]:
+    """``steps`` as ``rounds`` near-equal positive chunks (fewer rounds if steps < rounds)."""
+    rounds = max(1, min(rounds, steps))
+    return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
+
+
+def slice_frames(pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """labels and split frames as the pipeline would have them, every slice in 'train'."""
+    labels = pairs[["patient", "slice", "image", "mask"]].astype({"image": str, "mask": str})
+    diagnosis = [int(read_mask(path).any()) for path in labels["mask"]]
+    split = labels[["patient", "slice"]].assign(diagnosis=diagnosis, subset="train")
+    return labels, split
+
+
+def run_profile(
+    profile: Profile,
+    params: Params,
+    pairs: pd.DataFrame,
+    workdir: Path,
+    *,
+    steps: int | None = None,
+    warmup: int | None = None,
+    rounds: int | None = None,
+    isolate: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Cache build/load timings and both loops for one profile; the result dict ``run`` writes.
+
+    Both loops' sessions start together (in their own processes when ``isolate``), run their
+    warm-up steps, then alternate timed rounds (naive first in even rounds, glioseg first in odd
+    ones), so a burst of load from another process lands on both rather than on one.
+    """
+    steps = profile.steps if steps is None else steps
+    warmup = profile.warmup if warmup is None else warmup
+    rounds = profile.rounds if rounds is None else rounds
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need steps >= 1, warmup >= 0, rounds >= 1; got {steps}, {warmup}, {rounds}")
+    labels, split = slice_frames(pairs)
+    size = params.augment.image_size
+
+    log(f"[{profile.name}] cache: decoding and resizing {len(split)} slices to {size} px")
+    began = time.perf_counter()
+    arrays = build_cache(labels, split, size)
+    build_seconds = time.perf_counter() - began
+    cache_path = workdir / f"slices-{profile.name}-{size}.npz"
+    save_cache(arrays, cache_path)
+    load_times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        load_cache(cache_path)
+        load_times.append(time.perf_counter() - began)
+    mean, std = channel_stats(arrays.images)
+
+    config = params.model_dump(mode="json")
+    pair_list = list(zip(labels["image"], labels["mask"]))
+    chunks = split_steps(steps, rounds)
+    log(f"[{profile.name}] {params.model.encoder} at {size} px, batch {params.batch_size}: "
+        f"{warmup} warm-up + {steps} timed steps per loop in rounds of {chunks}")
+    loops = {
+        "naive": Loop("naive", (config, pair_list, mean, std), isolate),
+        "glioseg": Loop("glioseg", (config, str(cache_path)), isolate),
+    }
+    try:
+        for loop in loops.values():
+            loop.call("warmup", warmup)
+        for i, chunk in enumerate(chunks):
+            order = ["naive", "glioseg"] if i % 2 == 0 else ["glioseg", "naive"]
+            speeds = {}
+            for name in order:
+                loops[name].call("prepare", chunk)
+                speeds[name] = loops[name].call("run", chunk)
+            log(f"[{profile.name}]   round {i + 1}/{len(chunks)}: naive {speeds['naive']:.2f}, "
+                f"glioseg {speeds['glioseg']:.2f} images/s")
+        naive, glioseg = (loops[name].call("result") | {"isolated": isolate} for name in ("naive", "glioseg"))
+    finally:
+        for loop in loops.values():
+            loop.close()
+    paired = [g / n for g, n in zip(glioseg["images_per_s_per_round"], naive["images_per_s_per_round"])]
+    return {
+        "profile": profile.name,
+        "description": profile.description,
+        "slices": len(arrays),
+        "image_size": size,
+        "batch_size": params.batch_size,
+        "encoder": params.model.encoder,
+        "decoder_channels": list(params.model.decoder_channels),
+        "cache_build_s": round(build_seconds, 3),
+        "cache_load_s": round(statistics.median(load_times), 4),
+        "cache_mib": round(cache_path.stat().st_size / 2**20, 2),
+        "naive": naive,
+        "glioseg": glioseg,
+        "speedup": glioseg["images_per_s"] / naive["images_per_s"],
+        "speedup_per_round": [round(x, 3) for x in paired],
+        "speedup_median_of_rounds": statistics.median(paired),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per loop, the speed-up on the glioseg row, cache timings below."""
+    head = ("| profile | loop | device | torch | px | batch | precision, layout | timed images (steps x batch) "
+            "| seconds | images/s | per round | speed-up (median of rounds) | peak RSS MiB (+ over start) "
+            "| CUDA max alloc MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for result in results:
+        for key in ("naive", "glioseg"):
+            r = result[key]
+            speedup = (f"**{result['speedup']:.2f}x** ({result['speedup_median_of_rounds']:.2f}x)"
+                       if key == "glioseg" else "1.00x")
+            per_round = " / ".join(f"{x:.1f}" for x in r["images_per_s_per_round"])
+            lines.append(
+                f"| {result['profile']} | {key} | {r['device_name']} | {r['torch']} | {r['image_size']} "
+                f"| {r['batch_size']} | {r['precision']}, {r['memory_format']} | {r['images']} ({r['steps']} x "
+                f"{r['batch_size']}) | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {per_round} | {speedup} "
+                f"| {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
+                f"| {_fmt(r['cuda_max_allocated_mib'], 0)} |"
+            )
+    lines.append("")
+    for result in results:
+        lines.append(
+            f"- {result['profile']} ({result['description']}; {result['encoder']}): cache of {result['slices']} "
+            f"slices at {result['image_size']} px: build (TIF decode + resize + distance maps) "
+            f"{result['cache_build_s']:.2f} s; load (`load_cache`: `np.load` of the {result['cache_mib']:.1f} MiB "
+            f".npz, median of 3) {result['cache_load_s']:.4f} s"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=["default", "cpu", "both"], default="both",
+                        help="default = seed protocol (128 px, resnet34); cpu = params.yaml; both (default)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed optimiser steps per loop (default: default=6, cpu=24)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="split the timed steps into N rounds alternating the loops (default: default=3, cpu=4)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps before timing (default: default=1, cpu=2)")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where to write results")
+    parser.add_argument("--data", default="synthetic",
+                        help="'synthetic' (generate_lgg into a temp dir) or a path to a kaggle_3m folder")
+    parser.add_argument("--max-slices", type=int, default=120,
+                        help="use the first N slices of --data (synthetic gives 120)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for the cpu profile")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                        help="override train.device (default: params, i.e. auto)")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
+                        help="run the loops in this process (peak RSS then is the process's high-water mark)")
+    return parser.parse_args(argv)
+
+
+def load_pairs(data: str, workdir: Path, max_slices: int) -> tuple[pd.DataFrame, str]:
+    if data == "synthetic":
+        root = workdir / "kaggle_3m"
+        generate_lgg(root, **SYNTHETIC)
+        described = "synthetic generate_lgg({patients} patients x {slices} slices, {size} px, seed {seed})"
+        described = described.format(**SYNTHETIC)
+    else:
+        root = Path(data)
+        described = f"kaggle_3m at {root}"
+    pairs = list_pairs(root).head(max_slices).reset_index(drop=True)
+    return pairs, f"{described}, first {len(pairs)} slices"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = ["default", "cpu"] if args.profile == "both" else [args.profile]
+    base = load_params(args.params)
+    started = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    results = []
+    with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp:
+        pairs, data_description = load_pairs(args.data, Path(tmp), args.max_slices)
+        log(f"data: {data_description}")
+        for name in names:
+            profile = PROFILES[name]
+            params = profile_params(profile, base, args.device)
+            results.append(run_profile(profile, params, pairs, Path(tmp), steps=args.steps, warmup=args.warmup,
+                                       rounds=args.rounds, isolate=args.isolate, log=log))
+    device = select_device(args.device or base.train.device)
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "device": device.type,
+            "device_name": device_name(device),
+            "cpu_cores": cpu_cores(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "loadavg_1_5_15_at_start": load_start,
+            "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "data": data_description,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "profiles": results,
+    }
+    print(table(results))
+    print(f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start "
+          f"{report['machine']['loadavg_1_5_15_at_start']}, at end {report['machine']['loadavg_1_5_15_at_end']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

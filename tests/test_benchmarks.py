@@ -1,0 +1,64 @@
+"""The throughput benchmark (benchmarks/run.py) runs end to end on a tiny configuration."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root, beside src/
+
+from benchmarks.run import Profile, load_pairs, main, run_profile, table  # noqa: E402
+from glioseg.config import parse_params  # noqa: E402
+
+TINY = {
+    "batch_size": 4,
+    "augment": {"image_size": 32},
+    "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "train": {"device": "cpu", "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    pairs, _ = load_pairs("synthetic", root, max_slices=12)
+    return pairs
+
+
+def test_both_loops_report_throughput(pairs, tmp_path):
+    profile = Profile("tiny", "test profile")
+    result = run_profile(profile, parse_params(TINY), pairs, tmp_path, steps=2, warmup=1, rounds=2, isolate=False)
+    for loop in ("naive", "glioseg"):
+        r = result[loop]
+        assert r["images"] == 2 * 4 and r["steps"] == 2 and r["rounds"] == 2 and r["warmup_steps"] == 1
+        assert len(r["images_per_s_per_round"]) == 2 and min(r["images_per_s_per_round"]) > 0
+        assert r["images_per_s"] > 0 and r["seconds"] > 0
+        assert r["image_size"] == 32 and r["batch_size"] == 4 and r["precision"] == "fp32"
+        assert r["peak_rss_mib"] > 0 and r["torch"]
+    assert result["naive"]["memory_format"] == "contiguous"
+    assert result["glioseg"]["memory_format"] == "channels_last"
+    assert result["speedup"] > 0 and result["speedup_median_of_rounds"] > 0
+    assert result["cache_load_s"] >= 0 and result["slices"] == 12
+    assert "| tiny | glioseg |" in table([result])
+
+
+def test_cli_rejects_unknown_profile(capsys):
+    with pytest.raises(SystemExit):
+        main(["--profile", "gpu"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_writes_json(tmp_path, monkeypatch):
+    """The real CLI path, shrunk: the cpu profile at its params with a tiny params file."""
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(TINY))  # JSON is YAML
+    out = tmp_path / "out.json"
+    monkeypatch.setattr("benchmarks.run.SYNTHETIC", {"patients": 2, "slices": 6, "size": 64, "seed": 0})
+    assert main(["--profile", "cpu", "--steps", "1", "--warmup", "0", "--no-isolate",
+                 "--params", str(params), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (result,) = report["profiles"]
+    assert result["naive"]["images_per_s"] > 0 and result["glioseg"]["images_per_s"] > 0
+    assert report["machine"]["torch"] and report["command"].startswith("python -m benchmarks.run")
