@@ -253,11 +253,25 @@ class NaiveSession(Session):
         self.model = build_model(config.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.model.train()
+        self.data_seconds = 0.0  # in the DataLoader (TIF decode + per-sample albumentations + collate)
+
+    def run(self, steps: int) -> float:
+        if not self.rounds:
+            self.data_seconds = 0.0  # count the timed rounds only
+        return super().run(steps)
+
+    def result(self) -> dict[str, Any]:
+        out = super().result()
+        out["data_seconds"] = round(self.data_seconds, 4)
+        out["data_share"] = round(self.data_seconds / out["seconds"], 4) if out["seconds"] else None
+        return out
 
     def _steps(self, steps: int) -> int:
         images_seen = 0
         for _ in range(steps):
+            began = time.perf_counter()
             images, masks = next(self.batches)
+            self.data_seconds += time.perf_counter() - began
             images = images.to(self.device)
             target = masks.to(self.device).unsqueeze(1).float()
             logits = self.model(images)

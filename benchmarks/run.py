@@ -63,12 +63,13 @@ class Profile:
     rounds: int = 3  # timed steps are split into this many rounds, alternating naive and glioseg
 
 
-# Steps chosen so `--profile both` stays within ~4 minutes on 2 CPU cores (the seed protocol's
-# resnet34 at 128 px trains at ~2-3 images/s there with the naive loop).
+# Steps chosen so `--profile both` takes ~1 minute on 2 idle CPU cores (seed protocol ~12
+# images/s, CPU profile ~55 images/s with the naive loop) and stays under ~4 minutes when another
+# job competes for the cores (the seed protocol then drops to ~1.5-2.5 images/s).
 PROFILES = {
     "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
-                       SEED_PROTOCOL, steps=6, warmup=1, rounds=3),
-    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=24, warmup=2, rounds=4),
+                       SEED_PROTOCOL, steps=12, warmup=1, rounds=4),
+    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=40, warmup=2, rounds=5),
 }
 
 
@@ -258,7 +259,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"- {result['profile']} ({result['description']}; {result['encoder']}): cache of {result['slices']} "
             f"slices at {result['image_size']} px: build (TIF decode + resize + distance maps) "
             f"{result['cache_build_s']:.2f} s; load (`load_cache`: `np.load` of the {result['cache_mib']:.1f} MiB "
-            f".npz, median of 3) {result['cache_load_s']:.4f} s"
+            f".npz, median of 3) {result['cache_load_s']:.4f} s; the naive loop spent "
+            f"{100 * (result['naive'].get('data_share') or 0):.0f}% of its timed seconds in its DataLoader"
         )
     return "\n".join(lines)
 
@@ -268,9 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["default", "cpu", "both"], default="both",
                         help="default = seed protocol (128 px, resnet34); cpu = params.yaml; both (default)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed optimiser steps per loop (default: default=6, cpu=24)")
+                        help="timed optimiser steps per loop (default: default=12, cpu=40)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="split the timed steps into N rounds alternating the loops (default: default=3, cpu=4)")
+                        help="split the timed steps into N rounds alternating the loops (default: default=4, cpu=5)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps before timing (default: default=1, cpu=2)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where to write results")

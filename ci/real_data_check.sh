@@ -2,7 +2,10 @@
 # A short, seeded pipeline run gated by `glioseg check-metrics` against a committed baseline.
 # On real data (../shared/lgg restored) when it is there, else on the embedded synthetic data.
 # Runs in a temporary copy of the tracked files, so the checkout's params and data stay as they are.
+#   bash ci/real_data_check.sh                    # run and gate
+#   bash ci/real_data_check.sh --write-baseline   # run and store the result as the new baseline
 set -euo pipefail
+write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED_LGG="$ROOT/../shared/lgg"
 WORK=$(mktemp -d)
@@ -22,7 +25,9 @@ else
     kind=synthetic
     source_path=synthetic
 fi
-python - "$ROOT/ci/profile-$kind.yaml" "$source_path" <<'PY'
+profile="$ROOT/ci/profile-$kind.yaml"
+[ -f "$profile" ] || profile="$ROOT/params.yaml"
+python - "$profile" "$source_path" <<'PY'
 import sys, yaml
 params = yaml.safe_load(open(sys.argv[1]))
 params["data"]["source"] = sys.argv[2]
@@ -32,4 +37,9 @@ glioseg check-params params.yaml >/dev/null
 start=$(date +%s)
 dvc repro evaluate
 echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
-glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$ROOT/ci/floors.yaml"
+if [ "$write_baseline" = "--write-baseline" ]; then
+    cp metrics/test.json "$ROOT/ci/baseline-$kind.json"
+    echo "ci: wrote ci/baseline-$kind.json"
+else
+    glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$ROOT/ci/floors.yaml"
+fi

@@ -123,6 +123,21 @@ def check_metrics_command(
         raise typer.Exit(1)
 
 
+@app.command("predict")
+@user_errors
+def predict_command(
+    source: Annotated[Path, typer.Argument(help="a .tif slice, a kaggle_3m patient folder, or a folder of them")],
+    out: Annotated[Path, typer.Option(help="output folder (created; replaced if it holds an earlier prediction)")],
+    model: Annotated[str, typer.Option(help="model file, runs:/<run id> or models:/<name>/<version>")] = "models/model.pt",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Segment new scans: masks (<slice>_mask.tif), overlays and tumour areas (areas.csv, cases.csv)."""
+    from glioseg.predict import predict
+
+    table = predict(source, model, out, device)
+    typer.echo(f"{len(table)} slices, {int((table['tumour_pixels'] > 0).sum())} with tumour -> {out}")
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,

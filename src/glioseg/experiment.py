@@ -86,6 +86,7 @@ def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str]
         outcome = trainer.fit(out_dir / "checkpoints", RunLogger(params, val, loaded_view))
         best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
         save_checkpoint(out_dir / "model.pt", best)
+        tracking.log_artifact(out_dir / "model.pt", "checkpoint")
         write_csv(out_dir / "history.csv", outcome.history)
         final = outcome.history.iloc[outcome.best_epoch - 1]
         summary = {

@@ -65,6 +65,11 @@ def _mlflow():
     return mlflow
 
 
+def client():
+    mlflow = _mlflow()
+    return mlflow.tracking.MlflowClient(tracking_uri=tracking_uri())
+
+
 def ensure_experiment(name: str = EXPERIMENT) -> str:
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())

@@ -1,0 +1,97 @@
+"""glioseg predict on TIFs the test writes, with a tiny trained model."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from glioseg.data.cache import SliceArrays
+from glioseg.errors import DataError
+from glioseg.evaluate import predict_masks
+from glioseg.model import load_model, save_checkpoint
+from glioseg.predict import find_inputs, predict
+from glioseg.train import Trainer
+from glioseg.transforms import preprocess_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from glioseg.config import parse_params
+    from glioseg.transforms import build_pipelines, pipelines_to_dict
+    from tests.conftest import TINY_PARAMS, square_slices
+
+    params = parse_params({**TINY_PARAMS, "epochs": 2})
+    train = square_slices(12, 32, seed=0)
+    pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
+    outcome = Trainer(params, train, square_slices(6, 32, seed=1), pipelines, "p").fit(
+        tmp_path_factory.mktemp("ckpt"))
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(path, outcome.best)
+    return path
+
+
+@pytest.fixture
+def patient_folder(tmp_path):
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "kaggle_3m" / "TCGA_XX_0001_20000101"
+    folder.mkdir(parents=True)
+    for n in (1, 2, 10):
+        image = rng.integers(0, 40, size=(128, 128, 3), dtype=np.uint8)
+        image[40:80, 40:80] = 220
+        tifffile.imwrite(folder / f"TCGA_XX_0001_20000101_{n}.tif", image, photometric="rgb")
+        tifffile.imwrite(folder / f"TCGA_XX_0001_20000101_{n}_mask.tif", np.zeros((128, 128), np.uint8))
+    return folder
+
+
+def test_inputs_are_found_in_slice_order(patient_folder):
+    items = find_inputs(patient_folder)
+    assert [i.name for i in items] == [f"TCGA_XX_0001_20000101_{n}" for n in (1, 2, 10)]
+    assert find_inputs(patient_folder.parent)[0].case == "TCGA_XX_0001_20000101"
+    assert len(find_inputs(patient_folder / "TCGA_XX_0001_20000101_2.tif")) == 1
+
+
+def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model_file, patient_folder, tmp_path):
+    out = tmp_path / "out"
+    table = predict(patient_folder, model_file, out, device="cpu")
+    case = out / "TCGA_XX_0001_20000101"
+    for n in (1, 2, 10):
+        mask = tifffile.imread(case / f"TCGA_XX_0001_20000101_{n}_mask.tif")
+        assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
+        assert (case / f"TCGA_XX_0001_20000101_{n}_overlay.png").is_file()
+    areas = pd.read_csv(out / "areas.csv")
+    assert areas["slice"].tolist() == [f"TCGA_XX_0001_20000101_{n}" for n in (1, 2, 10)]
+    assert pd.read_csv(out / "cases.csv")["slices"].tolist() == [3]
+
+    # the same slices through the evaluation path (cache-style resize, model-size masks)
+    loaded = load_model(model_file)
+    resize = preprocess_pipeline(32)
+    images = np.stack([resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"]
+                       for n in (1, 2, 10)])
+    arrays = SliceArrays(images, np.zeros((3, 32, 32), np.uint8), np.zeros((3, 32, 32), np.float16),
+                         np.array(["p"] * 3), np.array([1, 2, 10]), np.array(["test"] * 3))
+    expected = predict_masks(loaded, arrays, "cpu")
+    for row, n in enumerate((1, 2, 10)):
+        written = tifffile.imread(case / f"TCGA_XX_0001_20000101_{n}_mask.tif") > 0
+        np.testing.assert_array_equal(written[::4, ::4], expected[row])
+    assert table["model_pixels"].tolist() == [int(m.sum()) for m in expected]
+
+
+def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
+    with pytest.raises(DataError, match="input not found"):
+        predict(tmp_path / "nope", model_file, tmp_path / "o1")
+    grey = tmp_path / "grey" / "g_1.tif"
+    grey.parent.mkdir()
+    tifffile.imwrite(grey, np.zeros((64, 64, 3), np.uint8)[..., :1].squeeze(-1))
+    with pytest.raises(DataError, match="g_1.tif"):
+        predict(grey, model_file, tmp_path / "o2")
+    with pytest.raises(DataError, match="model file not found"):
+        predict(patient_folder, tmp_path / "missing.pt", tmp_path / "o3")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not an earlier predict output"):
+        predict(patient_folder, model_file, busy)
+    assert (busy / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "o2").exists()
