@@ -31,9 +31,19 @@ def load_pipelines(path: Path = paths.AUGMENT) -> dict[str, Any]:
     return read_json(path)
 
 
+TRAINING_CODE = ("train.py", "losses.py", "model.py", "transforms.py", "inference.py", "metrics.py")
+
+
 def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:
-    """What a resumable checkpoint must match: the params, the pipelines and the cached data."""
+    """What a resumable checkpoint must match: params, pipelines, cached data and the training code.
+
+    A checkpoint left by other code is not resumed: DVC re-runs train when that code changes,
+    and the run must then really train again.
+    """
     digest = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True, default=str).encode())
+    package = Path(__file__).parent
+    for name in TRAINING_CODE:
+        digest.update((package / name).read_bytes())
     digest.update(json.dumps(pipelines, sort_keys=True).encode())
     digest.update(tracking.file_sha256(Path(cache_path)).encode())
     return digest.hexdigest()
