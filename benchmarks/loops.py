@@ -113,6 +113,8 @@ class Session:
         self.rss_start = rss_mib()  # torch, smp and glioseg imported (torch alone is ~0.5 GiB)
         self.config: Params = parse_params(params)
         self.device = select_device(self.config.train.device)
+        if self.config.train.threads:  # as the Trainer does, so both loops get the same threads
+            torch.set_num_threads(self.config.train.threads)
         self.batch_size = self.config.batch_size
         self.warmup_steps = 0
         self.rounds: list[tuple[int, int, float]] = []  # (steps, images, seconds) per timed round

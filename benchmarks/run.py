@@ -9,8 +9,9 @@ For each profile the data (synthetic by default: generate_lgg, 6 patients x 20 s
 
 Each loop runs in its own spawned process (unless ``--no-isolate``), so its peak RSS is its own;
 after their warm-up steps the two alternate timed rounds, so load from other processes on the
-machine falls on both. Prints a Markdown table and writes everything (with device, torch version, batch size, image
-size and precision beside every figure) to ``--json``. See benchmarks/results.md.
+machine falls on both. Prints a Markdown table and writes everything (with device, torch
+version, batch size, image size and precision beside every figure) to ``--json``.
+See benchmarks/results.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from glioseg.config import Params, load_params, parse_params
 from glioseg.data.cache import build_cache, load_cache, save_cache
 from glioseg.data.lgg import list_pairs, read_mask
 from glioseg.data.synthetic import generate_lgg
+from glioseg.errors import GliosegError
 from glioseg.inference import select_device
 from glioseg.transforms import channel_stats
 
@@ -76,7 +78,8 @@ PROFILES = {
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if nested else value
     return merged
 
 
@@ -303,8 +306,17 @@ def load_pairs(data: str, workdir: Path, max_slices: int) -> tuple[pd.DataFrame,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return benchmark(args, argv)
+    except GliosegError as exc:  # a bad params file, data folder or device: one line, as the CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     names = ["default", "cpu"] if args.profile == "both" else [args.profile]
     base = load_params(args.params)
+    device = select_device(args.device or base.train.device)  # fail now if 'cuda' is not there
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -317,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
             params = profile_params(profile, base, args.device)
             results.append(run_profile(profile, params, pairs, Path(tmp), steps=args.steps, warmup=args.warmup,
                                        rounds=args.rounds, isolate=args.isolate, log=log))
-    device = select_device(args.device or base.train.device)
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),

@@ -62,3 +62,8 @@ def test_cli_writes_json(tmp_path, monkeypatch):
     (result,) = report["profiles"]
     assert result["naive"]["images_per_s"] > 0 and result["glioseg"]["images_per_s"] > 0
     assert report["machine"]["torch"] and report["command"].startswith("python -m benchmarks.run")
+
+
+def test_cli_reports_missing_data_in_one_line(tmp_path, capsys):
+    assert main(["--profile", "cpu", "--data", str(tmp_path / "nowhere"), "--json", str(tmp_path / "out.json")]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: ")
