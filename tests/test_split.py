@@ -59,3 +59,26 @@ def test_nothing_kept_is_an_error():
     labels = make_labels(3).assign(kept=0)
     with pytest.raises(DataError, match="no kept slices"):
         split_slices(labels, SplitParams(), seed=0)
+
+
+def test_five_folds_partition_the_patients():
+    labels = make_labels(50)
+    tests = []
+    for fold in range(5):
+        split = split_slices(labels, SplitParams(folds=5, fold=fold), seed=4)
+        assert (split.groupby("patient")["subset"].nunique() == 1).all()
+        patients = split.drop_duplicates("patient")
+        tests.append(set(patients.loc[patients["subset"] == "test", "patient"]))
+        assert patients["subset"].value_counts().to_dict() == {"train": 36, "test": 10, "val": 4}
+    assert set().union(*tests) == set(labels["patient"])  # every patient is tested exactly once
+    assert sum(len(t) for t in tests) == 50
+
+
+def test_fold_params_are_checked():
+    from glioseg.config import parse_params
+    from glioseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="split.fold must be below"):
+        parse_params({"split": {"folds": 5, "fold": 5}})
+    with pytest.raises(ConfigError, match="split.folds must be 0"):
+        parse_params({"split": {"folds": 1}})

@@ -50,12 +50,20 @@ class SplitParams(Strict):
     train: float = Field(0.72, gt=0, lt=1)
     val: float = Field(0.08, ge=0, lt=1)
     test: float = Field(0.20, gt=0, lt=1)
+    folds: int = Field(0, ge=0, description="k-fold cross-validation by patient when >= 2")
+    fold: int = Field(0, ge=0, description="which fold is the test set")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split.train + split.val + split.test must be 1, got {total:g}")
+        if self.folds == 1:
+            raise ValueError("split.folds must be 0 (no cross-validation) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"split.fold must be below split.folds ({self.folds}), got {self.fold}")
+        if self.folds and self.by != "patient":
+            raise ValueError("split.folds needs split.by: patient")
         return self
 
 

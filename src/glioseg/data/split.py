@@ -1,5 +1,9 @@
 """Train/val/test split, by patient (default) or by slice (the seed's leaky protocol).
 
+With ``split.folds: k`` the patients are dealt into k stratified folds instead; fold
+``split.fold`` is the test set (5-fold cross-validation: ``dvc exp run --queue -S
+split.folds=5 -S split.fold=0,1,2,3,4``).
+
 Patients are stratified by tumour burden (share of their slices that are positive): they are
 shuffled with the seed, sorted by burden, and dealt to the subsets in proportion, so every
 subset sees light and heavy cases. ``by: slice`` deals slices, stratified by diagnosis; slices of
@@ -54,6 +58,17 @@ def _stratified_assign(keys: pd.DataFrame, strata: str, fractions: dict[str, flo
     return pd.Series(deal(len(ordered), sizes), index=ordered.index)
 
 
+def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Series:
+    """k-fold by patient: fold ``params.fold`` is the test set, val is drawn from the others."""
+    shares = dict.fromkeys(range(params.folds), 1 / params.folds)
+    folds = _stratified_assign(burden, "burden", shares, seed).reindex(burden.index)
+    subset = pd.Series("test", index=burden.index)
+    rest = burden[folds != params.fold]
+    share = params.val / (params.train + params.val)
+    subset[rest.index] = _stratified_assign(rest, "burden", {"train": 1 - share, "val": share}, seed)
+    return subset
+
+
 def split_slices(labels: pd.DataFrame, params: SplitParams, seed: int) -> pd.DataFrame:
     """One row per kept slice: patient, slice, diagnosis, subset."""
     kept = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].reset_index(drop=True)
@@ -62,7 +77,8 @@ def split_slices(labels: pd.DataFrame, params: SplitParams, seed: int) -> pd.Dat
     fractions = {name: getattr(params, name) for name in SUBSETS}
     if params.by == "patient":
         burden = kept.groupby("patient", as_index=False)["diagnosis"].mean().rename(columns={"diagnosis": "burden"})
-        burden["subset"] = _stratified_assign(burden, "burden", fractions, seed)
+        burden["subset"] = (fold_assign(burden, params, seed) if params.folds
+                            else _stratified_assign(burden, "burden", fractions, seed))
         result = kept.merge(burden[["patient", "subset"]], on="patient")
     else:
         result = kept.assign(subset=_stratified_assign(kept, "diagnosis", fractions, seed))
