@@ -70,8 +70,8 @@ class Profile:
 # job competes for the cores (the seed protocol then drops to ~1.5-2.5 images/s).
 PROFILES = {
     "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
-                       SEED_PROTOCOL, steps=12, warmup=1, rounds=4),
-    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=40, warmup=2, rounds=5),
+                       SEED_PROTOCOL, steps=8, warmup=1, rounds=4),
+    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=30, warmup=2, rounds=5),
 }
 
 
@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["default", "cpu", "both"], default="both",
                         help="default = seed protocol (128 px, resnet34); cpu = params.yaml; both (default)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed optimiser steps per loop (default: default=12, cpu=40)")
+                        help="timed optimiser steps per loop (default: default=8, cpu=30)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="split the timed steps into N rounds alternating the loops (default: default=4, cpu=5)")
     parser.add_argument("--warmup", type=int, default=None,
