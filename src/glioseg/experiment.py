@@ -51,7 +51,7 @@ def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:
 
 def overlay_rows(val: SliceArrays, count: int) -> np.ndarray:
     """A fixed set of validation slices to watch during training: those with the most tumour."""
-    tumour = val.masks.reshape(len(val), -1).sum(axis=1)
+    tumour = val.masks.reshape(len(val), -1).sum(axis=1, dtype=np.int64)
     return np.argsort(-tumour, kind="stable")[:count]
 
 

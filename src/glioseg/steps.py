@@ -77,7 +77,8 @@ def preview(pipeline: A.Compose, images: np.ndarray, masks: np.ndarray, seed: in
     panels = []
     for image, mask in zip(images, masks):
         out = geometry(image=image, mask=mask)
-        panels += [display_image(image), mask * 255, display_image(out["image"]), out["mask"] * 255]
+        panels += [display_image(image), display_image(mask * 255), display_image(out["image"]),
+                   display_image(out["mask"] * 255)]
     return panels
 
 
@@ -87,7 +88,7 @@ def augment(params: Params) -> dict[str, Any]:
         raise DataError(f"{paths.SPLIT}: the train subset is empty")
     pipelines = build_pipelines(params.augment, arrays.images)
     write_json(paths.AUGMENT, pipelines_to_dict(pipelines))
-    tumour = arrays.masks.reshape(len(arrays), -1).sum(axis=1)
+    tumour = arrays.masks.reshape(len(arrays), -1).sum(axis=1, dtype=np.int64)
     shown = np.argsort(-tumour, kind="stable")[:4]
     panels = preview(pipelines["train"], arrays.images[shown], arrays.masks[shown], params.seed)
     titles = ["image", "mask", "augmented image", "augmented mask"] * len(shown)
