@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from glioseg.config import flatten
 from glioseg.errors import ConfigError, DataError
+from glioseg.io import read_yaml
 
 RULE_KEYS = ("min", "tolerance")
 COLUMNS = ["metric", "baseline", "current", "delta", "floor", "ok", "note"]
@@ -57,12 +57,7 @@ def _rule(path: Path, metric: str, rule: Any) -> dict[str, float]:
 def load_floors(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """The rules file as ``{metric: {"min": ..., "tolerance": ...}}`` (either key may be absent)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: metric rules file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, "metric rules file")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: expected a mapping of metric -> {{min|tolerance: number}}")
     return {str(metric): _rule(path, str(metric), rule) for metric, rule in raw.items()}

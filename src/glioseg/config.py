@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from glioseg.errors import ConfigError
+from glioseg.io import read_yaml
 
 LossName = Literal["wbce", "dice", "combined"]
 
@@ -185,12 +185,7 @@ def params_path() -> Path:
 
 def load_params(path: str | os.PathLike | None = None) -> Params:
     path = Path(path) if path is not None else params_path()
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, "params file")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of params at the top level")
     return parse_params(raw, str(path))

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import yaml
+
+from glioseg.errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -51,3 +54,14 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 
 def read_json(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> object:
+    """A YAML file's content; a missing file or bad YAML is a one-line ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
