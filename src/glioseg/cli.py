@@ -72,14 +72,11 @@ def run_stage(stage: str, sweep: str | None = None, params_file: Path | None = N
 
         return {"report": str(build_report(params))}
     from glioseg import experiment, paths
-    from glioseg.io import write_json
 
     if stage == "train":
         return experiment.train_run(params, "train", paths.MODELS)
     if stage == "evaluate":
-        result = experiment.evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params.train.device)
-        write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
-        return result
+        return experiment.evaluate_stage(params)
     if not sweep:
         raise GliosegError("the sweep stage needs a sweep name: glioseg stage sweep NAME")
     return experiment.sweep_run(params, sweep)

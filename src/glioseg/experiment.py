@@ -18,11 +18,13 @@ from glioseg import paths, tracking
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.errors import DataError
-from glioseg.evaluate import evaluate, predict_masks, write_outputs
+from glioseg.evaluate import evaluate, write_outputs
+from glioseg.inference import predict_probabilities
 from glioseg.io import read_json, write_csv, write_json
-from glioseg.model import LoadedModel, build_model, load_model, save_checkpoint
+from glioseg.model import build_model, load_model, save_checkpoint
 from glioseg.train import CURVE_METRICS, Trainer
-from glioseg.viz import figure_to_array, learning_curves, overlay, overlay_grid, save_png
+from glioseg.transforms import BatchAugment, pipelines_from_dict
+from glioseg.viz import figure_to_array, learning_curves, overlay, overlay_grid
 
 
 def load_pipelines(path: Path = paths.AUGMENT) -> dict[str, Any]:
@@ -56,13 +58,16 @@ def overlay_rows(val: SliceArrays, count: int) -> np.ndarray:
 
 
 class RunLogger:
-    """The training loop's epoch callback: metrics every epoch, overlays every few epochs."""
+    """The training loop's epoch callback: metrics every epoch, overlays every few epochs.
 
-    def __init__(self, params: Params, val: SliceArrays, loaded_view):
+    The overlays always show the same validation slices (those with the most tumour), predicted
+    with the run's own eval normalisation and threshold.
+    """
+
+    def __init__(self, params: Params, val: SliceArrays, pipelines: dict[str, Any]):
         self.params = params
-        self.val = val
-        self.rows = overlay_rows(val, params.train.overlay_slices)
-        self.loaded_view = loaded_view
+        self.watched = val.take(overlay_rows(val, params.train.overlay_slices))
+        self.normaliser = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["eval"])
 
     def __call__(self, epoch: int, row: dict[str, float], model: torch.nn.Module) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -70,10 +75,12 @@ class RunLogger:
             tracking.log_image(self.overlays(model), f"overlays/val_epoch_{epoch:03d}.png")
 
     def overlays(self, model: torch.nn.Module) -> np.ndarray:
-        subset = self.val.take(self.rows)
-        predictions = predict_masks(self.loaded_view(model), subset, self.params.train.device)
-        panels = [overlay(subset.images[i], subset.masks[i], predictions[i]) for i in range(len(subset))]
-        titles = [f"{subset.patient[i]} #{subset.slice[i]}" for i in range(len(subset))]
+        watched = self.watched
+        device = next(model.parameters()).device
+        probabilities = predict_probabilities(model, watched.images, self.normaliser, device)
+        predictions = probabilities > self.params.train.threshold
+        panels = [overlay(watched.images[i], watched.masks[i], predictions[i]) for i in range(len(watched))]
+        titles = [f"{watched.patient[i]} #{watched.slice[i]}" for i in range(len(watched))]
         return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
 
 
@@ -86,14 +93,11 @@ def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str]
         raise DataError(f"{paths.SPLIT}: the train and val subsets must both hold slices")
     trainer = Trainer(params, train, val, pipelines, fingerprint(params, paths.CACHE, pipelines))
 
-    def loaded_view(model: torch.nn.Module) -> LoadedModel:
-        return LoadedModel(model, params.model, pipelines, params.train.threshold, {})
-
     with tracking.start_run(run_name, params.flat(), tags or {}) as run:
         if paths.AUGMENT_PREVIEW.is_file():
             tracking.log_artifact(paths.AUGMENT_PREVIEW, "augment")
         tracking.log_artifact(paths.AUGMENT, "augment")
-        outcome = trainer.fit(out_dir / "checkpoints", RunLogger(params, val, loaded_view))
+        outcome = trainer.fit(out_dir / "checkpoints", RunLogger(params, val, pipelines))
         best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
         save_checkpoint(out_dir / "model.pt", best)
         tracking.log_artifact(out_dir / "model.pt", "checkpoint")
@@ -138,6 +142,13 @@ def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | Non
         flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in summary.items()}
         tracking.log_to_run(run_id, flat, images)
     return {"mlflow_run_id": run_id, **results}
+
+
+def evaluate_stage(params: Params) -> dict[str, Any]:
+    """The evaluate stage: the main model on the test (and train) patients -> metrics/test.json."""
+    result = evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params.train.device)
+    write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
+    return result
 
 
 def sweep_run(params: Params, name: str) -> dict[str, Any]:

@@ -49,9 +49,9 @@ def find_inputs(source: Path) -> list[SliceInput]:
         if not is_image_tif(source):
             raise DataError(f"{source}: expected a .tif image slice (not a mask)")
         return [SliceInput(source.parent.name, source.stem, source)]
-    direct = sorted(p for p in source.iterdir() if p.is_file() and is_image_tif(p))
+    direct = find_inputs_in_case(source)
     if direct:
-        return [SliceInput(source.name, p.stem, p) for p in _by_slice_number(direct)]
+        return direct
     nested = [p for p in sorted(source.iterdir()) if p.is_dir()]
     found = [item for folder in nested for item in find_inputs_in_case(folder)]
     if not found:

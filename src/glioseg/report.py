@@ -61,14 +61,16 @@ def collect_runs(params: Params) -> list[RunResult]:
     return runs
 
 
-def _row(run: RunResult) -> dict[str, object]:
-    return {
-        "train Dice": run.train["dice_patient_mean"],
-        "test Dice": run.test["dice_patient_mean"],
-        "test IoU": run.test["iou_patient_mean"],
-        "test Dice (tumour slices)": run.test.get("dice_positive_slice_mean", np.nan),
-        "MLflow run": f"`{run.run_id}` ({run.name})",
-    }
+RUN_COLUMNS = ["train Dice", "test Dice", "test IoU", "test Dice (tumour slices)", "MLflow run"]
+
+
+def _row(run: RunResult | None) -> dict[str, object]:
+    """A table row's run columns; all missing (NaN) when no run has the row's configuration."""
+    if run is None:
+        return dict.fromkeys(RUN_COLUMNS, np.nan)
+    values = [run.train["dice_patient_mean"], run.test["dice_patient_mean"], run.test["iou_patient_mean"],
+              run.test.get("dice_positive_slice_mean", np.nan), f"`{run.run_id}` ({run.name})"]
+    return dict(zip(RUN_COLUMNS, values))
 
 
 def unique_by(runs: list[RunResult], key) -> dict:
@@ -85,14 +87,9 @@ def loss_table(runs: list[RunResult], params: Params) -> pd.DataFrame:
     rows = []
     for loss, label in LOSS_LABELS.items():
         theirs = SEED_LOSS_TABLE[loss]
-        ours = _row(by_loss[loss]) if loss in by_loss else dict.fromkeys(_row_keys(), np.nan)
-        rows.append({"loss": label, **ours, "seed 004 train Dice (theirs)": theirs[0],
+        rows.append({"loss": label, **_row(by_loss.get(loss)), "seed 004 train Dice (theirs)": theirs[0],
                      "seed 004 test Dice (theirs)": theirs[1]})
     return pd.DataFrame(rows)
-
-
-def _row_keys() -> list[str]:
-    return ["train Dice", "test Dice", "test IoU", "test Dice (tumour slices)", "MLflow run"]
 
 
 def lr_table(runs: list[RunResult]) -> pd.DataFrame:
@@ -106,18 +103,13 @@ def seed_lr_table() -> pd.DataFrame:
 
 
 def data_summary(labels: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    kept = labels[labels["kept"] == 1]
-    removed = labels[labels["kept"] == 0]
-    counts = pd.DataFrame(
-        [
-            {"slices": "all pairs", "total": len(labels), "positive": int(labels["diagnosis"].sum()),
-             "negative": int((labels["diagnosis"] == 0).sum()), "patients": labels["patient"].nunique()},
-            {"slices": "removed (dark)", "total": len(removed), "positive": int(removed["diagnosis"].sum()),
-             "negative": int((removed["diagnosis"] == 0).sum()), "patients": removed["patient"].nunique()},
-            {"slices": "kept", "total": len(kept), "positive": int(kept["diagnosis"].sum()),
-             "negative": int((kept["diagnosis"] == 0).sum()), "patients": kept["patient"].nunique()},
-        ]
-    )
+    def count(name: str, rows: pd.DataFrame) -> dict[str, object]:
+        positive = int(rows["diagnosis"].sum())
+        return {"slices": name, "total": len(rows), "positive": positive, "negative": len(rows) - positive,
+                "patients": rows["patient"].nunique()}
+
+    counts = pd.DataFrame([count("all pairs", labels), count("removed (dark)", labels[labels["kept"] == 0]),
+                           count("kept", labels[labels["kept"] == 1])])
     sizes = split.groupby("subset").agg(
         patients=("patient", "nunique"), slices=("slice", "size"), positive=("diagnosis", "sum")
     ).reindex(["train", "val", "test"]).reset_index()
