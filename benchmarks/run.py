@@ -175,7 +175,7 @@ def run_profile(
 
     log(f"[{profile.name}] cache: decoding and resizing {len(split)} slices to {size} px")
     began = time.perf_counter()
-    arrays = build_cache(labels, split, size)
+    arrays = build_cache(labels, split, params)
     build_seconds = time.perf_counter() - began
     cache_path = workdir / f"slices-{profile.name}-{size}.npz"
     save_cache(arrays, cache_path)

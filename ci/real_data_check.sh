@@ -1,46 +1,62 @@
 #!/usr/bin/env bash
-# A short, seeded pipeline run gated by `glioseg check-metrics` against a committed baseline.
-# On real data (../shared/lgg restored) when it is there, else on the embedded synthetic data.
-# Runs in a temporary copy of the tracked files, so the checkout's params and data stay as they are.
+# Short, seeded pipeline runs gated by `glioseg check-metrics` against committed baselines:
+#   - LGG: on real data (../shared/lgg restored) when it is there, else on the embedded synthetic data;
+#   - BraTS: on the real NIfTI cases of ../shared/brats when they are there.
+# Each runs in a temporary copy of the tracked files, so the checkout's params and data stay as they are.
 #   bash ci/real_data_check.sh                    # run and gate
-#   bash ci/real_data_check.sh --write-baseline   # run and store the result as the new baseline
-#   GLIOSEG_CI_DATA=synthetic bash ci/real_data_check.sh   # the synthetic gate even where ../shared exists
+#   bash ci/real_data_check.sh --write-baseline   # run and store the results as the new baselines
+#   GLIOSEG_CI_DATA=synthetic bash ci/real_data_check.sh   # only the synthetic gate even where ../shared exists
 set -euo pipefail
 write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED_LGG="$ROOT/../shared/lgg"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+SHARED="$ROOT/../shared"
 export PATH="$ROOT/.venv/bin:$PATH"
 
-(cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$WORK")
-cd "$WORK"
-git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm "ci snapshot"
-
-if [ -f "$SHARED_LGG/restore.py" ] && [ "${GLIOSEG_CI_DATA:-}" != synthetic ]; then
-    kind=real
-    python "$SHARED_LGG/restore.py" "$WORK/lgg" --patients "${GLIOSEG_CI_PATIENTS:-40}" >/dev/null
-    source_path="$WORK/lgg/kaggle_3m"
-else
-    echo "ci: running the metrics gate on the embedded synthetic data (../shared/lgg absent or not asked for)"
-    kind=synthetic
-    source_path=synthetic
-fi
-profile="$ROOT/ci/profile-$kind.yaml"
-[ -f "$profile" ] || profile="$ROOT/params.yaml"
-python - "$profile" "$source_path" <<'PY'
+# gate KIND SOURCE: params from ci/profile-KIND.yaml with data.source SOURCE, `dvc repro evaluate`,
+# then check metrics/test.json against ci/baseline-KIND.json with ci/floors-KIND.yaml (or ci/floors.yaml).
+gate() {
+    local kind=$1 source_path=$2 work start
+    work=$(mktemp -d)
+    (cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$work")
+    (
+        cd "$work"
+        git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm "ci snapshot"
+        profile="$ROOT/ci/profile-$kind.yaml"
+        [ -f "$profile" ] || profile="$ROOT/params.yaml"
+        python - "$profile" "$source_path" <<'PY'
 import sys, yaml
 params = yaml.safe_load(open(sys.argv[1]))
 params["data"]["source"] = sys.argv[2]
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 PY
-glioseg check-params params.yaml >/dev/null
-start=$(date +%s)
-dvc repro evaluate
-echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
-if [ "$write_baseline" = "--write-baseline" ]; then
-    cp metrics/test.json "$ROOT/ci/baseline-$kind.json"
-    echo "ci: wrote ci/baseline-$kind.json"
+        glioseg check-params params.yaml >/dev/null
+        start=$(date +%s)
+        dvc repro evaluate
+        echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
+        rules="$ROOT/ci/floors-$kind.yaml"
+        [ -f "$rules" ] || rules="$ROOT/ci/floors.yaml"
+        if [ "$write_baseline" = "--write-baseline" ]; then
+            cp metrics/test.json "$ROOT/ci/baseline-$kind.json"
+            echo "ci: wrote ci/baseline-$kind.json"
+        else
+            glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$rules"
+        fi
+    ) || { rm -rf "$work"; return 1; }
+    rm -rf "$work"
+}
+
+if [ "${GLIOSEG_CI_DATA:-}" = synthetic ] || [ ! -f "$SHARED/lgg/restore.py" ]; then
+    echo "ci: running the LGG metrics gate on the embedded synthetic data (../shared/lgg absent or not asked for)"
+    gate synthetic synthetic
 else
-    glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$ROOT/ci/floors.yaml"
+    lgg=$(mktemp -d)
+    trap 'rm -rf "$lgg"' EXIT
+    python "$SHARED/lgg/restore.py" "$lgg" --patients "${GLIOSEG_CI_PATIENTS:-40}" >/dev/null
+    gate real "$lgg/kaggle_3m"
+fi
+
+if [ "${GLIOSEG_CI_DATA:-}" != synthetic ] && [ -d "$SHARED/brats" ]; then
+    gate brats "$SHARED/brats"
+else
+    echo "ci: no BraTS gate (../shared/brats absent or not asked for)"
 fi

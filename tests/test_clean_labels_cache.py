@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from glioseg.config import Params, parse_params
 from glioseg.data.cache import build_cache, load_cache, save_cache
 from glioseg.data.clean import find_dark, measure_slices
 from glioseg.data.labels import build_labels, count_components, summarise_labels
@@ -39,7 +40,7 @@ def manifest(tmp_path):
 
 
 def test_dark_slices_are_found_with_their_diagnosis(manifest):
-    measured = measure_slices(manifest)
+    measured = measure_slices(manifest, Params())
     assert measured["mean_intensity"].tolist() == [1.0, 90.0, 90.0, 1.0, 90.0]
     removed = find_dark(measured, min_mean_intensity=2.0)
     assert list(zip(removed["patient"], removed["slice"], removed["diagnosis"])) == [("P1", 1, 0), ("P2", 1, 1)]
@@ -48,8 +49,8 @@ def test_dark_slices_are_found_with_their_diagnosis(manifest):
 
 
 def test_labels_count_pixels_regions_and_kept(manifest):
-    removed = find_dark(measure_slices(manifest), 2.0)
-    labels = build_labels(manifest, removed)
+    removed = find_dark(measure_slices(manifest, Params()), 2.0)
+    labels = build_labels(manifest, removed, Params())
     assert labels["diagnosis"].tolist() == [0, 1, 1, 1, 0]
     assert labels["tumour_pixels"].tolist() == [0, 25, 25, 4, 0]
     assert labels["components"].tolist() == [0, 1, 2, 1, 0]
@@ -67,9 +68,9 @@ def test_diagonal_neighbours_are_one_region():
 
 
 def test_cache_resizes_keeps_subsets_and_round_trips(manifest, tmp_path):
-    labels = build_labels(manifest, find_dark(measure_slices(manifest), 2.0))
+    labels = build_labels(manifest, find_dark(measure_slices(manifest, Params()), 2.0), Params())
     split = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].assign(subset=["train", "train", "test"])
-    arrays = build_cache(labels, split, image_size=32)
+    arrays = build_cache(labels, split, parse_params({"augment": {"image_size": 32}}))
     assert arrays.images.shape == (3, 32, 32, 3) and arrays.images.dtype == np.uint8
     assert set(np.unique(arrays.masks)) == {0, 1}
     assert arrays.masks[0].sum() == pytest.approx(25 / 4, abs=3)  # 5x5 square at half size
@@ -85,7 +86,7 @@ def test_cache_resizes_keeps_subsets_and_round_trips(manifest, tmp_path):
 def test_cache_errors_name_the_file(manifest, tmp_path):
     with pytest.raises(DataError, match="array cache not found"):
         load_cache(tmp_path / "absent.npz")
-    labels = build_labels(manifest, find_dark(measure_slices(manifest), 2.0))
+    labels = build_labels(manifest, find_dark(measure_slices(manifest, Params()), 2.0), Params())
     split = pd.DataFrame([{"patient": "P9", "slice": 1, "diagnosis": 0, "subset": "train"}])
     with pytest.raises(DataError, match="P9_1"):
-        build_cache(labels, split, image_size=32)
+        build_cache(labels, split, parse_params({"augment": {"image_size": 32}}))

@@ -11,9 +11,12 @@ from glioseg.losses import (
     border_distance_sum,
     border_weights,
     class_balance_weights,
+    class_frequency_weights,
+    multiclass_soft_dice_loss,
     soft_dice_loss,
     weight_map,
     weighted_bce,
+    weighted_cross_entropy,
 )
 
 
@@ -243,3 +246,46 @@ def test_unknown_loss_name_is_a_config_error():
     with pytest.raises(ConfigError) as error:
         SegmentationLoss("x", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0))
     assert str(error.value) == "params.yaml: key 'loss': unknown loss 'x' (expected wbce, dice or combined)"
+
+
+def test_class_frequency_weights_balance_every_class():
+    weights = class_frequency_weights([0.5, 0.25, 0.25])
+    assert weights == pytest.approx((2 / 3, 4 / 3, 4 / 3))
+    assert sum(w * f for w, f in zip(weights, [0.5, 0.25, 0.25])) == pytest.approx(1.0)
+    assert class_frequency_weights([1.0, 0.0, 0.0]) == (1.0, 1.0, 1.0)
+    assert class_balance_weights(0.25) == pytest.approx((2 / 3, 2.0))
+
+
+def test_multiclass_cross_entropy_of_uniform_logits_is_log_c():
+    logits = torch.zeros(2, 4, 3, 3)
+    labels = torch.randint(0, 4, (2, 3, 3))
+    loss = weighted_cross_entropy(logits, labels, torch.ones(2, 3, 3))
+    assert float(loss) == pytest.approx(np.log(4), rel=1e-6)
+    doubled = weighted_cross_entropy(logits, labels, torch.full((2, 3, 3), 2.0))
+    assert float(doubled) == pytest.approx(2 * np.log(4), rel=1e-6)
+
+
+def one_hot_logits(labels: torch.Tensor, classes: int, scale: float = 30.0) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float() * scale
+
+
+def test_multiclass_soft_dice_is_zero_for_perfect_and_known_for_wrong_predictions():
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    assert float(multiclass_soft_dice_loss(one_hot_logits(labels, 4), labels, eps=0.0)) == pytest.approx(0.0, abs=1e-6)
+    # Every tumour pixel predicted as background: each tumour class has overlap 0, total 1 -> Dice 0.
+    wrong = one_hot_logits(torch.zeros_like(labels), 4)
+    assert float(multiclass_soft_dice_loss(wrong, labels, eps=0.0)) == pytest.approx(1.0, abs=1e-6)
+    # Absent class predicted absent counts as Dice 1 thanks to the smoothing.
+    only_oedema = torch.tensor([[[0, 2], [2, 0]]])
+    assert float(multiclass_soft_dice_loss(one_hot_logits(only_oedema, 4), only_oedema)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_segmentation_loss_switches_to_softmax_for_several_channels():
+    labels = torch.tensor([[[[0, 1], [2, 3]]]], dtype=torch.uint8)
+    distance = torch.full((1, 1, 2, 2), float("inf"))
+    loss = SegmentationLoss("combined", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0, 1.0, 1.0))
+    perfect = float(loss(one_hot_logits(labels[:, 0].long(), 4), labels, distance))
+    uniform = float(loss(torch.zeros(1, 4, 2, 2), labels, distance))
+    assert perfect == pytest.approx(0.0, abs=1e-4)
+    # Dice per tumour class: (2 * 0.25 + 1) / (4 * 0.25 + 1 + 1) = 0.5.
+    assert uniform == pytest.approx(np.log(4) + 0.5, rel=1e-5)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from glioseg import metrics
 from glioseg.metrics import (
     Counts,
     accuracy,
@@ -249,3 +250,31 @@ def test_hausdorff95_empty_masks():
     assert hausdorff95(empty, empty) == 0.0
     assert hausdorff95(empty, full) == math.inf
     assert hausdorff95(full, empty) == math.inf
+
+
+BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
+
+
+def test_region_confusion_scores_each_region_as_a_binary_mask():
+    truth = np.array([[[0, 1], [2, 3]]])
+    pred = np.array([[[0, 1], [1, 3]]])
+    counts = metrics.region_confusion(pred, truth, BRATS_REGIONS)
+    assert counts.shape == (1, 3, 4)
+    assert counts[0].tolist() == [[3, 0, 0, 1], [2, 1, 0, 1], [1, 0, 0, 3]]
+    assert metrics.dice(counts[0]).tolist() == pytest.approx([1.0, 0.8, 1.0])
+
+
+def test_confusion_matrix_and_seed_style_metrics_on_known_labels():
+    truth = np.array([0, 1, 2, 3])
+    pred = np.array([0, 1, 1, 3])
+    matrix = metrics.confusion_matrix(pred, truth, 4)
+    assert matrix.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
+    seed = metrics.seed_style(matrix)
+    # IoU per class: 1, 1/2, 0, 1 -> mean 0.625; one-hot: 3 right of 4, 11 true negatives of 12 negatives.
+    assert seed == pytest.approx({"mean_iou_classes": 0.625, "onehot_precision": 0.75,
+                                  "onehot_sensitivity": 0.75, "onehot_specificity": 11 / 12})
+
+
+def test_mean_iou_skips_classes_absent_from_truth_and_prediction():
+    matrix = metrics.confusion_matrix(np.array([0, 0, 1]), np.array([0, 0, 1]), 4)
+    assert metrics.seed_style(matrix)["mean_iou_classes"] == pytest.approx(1.0)

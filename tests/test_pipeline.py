@@ -212,3 +212,23 @@ def test_mlflow_server_serves_runs_metrics_and_overlays(project):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_exp_run_dataset_brats_runs_every_stage_on_nifti(project, tmp_path):
+    """Last in this module: it leaves the workspace on dataset brats."""
+    root, env = project["root"], project["env"]
+    run(["dvc", "exp", "run", "-S", "dataset=brats"], root, env, timeout=900)
+    cases = sorted((root / "data/raw/brats").iterdir())
+    assert len(cases) == 6 and not (root / "data/raw/kaggle_3m").exists()
+    test = json.loads((root / "metrics/test.json").read_text())["test"]
+    assert set(test["regions"]) == {"whole_tumour", "tumour_core", "enhancing_tumour"}
+    report = (root / "reports/report.md").read_text()
+    assert "Dataset brats" in report and "| enhancing_tumour" in report and "Table 1: loss configuration" in report
+    _, _, runs = mlflow_runs(root)
+    brats_runs = [r for r in runs if r.data.params.get("dataset") == "brats"]
+    assert sorted(r.info.run_name for r in brats_runs) == ["sweep-dice", "sweep-lr_low", "sweep-wbce", "train"]
+    assert "test_regions.whole_tumour.dice_patient_mean" in next(
+        r for r in brats_runs if r.info.run_name == "train").data.metrics
+    out = tmp_path / "pred"
+    run([sys.executable, "-m", "glioseg.cli", "predict", str(cases[0]), "--out", str(out)], root, env)
+    assert (out / cases[0].name / f"{cases[0].name}_pred.nii.gz").is_file()

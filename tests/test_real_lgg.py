@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from glioseg.config import SyntheticParams
+from glioseg.config import Params, SyntheticParams
 from glioseg.data.lgg import read_mask
 from glioseg.data.sources import fetch_lgg
 
@@ -75,9 +75,9 @@ def test_clean_and_labels_on_real_slices(restored, expected, tmp_path, threshold
     from glioseg.data.labels import build_labels
 
     manifest = fetch(restored / "kaggle_3m", tmp_path)
-    measured = measure_slices(manifest)
+    measured = measure_slices(manifest, Params())
     removed = find_dark(measured, min_mean_intensity=threshold)
-    labels = build_labels(manifest, removed)
+    labels = build_labels(manifest, removed, Params())
 
     truth = expected.set_index(["patient", "slice"])["tumour_pixels"]
     ours = labels.set_index(["patient", "slice"])

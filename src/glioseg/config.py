@@ -29,14 +29,68 @@ class SyntheticParams(Strict):
     seed: int = Field(0, ge=0)
 
 
+BRATS_2020_LABELS = {0: 0, 1: 1, 2: 2, 4: 3}
+
+
+class BratsParams(Strict):
+    """How BraTS NIfTI cases (``<case>/<case>_<suffix>.nii.gz``) become slices and class labels."""
+
+    modalities: tuple[str, ...] = Field(("t1ce", "flair"), min_length=1, description="input channels, in order")
+    suffixes: dict[str, str] = Field(
+        {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
+        description="file-name suffix per modality and for the label volume ('seg'); BraTS 2023 "
+        "names them t1n, t1c, t2w, t2f",
+    )
+    label_map: dict[int, int] = Field(
+        BRATS_2020_LABELS,
+        description="every label value of the files -> class index 0..C-1; a value not listed is an error",
+    )
+    class_names: tuple[str, ...] = ("background", "necrotic_core", "oedema", "enhancing")
+    regions: dict[str, tuple[int, ...]] = Field(
+        {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)},
+        description="evaluation regions as sets of classes; their mean Dice is the headline",
+    )
+    slice_range: tuple[int, int] | None = Field(
+        None, description="[first, stop) axial slices kept (seeds: [60, 135]); null keeps all"
+    )
+    percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="per-volume intensity window inside the brain, mapped to 0..255"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BratsParams:
+        missing = [name for name in (*self.modalities, "seg") if name not in self.suffixes]
+        if missing:
+            raise ValueError(f"no file suffix for {', '.join(missing)} in data.brats.suffixes")
+        classes = sorted(set(self.label_map.values()))
+        if classes != list(range(len(classes))) or len(classes) < 2:
+            raise ValueError(f"label_map values must be the classes 0..C-1 (C >= 2), got {classes}")
+        if len(self.class_names) != len(classes):
+            raise ValueError(f"class_names has {len(self.class_names)} names for {len(classes)} classes")
+        for name, members in self.regions.items():
+            if not members or not set(members) <= set(range(1, len(classes))):
+                raise ValueError(f"region '{name}' must list tumour classes 1..{len(classes) - 1}")
+        if self.slice_range is not None and not 0 <= self.slice_range[0] < self.slice_range[1]:
+            raise ValueError(f"slice_range must be [first, stop) with 0 <= first < stop, got {self.slice_range}")
+        low, high = self.percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        return self
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
+
+
 class DataParams(Strict):
-    dataset: Literal["lgg"] = "lgg"
     source: str = Field(
         "synthetic",
-        description="'synthetic', 'kaggle', or a path to a kaggle_3m folder or the Kaggle zip",
+        description="'synthetic', 'kaggle', or a path to a kaggle_3m folder, the Kaggle zip, "
+        "or (dataset brats) a folder or zip of BraTS case folders",
     )
     patients: int | None = Field(None, ge=1, description="use only the first N patients (sorted)")
     synthetic: SyntheticParams = SyntheticParams()
+    brats: BratsParams = BratsParams()
 
 
 class CleanParams(Strict):
@@ -87,8 +141,8 @@ class ModelParams(Strict):
     encoder_depth: int = Field(5, ge=3, le=5)
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     encoder_weights: str | None = None
-    in_channels: int = Field(3, ge=1)
-    classes: int = Field(1, ge=1)
+    in_channels: int | None = Field(None, ge=1, description="null: follows the dataset (LGG 3, BraTS modalities)")
+    classes: int | None = Field(None, ge=1, description="null: follows the dataset (LGG 1 = sigmoid, BraTS C)")
 
     @model_validator(mode="after")
     def _decoder_matches_depth(self) -> ModelParams:
@@ -124,8 +178,13 @@ class SweepRun(Strict):
     epochs: int | None = Field(None, ge=1)
 
 
+Dataset = Literal["lgg", "brats"]
+LGG_CHANNELS = 3
+
+
 class Params(Strict):
     seed: int = Field(42, ge=0)
+    dataset: Dataset = "lgg"
     lr: float = Field(1e-4, gt=0)
     loss: LossName = "combined"
     epochs: int = Field(50, ge=1)
@@ -137,6 +196,37 @@ class Params(Strict):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     sweeps: dict[str, SweepRun] = {}
+
+    @model_validator(mode="after")
+    def _model_fits_dataset(self) -> Params:
+        """Fill ``model.in_channels``/``classes`` from the dataset, or reject values that do not fit."""
+        expected = {"in_channels": self.input_channels, "classes": self.output_channels}
+        for key, value in expected.items():
+            given = getattr(self.model, key)
+            if given is not None and given != value:
+                raise ValueError(f"model.{key} is {given} but dataset '{self.dataset}' needs {value}")
+        object.__setattr__(self, "model", self.model.model_copy(update=expected))
+        return self
+
+    @property
+    def input_channels(self) -> int:
+        return LGG_CHANNELS if self.dataset == "lgg" else len(self.data.brats.modalities)
+
+    @property
+    def output_channels(self) -> int:
+        """1 for LGG (a sigmoid tumour map); one softmax channel per class for BraTS."""
+        return 1 if self.dataset == "lgg" else self.data.brats.classes
+
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """The evaluation regions (sets of class labels); LGG has the one region 'tumour'."""
+        return {"tumour": (1,)} if self.dataset == "lgg" else dict(self.data.brats.regions)
+
+    def data_card(self) -> dict[str, Any]:
+        """What a checkpoint must carry to read and score new cases like the training data."""
+        card: dict[str, Any] = {"dataset": self.dataset, "regions": {k: list(v) for k, v in self.regions().items()}}
+        if self.dataset == "brats":
+            card["brats"] = self.data.brats.model_dump(mode="json")
+        return card
 
     def for_sweep(self, name: str) -> Params:
         """These params with the overrides of sweep ``name`` applied."""
@@ -162,7 +252,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
+    if not key:
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     message = error["msg"].removeprefix("Value error, ")

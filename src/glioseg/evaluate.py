@@ -1,4 +1,11 @@
-"""Test-set evaluation: per-slice and per-patient results, summary metrics, example overlays."""
+"""Test-set evaluation: per-slice and per-patient results, summary metrics, example overlays.
+
+Every table has a ``region`` column: LGG has the one region ``tumour``; BraTS models are scored
+on each of their regions (whole tumour, tumour core, enhancing tumour by default). With one
+region the summary holds its metrics; with several it holds their means, the ``regions``
+themselves and the seeds' one-hot pixel metrics. Overlays and best/worst ranks use the first
+region.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import pandas as pd
 
 from glioseg import metrics
 from glioseg.data.cache import SliceArrays
-from glioseg.inference import predict_probabilities, select_device
+from glioseg.inference import predict_labels, select_device
 from glioseg.io import write_csv
 from glioseg.model import LoadedModel
 from glioseg.transforms import BatchAugment, pipelines_from_dict
@@ -19,54 +26,81 @@ from glioseg.viz import overlay, overlay_grid, save_png
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
 
 
+COUNT_KEYS = ("slices", "positive_slices", "patients")
+
+
 @dataclass
 class Evaluation:
     per_slice: pd.DataFrame
     per_patient: pd.DataFrame
-    summary: dict[str, float]
+    summary: dict
     predictions: np.ndarray
+    classes: int = 1
+
+    @property
+    def first_region(self) -> str:
+        return str(self.per_slice["region"].iloc[0])
+
+    def region_rows(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the first region, re-indexed 0..N-1 in array order."""
+        return table[table["region"] == self.first_region].reset_index(drop=True)
 
 
 def predict_masks(loaded: LoadedModel, arrays: SliceArrays, device: str = "auto") -> np.ndarray:
-    """Binary predictions (N,H,W) for cached slices, with the model's own eval pipeline."""
+    """Class labels (N,H,W) for cached slices, with the model's own eval pipeline (LGG: 0/1)."""
     normaliser = BatchAugment.from_pipeline(pipelines_from_dict(loaded.pipelines)["eval"])
     target = select_device(device)
     model = loaded.model.to(target)
-    return predict_probabilities(model, arrays.images, normaliser, target) > loaded.threshold
+    return predict_labels(model, arrays.images, normaliser, target, loaded.threshold)
 
 
-def per_slice_table(arrays: SliceArrays, predictions: np.ndarray) -> pd.DataFrame:
-    counts = metrics.confusion_per_item(predictions, arrays.masks > 0)
-    table = pd.DataFrame(counts, columns=COUNT_COLUMNS)
-    table.insert(0, "slice", arrays.slice)
-    table.insert(0, "patient", arrays.patient)
+def per_slice_table(arrays: SliceArrays, predictions: np.ndarray, regions: metrics.Regions) -> pd.DataFrame:
+    """Counts, Dice and IoU per slice and region (region-major, slices in array order)."""
+    counts = metrics.region_confusion(predictions, arrays.masks, regions)
+    tables = []
+    for r, region in enumerate(regions):
+        table = pd.DataFrame(counts[:, r], columns=COUNT_COLUMNS)
+        table.insert(0, "region", region)
+        table.insert(0, "slice", arrays.slice)
+        table.insert(0, "patient", arrays.patient)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    region_counts = table[COUNT_COLUMNS].to_numpy()
     table["truth_pixels"] = table["tp"] + table["fn"]
     table["predicted_pixels"] = table["tp"] + table["fp"]
-    table["dice"] = metrics.dice(counts)
-    table["iou"] = metrics.iou(counts)
+    table["dice"] = metrics.dice(region_counts)
+    table["iou"] = metrics.iou(region_counts)
     return table
 
 
-def patient_volumes(arrays: SliceArrays, predictions: np.ndarray):
-    """(patient, truth volume, predicted volume) with slices stacked in slice order."""
+def patient_volumes(arrays: SliceArrays, predictions: np.ndarray, members: tuple[int, ...]):
+    """(patient, truth volume, predicted volume) of one region, slices stacked in slice order."""
     for patient in np.unique(arrays.patient):
         index = np.flatnonzero(arrays.patient == patient)
         index = index[np.argsort(arrays.slice[index])]
-        yield patient, arrays.masks[index] > 0, predictions[index]
+        yield patient, np.isin(arrays.masks[index], members), np.isin(predictions[index], members)
 
 
-def per_patient_table(per_slice: pd.DataFrame, arrays: SliceArrays, predictions: np.ndarray) -> pd.DataFrame:
-    table = per_slice.groupby("patient", as_index=False)[COUNT_COLUMNS].sum()
+def per_patient_table(
+    per_slice: pd.DataFrame, arrays: SliceArrays, predictions: np.ndarray, regions: metrics.Regions
+) -> pd.DataFrame:
+    """Counts summed per patient and region (Dice of the rebuilt volume) with the volume's HD95."""
+    grouped = per_slice.groupby(["region", "patient"], sort=False)
+    table = grouped[COUNT_COLUMNS].sum().reset_index()
     counts = table[COUNT_COLUMNS].to_numpy()
-    table["slices"] = per_slice.groupby("patient")["slice"].count().to_numpy()
+    table["slices"] = grouped["slice"].count().to_numpy()
     table["dice"] = metrics.dice(counts)
     table["iou"] = metrics.iou(counts)
-    hd95 = {patient: metrics.hausdorff95(pred, truth) for patient, truth, pred in patient_volumes(arrays, predictions)}
-    table["hd95"] = table["patient"].map(hd95)
+    hd95 = {
+        (region, patient): metrics.hausdorff95(pred, truth)
+        for region, members in regions.items()
+        for patient, truth, pred in patient_volumes(arrays, predictions, members)
+    }
+    table["hd95"] = [hd95[key] for key in zip(table["region"], table["patient"])]
     return table
 
 
-def summarise(per_slice: pd.DataFrame, per_patient: pd.DataFrame) -> dict[str, float]:
+def region_summary(per_slice: pd.DataFrame, per_patient: pd.DataFrame) -> dict[str, float]:
     summary = metrics.summarise(per_slice)
     finite = per_patient["hd95"].replace([np.inf, -np.inf], np.nan).dropna()
     if len(finite):
@@ -74,11 +108,32 @@ def summarise(per_slice: pd.DataFrame, per_patient: pd.DataFrame) -> dict[str, f
     return summary
 
 
+def summarise(
+    per_slice: pd.DataFrame, per_patient: pd.DataFrame, matrix: np.ndarray | None = None
+) -> dict:
+    """One region: its metrics. Several: their means, ``regions`` and the seeds' pixel metrics."""
+    by_region = {
+        region: region_summary(rows, per_patient[per_patient["region"] == region])
+        for region, rows in per_slice.groupby("region", sort=False)
+    }
+    if len(by_region) == 1:
+        return next(iter(by_region.values()))
+    first = next(iter(by_region.values()))
+    keys = [k for k in first if k not in COUNT_KEYS and all(k in s for s in by_region.values())]
+    summary: dict = {k: float(np.mean([s[k] for s in by_region.values()])) for k in keys}
+    summary |= {"slices": first["slices"], "patients": first["patients"]}
+    if matrix is not None:
+        summary |= metrics.seed_style(matrix)
+    return summary | {"regions": by_region}
+
+
 def evaluate(loaded: LoadedModel, arrays: SliceArrays, device: str = "auto") -> Evaluation:
     predictions = predict_masks(loaded, arrays, device)
-    per_slice = per_slice_table(arrays, predictions)
-    per_patient = per_patient_table(per_slice, arrays, predictions)
-    return Evaluation(per_slice, per_patient, summarise(per_slice, per_patient), predictions)
+    regions = loaded.regions
+    per_slice = per_slice_table(arrays, predictions, regions)
+    per_patient = per_patient_table(per_slice, arrays, predictions, regions)
+    matrix = metrics.confusion_matrix(predictions, arrays.masks, loaded.classes) if loaded.classes > 1 else None
+    return Evaluation(per_slice, per_patient, summarise(per_slice, per_patient, matrix), predictions, loaded.classes)
 
 
 def ranked_examples(per_slice: pd.DataFrame) -> dict[str, int]:
@@ -100,26 +155,27 @@ def ranked_patients(per_patient: pd.DataFrame) -> dict[str, str]:
     return {"worst": ordered[0], "median": ordered[len(ordered) // 2], "best": ordered[-1]}
 
 
-def slice_panel(arrays: SliceArrays, predictions: np.ndarray, row: int) -> np.ndarray:
-    return overlay(arrays.images[row], arrays.masks[row], predictions[row])
+def slice_panel(arrays: SliceArrays, result: Evaluation, row: int) -> np.ndarray:
+    return overlay(arrays.images[row], arrays.masks[row], result.predictions[row], result.classes)
 
 
 def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, np.ndarray]:
-    """Overlay images keyed by name: best/median/worst slice, and the same for patients."""
+    """Overlay images keyed by name: best/median/worst slice, and the same for patients (first region)."""
+    per_slice, per_patient, region = result.region_rows(result.per_slice), result.region_rows(result.per_patient), result.first_region
     panels = {}
-    for rank, row in ranked_examples(result.per_slice).items():
-        info = result.per_slice.loc[row]
+    for rank, row in ranked_examples(per_slice).items():
+        info = per_slice.loc[row]
         panels[f"slice_{rank}"] = (
-            slice_panel(arrays, result.predictions, row),
-            f"{rank} slice: {info.patient} #{info.slice}, Dice {info.dice:.3f}",
+            slice_panel(arrays, result, row),
+            f"{rank} slice: {info.patient} #{info.slice}, {region} Dice {info.dice:.3f}",
         )
-    for rank, patient in ranked_patients(result.per_patient).items():
+    for rank, patient in ranked_patients(per_patient).items():
         rows = np.flatnonzero(arrays.patient == patient)
-        largest = rows[np.argmax(arrays.masks[rows].reshape(len(rows), -1).sum(axis=1))]
-        dice = float(result.per_patient.set_index("patient").loc[patient, "dice"])
+        largest = rows[np.argmax((arrays.masks[rows] > 0).reshape(len(rows), -1).sum(axis=1))]
+        dice = float(per_patient.set_index("patient").loc[patient, "dice"])
         panels[f"patient_{rank}"] = (
-            slice_panel(arrays, result.predictions, largest),
-            f"{rank} patient: {patient} (largest tumour slice #{arrays.slice[largest]}), volume Dice {dice:.3f}",
+            slice_panel(arrays, result, largest),
+            f"{rank} patient: {patient} (largest tumour slice #{arrays.slice[largest]}), {region} volume Dice {dice:.3f}",
         )
     return panels
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from glioseg import paths, tracking
-from glioseg.config import Params
+from glioseg.config import Params, flatten
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.errors import DataError
 from glioseg.evaluate import evaluate, write_outputs
-from glioseg.inference import predict_probabilities
+from glioseg.inference import predict_labels
 from glioseg.io import read_json, write_csv, write_json
 from glioseg.model import build_model, load_model, save_checkpoint
 from glioseg.train import CURVE_METRICS, Trainer
@@ -53,7 +53,7 @@ def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:
 
 def overlay_rows(val: SliceArrays, count: int) -> np.ndarray:
     """A fixed set of validation slices to watch during training: those with the most tumour."""
-    tumour = val.masks.reshape(len(val), -1).sum(axis=1, dtype=np.int64)
+    tumour = (val.masks > 0).reshape(len(val), -1).sum(axis=1, dtype=np.int64)
     return np.argsort(-tumour, kind="stable")[:count]
 
 
@@ -77,21 +77,28 @@ class RunLogger:
     def overlays(self, model: torch.nn.Module) -> np.ndarray:
         watched = self.watched
         device = next(model.parameters()).device
-        probabilities = predict_probabilities(model, watched.images, self.normaliser, device)
-        predictions = probabilities > self.params.train.threshold
-        panels = [overlay(watched.images[i], watched.masks[i], predictions[i]) for i in range(len(watched))]
+        predictions = predict_labels(model, watched.images, self.normaliser, device, self.params.train.threshold)
+        classes = self.params.output_channels
+        panels = [overlay(watched.images[i], watched.masks[i], predictions[i], classes) for i in range(len(watched))]
         titles = [f"{watched.patient[i]} #{watched.slice[i]}" for i in range(len(watched))]
         return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
 
 
 def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train one model, tracked as one MLflow run; writes ``out_dir``/model.pt, train.json, history.csv."""
+    """Train one model, tracked as one MLflow run; writes ``out_dir``/model.pt, train.json, history.csv.
+
+    Under torchrun every rank trains, and only rank 0 logs to MLflow and writes the outputs; the
+    other ranks return ``{"rank": r}``.
+    """
     arrays = load_cache(paths.CACHE)
     pipelines = load_pipelines()
     train, val = arrays.select("train"), arrays.select("val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{paths.SPLIT}: the train and val subsets must both hold slices")
     trainer = Trainer(params, train, val, pipelines, fingerprint(params, paths.CACHE, pipelines))
+    if not trainer.world.main:
+        trainer.fit(out_dir / "checkpoints")
+        return {"rank": trainer.world.rank}
 
     with tracking.start_run(run_name, params.flat(), tags or {}) as run:
         if paths.AUGMENT_PREVIEW.is_file():
@@ -139,7 +146,7 @@ def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | Non
             images = write_outputs(result, part, out_dir)
     run_id = loaded.meta.get("mlflow_run_id")
     if run_id:
-        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in summary.items()}
+        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()}
         tracking.log_to_run(run_id, flat, images)
     return {"mlflow_run_id": run_id, **results}
 

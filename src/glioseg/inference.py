@@ -33,21 +33,35 @@ def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device).contiguous(memory_format=torch.channels_last)
 
 
+def logit(probability: float) -> float:
+    """Threshold on logits equivalent to ``sigmoid(logit) > probability`` (no sigmoid needed)."""
+    probability = min(max(probability, 1e-7), 1 - 1e-7)
+    return float(np.log(probability / (1 - probability)))
+
+
+def labels_from_logits(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,H,W) uint8 class labels: one channel -> sigmoid above ``threshold``; C channels -> argmax."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0].float() > logit(threshold)).to(torch.uint8)
+    return logits.argmax(dim=1).to(torch.uint8)
+
+
 @torch.no_grad()
-def predict_probabilities(
+def predict_labels(
     model: torch.nn.Module,
     images: np.ndarray,
     normaliser: BatchAugment,
     device: torch.device,
+    threshold: float,
     batch_size: int = 32,
     amp: bool = True,
 ) -> np.ndarray:
-    """Tumour probabilities (N,H,W) float32 for uint8 images (N,H,W,C) already at model size."""
+    """Class labels (N,H,W) uint8 for uint8 images (N,H,W,C) already at model size (LGG: 0/1)."""
     model.eval()
-    out = np.empty(images.shape[:3], np.float32)
+    out = np.empty(images.shape[:3], np.uint8)
     for start in range(0, len(images), batch_size):
         batch = normaliser.normalise(to_tensor(images[start : start + batch_size], device))
         with autocast(device, amp):
             logits = model(batch.contiguous(memory_format=torch.channels_last))
-        out[start : start + batch_size] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        out[start : start + batch_size] = labels_from_logits(logits, threshold).cpu().numpy()
     return out

@@ -1,4 +1,4 @@
-"""Losses for binary segmentation with one output channel (logits in).
+"""Segmentation losses from logits: binary (one sigmoid channel) or multi-class (softmax).
 
 The weighted BCE follows Ronneberger et al. (2015), U-Net, eq. 2::
 
@@ -6,7 +6,8 @@ The weighted BCE follows Ronneberger et al. (2015), U-Net, eq. 2::
 
 ``w_c`` balances class frequencies and the second term stresses the thin background gaps
 between neighbouring tumour regions; ``d1``/``d2`` are the distances to the nearest and
-second-nearest region. ``d1 + d2`` depends only on the mask, so the cache stage computes it once
+second-nearest region (of any tumour class). With C > 1 output channels the weighted term is the
+pixel-wise softmax cross-entropy of the paper itself, and Dice is averaged over tumour classes. ``d1 + d2`` depends only on the mask, so the cache stage computes it once
 per slice (:func:`border_distance_sum`) and training only evaluates the exponential.
 
 Every loss casts logits to float32 first, so it is safe inside ``torch.autocast``.
@@ -55,18 +56,29 @@ def border_weights(distance_sum: ArrayOrTensor, w0: float, sigma: float) -> Arra
     return w0 * exp(-(distance_sum**2) / (2.0 * sigma**2))
 
 
-def class_balance_weights(positive_fraction: float) -> tuple[float, float]:
-    """``(w_negative, w_positive)`` inversely proportional to class frequency, mean pixel weight 1.
+def class_frequency_weights(fractions: list[float]) -> tuple[float, ...]:
+    """Per-class weights inversely proportional to class frequency, mean pixel weight 1.
 
-    With ``p`` the positive fraction: ``w_neg = 1 / (2 (1 - p))`` and ``w_pos = 1 / (2 p)``, so
-    ``w_neg (1 - p) + w_pos p = 1`` and both classes carry half the total weight. A fraction of
-    0 or 1 (one class absent) gives ``(1.0, 1.0)``.
+    With K classes of pixel fractions ``p_k``: ``w_k = 1 / (K p_k)``, so ``sum_k w_k p_k = 1``
+    and every class carries the same share of the total weight. When a class is absent the
+    weights are all 1.0 (no balancing is defined).
+    """
+    fractions = [float(f) for f in fractions]
+    if any(not 0.0 <= f <= 1.0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"class fractions must lie in [0, 1] and sum to 1, got {fractions}")
+    if min(fractions) == 0.0:
+        return tuple(1.0 for _ in fractions)
+    return tuple(1.0 / (len(fractions) * f) for f in fractions)
+
+
+def class_balance_weights(positive_fraction: float) -> tuple[float, float]:
+    """``(w_negative, w_positive)`` for binary masks: ``1 / (2 (1 - p))`` and ``1 / (2 p)``.
+
+    A fraction of 0 or 1 (one class absent) gives ``(1.0, 1.0)``.
     """
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"positive_fraction must be within [0, 1], got {positive_fraction}")
-    if positive_fraction in (0.0, 1.0):
-        return 1.0, 1.0
-    return 1.0 / (2.0 * (1.0 - positive_fraction)), 1.0 / (2.0 * positive_fraction)
+    return class_frequency_weights([1.0 - positive_fraction, positive_fraction])
 
 
 def weight_map(
@@ -75,13 +87,11 @@ def weight_map(
     *,
     w0: float,
     sigma: float,
-    class_weights: tuple[float, float],
+    class_weights: tuple[float, ...],
 ) -> Tensor:
-    """Per-pixel weights: the class weight of the pixel's true class plus the border term."""
-    w_negative, w_positive = class_weights
-    target = target.float()
-    class_term = w_negative + (w_positive - w_negative) * target
-    return class_term + border_weights(distance_sum.float(), w0, sigma)
+    """Per-pixel weights: the class weight of the pixel's true class (labels) plus the border term."""
+    lookup = torch.tensor(class_weights, dtype=torch.float32, device=target.device)
+    return lookup[target.long()] + border_weights(distance_sum.float(), w0, sigma)
 
 
 def weighted_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
@@ -106,14 +116,36 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     return 1.0 - dice.mean()
 
 
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """Mean over all pixels of ``weights * CE(softmax(logits), labels)``; (B,C,H,W) logits, (B,H,W) labels."""
+    per_pixel = F.cross_entropy(logits.float(), labels.long(), reduction="none")
+    return (weights.float() * per_pixel).mean()
+
+
+def multiclass_soft_dice_loss(logits: Tensor, labels: Tensor, eps: float = 1.0) -> Tensor:
+    """``1 - soft Dice`` of the softmax against one-hot labels, per image and tumour class, averaged.
+
+    Background (class 0) is left out, as in the BraTS regions; ``eps`` smooths each class's Dice as
+    in :func:`soft_dice_loss`, so a class absent from an image and not predicted scores ~1.
+    """
+    classes = logits.shape[1]
+    probabilities = torch.softmax(logits.float(), dim=1)[:, 1:]
+    one_hot = F.one_hot(labels.long(), classes).permute(0, 3, 1, 2)[:, 1:].float()
+    overlap = (probabilities * one_hot).sum((2, 3))
+    total = probabilities.sum((2, 3)) + one_hot.sum((2, 3))
+    return 1.0 - ((2.0 * overlap + eps) / (total + eps)).mean()
+
+
 class SegmentationLoss(nn.Module):
     """The training loss chosen by params ``loss``: ``wbce``, ``dice`` or ``combined`` (their sum).
 
-    ``w0``, ``sigma`` and ``class_weights`` configure the weight map of the BCE term; the Dice
-    term ignores them and ``distance_sum``.
+    ``w0``, ``sigma`` and ``class_weights`` (one per class: 2 for binary masks) configure the
+    weight map of the cross-entropy term; the Dice term ignores them and ``distance_sum``. The
+    logits' channel count decides the form: 1 = sigmoid BCE and Dice, C > 1 = softmax
+    cross-entropy and Dice over tumour classes.
     """
 
-    def __init__(self, name: str, w0: float, sigma: float, class_weights: tuple[float, float]) -> None:
+    def __init__(self, name: str, w0: float, sigma: float, class_weights: tuple[float, ...]) -> None:
         super().__init__()
         if name not in LOSS_NAMES:
             raise ConfigError(
@@ -125,15 +157,19 @@ class SegmentationLoss(nn.Module):
         self.class_weights = class_weights
 
     def forward(self, logits: Tensor, target: Tensor, distance_sum: Tensor) -> Tensor:
-        """The loss of (B,1,H,W) ``logits`` against a {0,1} ``target`` with its ``d1 + d2`` maps."""
+        """The loss of (B,C,H,W) ``logits`` against (B,1,H,W) class labels with their ``d1 + d2`` maps."""
+        multiclass = logits.shape[1] > 1
+        labels = target[:, 0] if multiclass else target
         terms = []
         if self.name in ("wbce", "combined"):
             weights = weight_map(
-                target, distance_sum, w0=self.w0, sigma=self.sigma, class_weights=self.class_weights
+                labels, distance_sum[:, 0] if multiclass else distance_sum,
+                w0=self.w0, sigma=self.sigma, class_weights=self.class_weights,
             )
-            terms.append(weighted_bce(logits, target, weights))
+            cross_entropy = weighted_cross_entropy if multiclass else weighted_bce
+            terms.append(cross_entropy(logits, labels, weights))
         if self.name in ("dice", "combined"):
-            terms.append(soft_dice_loss(logits, target))
+            terms.append(multiclass_soft_dice_loss(logits, labels) if multiclass else soft_dice_loss(logits, labels))
         return torch.stack(terms).sum()
 
     def extra_repr(self) -> str:

@@ -2,6 +2,9 @@
 
 Masks are binary; any non-zero value counts as positive. Every metric takes counts (a
 :class:`Counts`, or an array whose last axis is ``tp, fp, fn, tn``) and is vectorised over arrays.
+Multi-class label maps are scored per *region*, a set of class labels (BraTS: whole tumour
+{1,2,3}, tumour core {1,3}, enhancing {3}), each as a binary mask (:func:`region_confusion`);
+:func:`seed_style` adds the one-hot pixel metrics the BraTS seeds report.
 
 The empty-mask rule, for a ratio whose denominator is zero:
 
@@ -123,6 +126,52 @@ def _means(name: str, counts: np.ndarray) -> dict[str, float]:
     return {
         f"dice_{name}_mean": float(dice(counts).mean()),
         f"iou_{name}_mean": float(iou(counts).mean()),
+    }
+
+
+Regions = dict[str, tuple[int, ...]]
+
+
+def region_masks(labels: MaskLike, regions: Regions) -> dict[str, np.ndarray]:
+    """A boolean mask per region: pixels whose class label is in the region's set."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    return {name: np.isin(labels, members) for name, members in regions.items()}
+
+
+def region_confusion(pred: MaskLike, truth: MaskLike, regions: Regions) -> np.ndarray:
+    """(N, R, 4) counts per item and region, regions in the mapping's order."""
+    pred_regions, truth_regions = region_masks(pred, regions), region_masks(truth, regions)
+    return np.stack([confusion_per_item(pred_regions[r], truth_regions[r]) for r in regions], axis=1)
+
+
+def confusion_matrix(pred: MaskLike, truth: MaskLike, classes: int) -> np.ndarray:
+    """(C, C) pixel counts, rows = true class, columns = predicted class."""
+    pred, truth = (np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m) for m in (pred, truth))
+    index = truth.astype(np.int64).ravel() * classes + pred.astype(np.int64).ravel()
+    return np.bincount(index, minlength=classes * classes).reshape(classes, classes)
+
+
+def seed_style(matrix: np.ndarray) -> dict[str, float]:
+    """Pixel metrics as the BraTS seeds compute them with Keras, from a (C, C) confusion matrix.
+
+    ``mean_iou_classes`` is Keras' MeanIoU: the IoU of each class, background included, averaged
+    over the classes present in truth or prediction.
+    Precision, sensitivity and specificity are summed over the one-hot channels of every class,
+    background included, which the background dominates: they read high for almost any model.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    true_positive = np.diag(matrix)
+    per_class_iou = _ratio(true_positive, matrix.sum(0) + matrix.sum(1) - true_positive, np.nan)
+    total, correct, classes = matrix.sum(), true_positive.sum(), len(matrix)
+    wrong = total - correct
+    pooled = np.array([correct, wrong, wrong, total * (classes - 1) - wrong])
+    return {
+        "mean_iou_classes": float(np.nanmean(per_class_iou)),
+        "onehot_precision": precision(pooled),
+        "onehot_sensitivity": sensitivity(pooled),
+        "onehot_specificity": specificity(pooled),
     }
 
 

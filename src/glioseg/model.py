@@ -1,12 +1,14 @@
 """The smp U-Net factory and checkpoint files that carry everything predict needs.
 
 A checkpoint holds only tensors and plain data (state dict, model params, the serialized
-albumentations pipelines, the threshold), so it loads with ``torch.load(weights_only=True)``:
+albumentations pipelines, the threshold, the data card: dataset, evaluation regions and for
+BraTS how cases are read), so it loads with ``torch.load(weights_only=True)``:
 no unpickling of arbitrary objects from user files.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,19 @@ import segmentation_models_pytorch as smp
 import torch
 from pydantic import ValidationError
 
-from glioseg.config import ModelParams
+from glioseg.config import BratsParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 
+NORMS = ("batch", "group")
 
-def build_model(params: ModelParams) -> torch.nn.Module:
+
+def build_model(params: ModelParams, norm: str = "batch") -> torch.nn.Module:
+    """The U-Net of ``params``; ``norm="group"`` swaps its batch norms for group norms."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     try:
-        return smp.Unet(
+        model = smp.Unet(
             encoder_name=params.encoder,
             encoder_depth=params.encoder_depth,
             encoder_weights=params.encoder_weights,
@@ -33,6 +40,22 @@ def build_model(params: ModelParams) -> torch.nn.Module:
         )
     except KeyError as exc:
         raise DataError(f"params.yaml: key 'model.encoder': unknown encoder {exc}") from None
+    return to_group_norm(model) if norm == "group" else model
+
+
+def to_group_norm(module: torch.nn.Module, groups: int = 32) -> torch.nn.Module:
+    """Replace every BatchNorm2d by a GroupNorm over the same channels, in place.
+
+    Group norm does not depend on the batch, so data-parallel training with it is exactly
+    single-process training on any device (SyncBatchNorm needs CUDA). ``groups`` is capped by
+    the channel count (``gcd``), as small decoder stages have fewer channels than 32.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(module, name, torch.nn.GroupNorm(math.gcd(groups, child.num_features), child.num_features))
+        else:
+            to_group_norm(child, groups)
+    return module
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -50,6 +73,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: not a glioseg checkpoint ({type(exc).__name__})") from None
 
 
+LGG_CARD = {"dataset": "lgg", "regions": {"tumour": [1]}}
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -57,14 +83,35 @@ class LoadedModel:
     pipelines: dict[str, Any]
     threshold: float
     meta: dict[str, Any]
+    data_card: dict[str, Any]
+
+    @property
+    def dataset(self) -> str:
+        return self.data_card["dataset"]
+
+    @property
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(members) for name, members in self.data_card["regions"].items()}
+
+    @property
+    def brats(self) -> BratsParams | None:
+        card = self.data_card.get("brats")
+        return BratsParams.model_validate(card) if card is not None else None
+
+    @property
+    def classes(self) -> int:
+        return int(self.params.classes)
 
 
-def model_payload(model: torch.nn.Module, params: ModelParams, pipelines: dict, threshold: float, **meta) -> dict:
+def model_payload(
+    model: torch.nn.Module, params: ModelParams, pipelines: dict, threshold: float, data_card: dict, **meta
+) -> dict:
     return {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_params": params.model_dump(),
         "pipelines": pipelines,
         "threshold": threshold,
+        "data_card": data_card,
         "meta": meta,
     }
 
@@ -78,4 +125,5 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     except (KeyError, ValidationError, RuntimeError) as exc:
         raise DataError(f"{path}: checkpoint does not match a glioseg U-Net ({type(exc).__name__})") from None
     model.eval()
-    return LoadedModel(model, params, payload["pipelines"], float(payload["threshold"]), payload.get("meta", {}))
+    return LoadedModel(model, params, payload["pipelines"], float(payload["threshold"]), payload.get("meta", {}),
+                       payload.get("data_card", LGG_CARD))

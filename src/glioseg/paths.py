@@ -11,6 +11,7 @@ from pathlib import Path
 DATA = Path("data")
 RAW = DATA / "raw"
 RAW_LGG = RAW / "kaggle_3m"
+RAW_BRATS = RAW / "brats"
 MANIFEST = RAW / "manifest.csv"
 REMOVED = DATA / "removed.csv"
 LABELS = DATA / "labels.csv"

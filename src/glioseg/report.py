@@ -17,7 +17,7 @@ import pandas as pd
 
 from glioseg import paths
 from glioseg.config import Params
-from glioseg.data.lgg import read_image
+from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
 from glioseg.io import read_json, write_text
 from glioseg.viz import display_image, learning_curves, overlay_grid, save_png
@@ -116,13 +116,41 @@ def data_summary(labels: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFram
     return counts, sizes
 
 
-def removed_examples(removed: pd.DataFrame, count: int = 4) -> plt.Figure | None:
+def removed_examples(removed: pd.DataFrame, params: Params, count: int = 4) -> plt.Figure | None:
     if removed.empty:
         return None
-    shown = removed.sort_values("mean_intensity").head(count)
-    panels = [display_image(read_image(path)) for path in shown["image"]]
-    titles = [f"{r.patient} #{r.slice}\nmean {r.mean_intensity:.2f}" for r in shown.itertuples()]
+    shown = removed.sort_values("mean_intensity").head(count).reset_index(drop=True)
+    slices = list(read_slices(shown, params, desc="report"))
+    panels = [display_image(image) for _, image, _ in slices]
+    titles = [f"{r.patient} #{r.slice}\nmean {r.mean_intensity:.2f}" for r, _, _ in slices]
     return overlay_grid(panels, titles, columns=len(panels))
+
+
+def class_table(labels: pd.DataFrame) -> pd.DataFrame | None:
+    """Pixels and slices per tumour class in the kept slices (multi-class datasets)."""
+    columns = [c for c in labels.columns if c.endswith("_pixels") and c != "tumour_pixels"]
+    if not columns:
+        return None
+    kept = labels[labels["kept"] == 1]
+    return pd.DataFrame([{"class": c.removesuffix("_pixels"), "pixels": int(kept[c].sum()),
+                          "slices": int((kept[c] > 0).sum())} for c in columns])
+
+
+REGION_METRICS = ("dice_patient_mean", "iou_patient_mean", "dice_pooled", "precision", "sensitivity",
+                  "hd95_patient_mean")
+
+
+def region_table(metrics: dict) -> pd.DataFrame | None:
+    """Per evaluation region (BraTS: whole tumour, tumour core, enhancing): test metrics and train Dice."""
+    regions = metrics["test"].get("regions")
+    if not regions:
+        return None
+    rows = []
+    for region, values in regions.items():
+        row = {"region": region, **{f"test {k}": values.get(k, np.nan) for k in REGION_METRICS}}
+        row["train dice_patient_mean"] = metrics["train"].get("regions", {}).get(region, {}).get("dice_patient_mean", np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
@@ -140,7 +168,7 @@ def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    keys = sorted(set(metrics["test"]) | set(metrics["train"]))
+    keys = sorted((set(metrics["test"]) | set(metrics["train"])) - {"regions"})
 
     def value(subset: str, key: str) -> object:
         number = metrics[subset].get(key, np.nan)
@@ -172,11 +200,14 @@ def build_report(params: Params) -> Path:
     history = pd.read_csv(paths.TRAIN_HISTORY)
     runs = collect_runs(params)
     counts, sizes = data_summary(labels, split)
+    classes = class_table(labels)
+    test_metrics = _read(paths.TEST_METRICS)
+    regions = region_table(test_metrics)
     losses, lrs = loss_table(runs, params), lr_table(runs)
     figures = paths.FIGURES
     save_png(figures / "learning_curves.png", learning_curves(history, "main run (train stage)"))
     save_png(figures / "comparison.png", comparison_plot(losses, lrs))
-    removed_figure = removed_examples(removed)
+    removed_figure = removed_examples(removed, params)
     if removed_figure is not None:
         save_png(figures / "removed_examples.png", removed_figure)
     evaluation = sorted(p.name for p in paths.EVALUATION.glob("*.png"))
@@ -184,17 +215,20 @@ def build_report(params: Params) -> Path:
         [
             "# glioseg report",
             "",
-            f"Data source: `{params.data.source}`; split by {params.split.by}; image size "
+            f"Dataset {params.dataset}, source `{params.data.source}`; split by {params.split.by}; image size "
             f"{params.augment.image_size}; encoder {params.model.encoder}; main run: loss {params.loss}, "
             f"lr {params.lr:g}, {params.epochs} epochs, batch {params.batch_size}.",
             "",
             "Dice below is the mean per-patient Dice (volumes rebuilt from slices) unless named otherwise;",
             "`metrics/test.json` has every definition (per slice, tumour slices only, pooled, per patient).",
+            *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
+              if params.dataset == "brats" else []),
             "",
             "## Data",
             "",
             _md(counts),
             "",
+            *(["Tumour classes (kept slices, after the label map):", "", _md(classes), ""] if classes is not None else []),
             "Split (by " + params.split.by + "):",
             "",
             _md(sizes),
@@ -208,8 +242,10 @@ def build_report(params: Params) -> Path:
             "",
             "## Test metrics (main run)",
             "",
-            _md(metrics_table(_read(paths.TEST_METRICS))),
+            _md(metrics_table(test_metrics)),
             "",
+            *(["Per region (the summary above averages them; `onehot_*` and `mean_iou_classes` are the",
+               "seeds' Keras pixel metrics, background included):", "", _md(regions), ""] if regions is not None else []),
             *[f"![{name}](evaluation/{name})" for name in evaluation],
             "",
             f"## Table 1: loss configuration (lr {params.lr:g}, {params.epochs} epochs)",

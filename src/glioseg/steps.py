@@ -18,12 +18,12 @@ from glioseg.config import Params
 from glioseg.data.cache import build_cache, load_cache, save_cache
 from glioseg.data.clean import find_dark, measure_slices
 from glioseg.data.labels import build_labels, summarise_labels
-from glioseg.data.sources import fetch_lgg
+from glioseg.data.sources import fetch_brats, fetch_lgg
 from glioseg.data.split import split_slices, summarise_split
 from glioseg.errors import DataError
 from glioseg.io import write_csv, write_json
 from glioseg.transforms import build_pipelines, pipelines_to_dict
-from glioseg.viz import display_image, overlay_grid, save_png
+from glioseg.viz import display_image, display_labels, overlay_grid, save_png
 
 
 def read_csv(path: Path, stage: str) -> pd.DataFrame:
@@ -33,25 +33,24 @@ def read_csv(path: Path, stage: str) -> pd.DataFrame:
 
 
 def download(params: Params) -> dict[str, Any]:
-    manifest = fetch_lgg(
-        params.data.source,
-        paths.RAW_LGG,
-        paths.MANIFEST,
-        patients=params.data.patients,
-        synthetic=params.data.synthetic,
-    )
+    data = params.data
+    if params.dataset == "brats":
+        manifest = fetch_brats(data.source, paths.RAW_BRATS, paths.MANIFEST, patients=data.patients,
+                               synthetic=data.synthetic, params=data.brats)
+        return {"cases": manifest["patient"].nunique(), "slices": len(manifest)}
+    manifest = fetch_lgg(data.source, paths.RAW_LGG, paths.MANIFEST, patients=data.patients, synthetic=data.synthetic)
     return {"patients": manifest["patient"].nunique(), "pairs": len(manifest)}
 
 
 def clean(params: Params) -> dict[str, Any]:
     manifest = read_csv(paths.MANIFEST, "download")
-    removed = find_dark(measure_slices(manifest), params.clean.min_mean_intensity)
+    removed = find_dark(measure_slices(manifest, params), params.clean.min_mean_intensity)
     write_csv(paths.REMOVED, removed)
     return {"removed": len(removed), "removed_positive": int(removed["diagnosis"].sum())}
 
 
 def labels(params: Params) -> dict[str, Any]:
-    table = build_labels(read_csv(paths.MANIFEST, "download"), read_csv(paths.REMOVED, "clean"))
+    table = build_labels(read_csv(paths.MANIFEST, "download"), read_csv(paths.REMOVED, "clean"), params)
     write_csv(paths.LABELS, table)
     return summarise_labels(table)
 
@@ -63,7 +62,7 @@ def split(params: Params) -> dict[str, Any]:
 
 
 def cache(params: Params) -> dict[str, Any]:
-    arrays = build_cache(read_csv(paths.LABELS, "labels"), read_csv(paths.SPLIT, "split"), params.augment.image_size)
+    arrays = build_cache(read_csv(paths.LABELS, "labels"), read_csv(paths.SPLIT, "split"), params)
     save_cache(arrays, paths.CACHE)
     return {"slices": len(arrays), "image_size": arrays.image_size}
 
@@ -77,8 +76,8 @@ def preview(pipeline: A.Compose, images: np.ndarray, masks: np.ndarray, seed: in
     panels = []
     for image, mask in zip(images, masks):
         out = geometry(image=image, mask=mask)
-        panels += [display_image(image), display_image(mask * 255), display_image(out["image"]),
-                   display_image(out["mask"] * 255)]
+        panels += [display_image(image), display_labels(mask), display_image(out["image"]),
+                   display_labels(out["mask"])]
     return panels
 
 
@@ -88,7 +87,7 @@ def augment(params: Params) -> dict[str, Any]:
         raise DataError(f"{paths.SPLIT}: the train subset is empty")
     pipelines = build_pipelines(params.augment, arrays.images)
     write_json(paths.AUGMENT, pipelines_to_dict(pipelines))
-    tumour = arrays.masks.reshape(len(arrays), -1).sum(axis=1, dtype=np.int64)
+    tumour = (arrays.masks > 0).reshape(len(arrays), -1).sum(axis=1, dtype=np.int64)
     shown = np.argsort(-tumour, kind="stable")[:4]
     panels = preview(pipelines["train"], arrays.images[shown], arrays.masks[shown], params.seed)
     titles = ["image", "mask", "augmented image", "augmented mask"] * len(shown)

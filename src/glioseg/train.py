@@ -5,7 +5,9 @@ and each epoch draws a permutation and applies :class:`~glioseg.transforms.Batch
 whole batches. ``checkpoint_dir/last.pt`` is rewritten after every epoch (atomically) with the
 optimiser and random-generator states, so an interrupted run resumes where it stopped and ends
 with the same weights as an uninterrupted one. It is only resumed when its fingerprint (params
-and data) matches.
+and data) matches. Under ``torchrun`` the same loop trains with DistributedDataParallel, each
+rank on its share of every global batch; rank 0 alone writes checkpoints and calls ``on_epoch``
+(:mod:`glioseg.distributed`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from glioseg import distributed
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays
-from glioseg.inference import autocast, select_device, to_tensor
-from glioseg.losses import SegmentationLoss, class_balance_weights
-from glioseg.metrics import confusion_per_item, summarise
+from glioseg.inference import autocast, labels_from_logits, select_device, to_tensor
+from glioseg.losses import SegmentationLoss, class_frequency_weights
+from glioseg.metrics import Regions, region_confusion, summarise
 from glioseg.model import build_model, model_payload, read_checkpoint, save_checkpoint
 from glioseg.transforms import BatchAugment, pipelines_from_dict
 
@@ -72,22 +75,34 @@ class DeviceArrays:
 
 
 def epoch_summary(counts: np.ndarray, patients: np.ndarray, loss: float) -> dict[str, float]:
-    frame = pd.DataFrame(counts, columns=["tp", "fp", "fn", "tn"]).assign(patient=patients)
-    stats = summarise(frame)
-    return {
-        "loss": loss,
-        "dice": stats["dice_patient_mean"],
-        "iou": stats["iou_patient_mean"],
-        "dice_positive_slice": stats.get("dice_positive_slice_mean", float("nan")),
-    }
+    """Loss and per-patient Dice/IoU from (N, R, 4) counts, averaged over the R regions."""
+    per_region = []
+    for region in range(counts.shape[1]):
+        stats = summarise(pd.DataFrame(counts[:, region], columns=["tp", "fp", "fn", "tn"]).assign(patient=patients))
+        per_region.append([stats["dice_patient_mean"], stats["iou_patient_mean"],
+                           stats.get("dice_positive_slice_mean", float("nan"))])
+    dice, iou, dice_positive = np.nanmean(np.array(per_region), axis=0) if per_region else [float("nan")] * 3
+    return {"loss": loss, "dice": float(dice), "iou": float(iou), "dice_positive_slice": float(dice_positive)}
+
+
+def class_weights(params: Params, masks: np.ndarray) -> tuple[float, ...]:
+    """Inverse-frequency class weights from the training labels, or all 1 when balancing is off."""
+    classes = max(2, params.output_channels)
+    if not params.train.weight_map.class_balance or masks.size == 0:
+        return (1.0,) * classes
+    counts = np.bincount(masks.ravel(), minlength=classes)
+    return class_frequency_weights(list(counts / counts.sum()))
 
 
 class Trainer:
-    def __init__(self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str):
+    def __init__(
+        self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str, norm: str = "batch"
+    ):
         self.params = params
         self.pipelines = pipelines
         self.fingerprint = fingerprint
-        self.device = select_device(params.train.device)
+        self.world = distributed.init(select_device(params.train.device))
+        self.device = self.world.device
         self.amp = params.train.amp and self.device.type == "cuda"
         seed_everything(params.seed)
         if params.train.threads:
@@ -95,13 +110,13 @@ class Trainer:
         self.augment = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["train"])
         self.train_data = DeviceArrays.from_arrays(train, self.device)
         self.val_data = DeviceArrays.from_arrays(val, self.device)
-        positive_fraction = float(train.masks.mean()) if len(train) else 0.0
         weight = params.train.weight_map
-        self.loss_fn = SegmentationLoss(
-            params.loss, w0=weight.w0, sigma=weight.sigma,
-            class_weights=class_balance_weights(positive_fraction) if weight.class_balance else (1.0, 1.0),
-        )
-        self.model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
+        self.loss_fn = SegmentationLoss(params.loss, w0=weight.w0, sigma=weight.sigma,
+                                        class_weights=class_weights(params, train.masks))
+        self.regions: Regions = params.regions()
+        model = build_model(params.model, norm).to(self.device).to(memory_format=torch.channels_last)
+        self.network = self.world.wrap(model)  # what trains: DDP under torchrun, else the model itself
+        self.model = distributed.unwrap(self.network)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
         self.order_rng = torch.Generator().manual_seed(params.seed)
@@ -131,7 +146,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def train_epoch(self) -> dict[str, float]:
-        self.model.train()
+        self.network.train()
         data, batch_size = self.train_data, self.params.batch_size
         order = torch.randperm(len(data), generator=self.order_rng)
         counts, patients, total_loss = [], [], 0.0
@@ -140,20 +155,23 @@ class Trainer:
             images, masks, distance = self.augment.geometry(
                 [data.images[index], data.masks[index], data.distance[index]], self.augment_rng
             )
+            share = self.world.share(len(index))
+            index, images, masks, distance = (t[share.rows] for t in (index, images, masks, distance))
             images = self.augment.normalise(images).contiguous(memory_format=torch.channels_last)
-            target = masks.float()
             with autocast(self.device, self.amp):
-                logits = self.model(images)
-            loss = self.loss_fn(logits, target, distance.float())
+                logits = self.network(images)
+            loss = self.loss_fn(logits, masks, distance.float())
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss * share.weight).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # Statistics count this rank's own samples only (none where the share is a padding repeat).
+            index, logits, masks = index[: share.own], logits[: share.own], masks[: share.own]
             total_loss += float(loss.detach()) * len(index)
-            counts.append(confusion_per_item((logits.detach() > _logit(self.params.train.threshold)).cpu().numpy(),
-                                             masks.bool().cpu().numpy()))
+            counts.append(self.confusion(logits.detach(), masks))
             patients.append(data.patient[index.cpu().numpy()])
-        return epoch_summary(np.concatenate(counts), np.concatenate(patients), total_loss / len(order))
+        counts, patients = self.world.all_concat(np.concatenate(counts), np.concatenate(patients))
+        return epoch_summary(counts, patients, self.world.all_sum(total_loss) / len(order))
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -164,11 +182,15 @@ class Trainer:
             images = self.augment.normalise(data.images[part]).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp):
                 logits = self.model(images)
-            target = data.masks[part].float()
-            total_loss += float(self.loss_fn(logits, target, data.distance[part].float())) * len(target)
-            predicted = (logits.float() > _logit(self.params.train.threshold)).cpu().numpy()
-            counts.append(confusion_per_item(predicted, data.masks[part].bool().cpu().numpy()))
+            masks = data.masks[part]
+            total_loss += float(self.loss_fn(logits, masks, data.distance[part].float())) * len(masks)
+            counts.append(self.confusion(logits, masks))
         return epoch_summary(np.concatenate(counts), data.patient, total_loss / max(len(data), 1))
+
+    def confusion(self, logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+        """(B, R, 4) counts per slice and evaluation region of a batch's predictions."""
+        predicted = labels_from_logits(logits, self.params.train.threshold)
+        return region_confusion(predicted.cpu().numpy(), masks[:, 0].cpu().numpy(), self.regions)
 
     def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None) -> TrainOutcome:
         last_path = checkpoint_dir / "last.pt"
@@ -183,9 +205,11 @@ class Trainer:
         resumed_from = start_epoch - 1
         best_score = max((row["val_dice"] for row in history), default=-1.0)
         epochs = range(start_epoch, self.params.epochs + 1)
-        for epoch in tqdm(epochs, desc="train", unit="epoch", initial=resumed_from, total=self.params.epochs):
+        for epoch in tqdm(epochs, desc="train", unit="epoch", initial=resumed_from, total=self.params.epochs,
+                          disable=not self.world.main):
             began = time.perf_counter()
             train_stats = self.train_epoch()
+            self.world.sync_buffers(self.model)  # every rank validates the same model: rank 0's
             val_stats = self.validate()
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                    **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": time.perf_counter() - began}
@@ -193,16 +217,13 @@ class Trainer:
             if row["val_dice"] > best_score:
                 best_score, best_epoch = row["val_dice"], epoch
                 best = self.payload(epoch=epoch, val_dice=row["val_dice"])
-            save_checkpoint(last_path, self._state(epoch, history, best, best_epoch))
-            if on_epoch is not None:
-                on_epoch(epoch, row, self.model)
+            if self.world.main:
+                save_checkpoint(last_path, self._state(epoch, history, best, best_epoch))
+                if on_epoch is not None:
+                    on_epoch(epoch, row, self.model)
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:
-        return model_payload(self.model, self.params.model, self.pipelines, self.params.train.threshold, **meta)
+        return model_payload(self.model, self.params.model, self.pipelines, self.params.train.threshold,
+                             self.params.data_card(), **meta)
 
-
-def _logit(probability: float) -> float:
-    """Threshold on logits equivalent to ``sigmoid(logit) > probability`` (no sigmoid needed)."""
-    probability = min(max(probability, 1e-7), 1 - 1e-7)
-    return float(np.log(probability / (1 - probability)))

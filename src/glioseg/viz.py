@@ -16,6 +16,12 @@ from glioseg.io import atomic_path  # noqa: E402
 
 TRUTH_COLOUR = (0, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)
+# One colour per class label (0 = background, unused); BraTS: necrotic core, oedema, enhancing.
+CLASS_COLOURS = np.array(
+    [(0, 0, 0), (255, 64, 64), (64, 220, 64), (255, 220, 0), (64, 160, 255), (220, 64, 255)], dtype=np.uint8
+)
+FILL_OPACITY = 0.45
+DISPLAY_CHANNEL = 1  # FLAIR in the LGG layout and in the default BraTS modalities (t1ce, flair)
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -25,13 +31,40 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
-    """An MRI slice (H,W,3) as displayable uint8: the FLAIR channel (index 1) in grey."""
-    flair = image[..., 1] if image.ndim == 3 else image
-    return np.repeat(flair[..., None], 3, axis=-1).astype(np.uint8)
+    """An MRI slice (H,W,C) as displayable uint8 RGB: channel 1 (FLAIR) in grey, or the only one."""
+    channel = image[..., min(DISPLAY_CHANNEL, image.shape[-1] - 1)] if image.ndim == 3 else image
+    return np.repeat(channel[..., None], 3, axis=-1).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None) -> np.ndarray:
-    """RGB uint8: the slice with the truth outlined in green and the prediction in red."""
+def class_colours(labels: np.ndarray) -> np.ndarray:
+    """RGB colour of every pixel's class label (cycling through :data:`CLASS_COLOURS` past its end)."""
+    index = np.where(labels > 0, (labels.astype(np.int64) - 1) % (len(CLASS_COLOURS) - 1) + 1, 0)
+    return CLASS_COLOURS[index]
+
+
+def display_labels(labels: np.ndarray) -> np.ndarray:
+    """Class labels (H,W) as RGB uint8, one colour per class on black."""
+    return class_colours(labels)
+
+
+def fill(image: np.ndarray, labels: np.ndarray, opacity: float = FILL_OPACITY) -> np.ndarray:
+    """The slice in grey with each labelled pixel blended towards its class colour."""
+    base = display_image(image).astype(np.float32)
+    blended = (1 - opacity) * base + opacity * class_colours(labels).astype(np.float32)
+    return np.where((labels > 0)[..., None], blended, base).round().astype(np.uint8)
+
+
+def overlay(
+    image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None, classes: int = 1
+) -> np.ndarray:
+    """RGB uint8 picture of a slice with its truth and prediction.
+
+    One class (binary masks): the truth outlined in green and the prediction in red on one
+    slice. Several classes: truth and prediction side by side, each class filled in its colour.
+    """
+    if classes > 1:
+        panels = [fill(image, labels) for labels in (truth, prediction) if labels is not None]
+        return np.concatenate(panels, axis=1) if panels else display_image(image)
     out = display_image(image).copy()
     for mask, colour in ((truth, TRUTH_COLOUR), (prediction, PREDICTION_COLOUR)):
         if mask is not None:

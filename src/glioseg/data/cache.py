@@ -2,8 +2,8 @@
 
 ``data/cache/slices.npz`` holds, for N kept slices at S = augment.image_size:
 
-- ``images`` uint8 (N,S,S,3), ``masks`` uint8 (N,S,S) in {0,1},
-- ``distance`` float16 (N,S,S): d1+d2 to the two nearest tumour regions (+inf with fewer than two),
+- ``images`` uint8 (N,S,S,C), ``masks`` uint8 (N,S,S) class labels (LGG: {0,1}),
+- ``distance`` float16 (N,S,S): d1+d2 to the two nearest tumour regions (any tumour class) (+inf with fewer than two),
   so the weighted-BCE weight map is a cheap elementwise function at train time whatever
   ``w0``/``sigma`` are,
 - ``patient`` (N,) str, ``slice`` (N,) int, ``subset`` (N,) str.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from glioseg.data.lgg import read_image, read_mask
+from glioseg.config import Params
+from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 from glioseg.losses import border_distance_sum
@@ -53,21 +53,22 @@ class SliceArrays:
         return int(self.images.shape[1])
 
 
-def build_cache(labels: pd.DataFrame, split: pd.DataFrame, image_size: int) -> SliceArrays:
+def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
     """Decode, resize and measure every slice of ``split`` (kept slices, with their subset)."""
     rows = split.merge(labels[["patient", "slice", "image", "mask"]], on=["patient", "slice"], how="left")
     if rows["image"].isna().any():
         first = rows[rows["image"].isna()].iloc[0]
         raise DataError(f"data/split.csv: slice {first.patient}_{first.slice} is not in data/labels.csv")
-    resize = preprocess_pipeline(image_size)
+    size = params.augment.image_size
+    resize = preprocess_pipeline(size)
     n = len(rows)
-    images = np.empty((n, image_size, image_size, 3), np.uint8)
-    masks = np.empty((n, image_size, image_size), np.uint8)
-    distance = np.empty((n, image_size, image_size), np.float16)
-    for i, row in enumerate(tqdm(rows.itertuples(index=False), total=n, desc="cache", unit="slice")):
-        out = resize(image=read_image(row.image), mask=read_mask(row.mask))
-        images[i], masks[i] = out["image"], out["mask"]
-        distance[i] = border_distance_sum(out["mask"]).astype(np.float16)
+    images = np.empty((n, size, size, params.input_channels), np.uint8)
+    masks = np.empty((n, size, size), np.uint8)
+    distance = np.empty((n, size, size), np.float16)
+    for row, image, mask in read_slices(rows, params, desc="cache"):
+        out = resize(image=image, mask=mask)
+        images[row.Index], masks[row.Index] = out["image"], out["mask"]
+        distance[row.Index] = border_distance_sum(out["mask"]).astype(np.float16)
     return SliceArrays(
         images=images,
         masks=masks,

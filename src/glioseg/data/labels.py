@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm import tqdm
 
-from glioseg.data.lgg import read_mask
+from glioseg.config import Params
+from glioseg.data.reader import read_slices
 
 LABEL_COLUMNS = ["patient", "slice", "image", "mask", "diagnosis", "tumour_pixels", "components", "kept"]
 
@@ -21,6 +21,7 @@ def count_components(mask: np.ndarray) -> int:
 
 
 def slice_label(mask: np.ndarray) -> dict[str, int]:
+    """Diagnosis (any tumour label present), tumour pixels and regions of a slice's class labels."""
     tumour_pixels = int((mask > 0).sum())
     return {
         "diagnosis": int(tumour_pixels > 0),
@@ -29,22 +30,34 @@ def slice_label(mask: np.ndarray) -> dict[str, int]:
     }
 
 
-def build_labels(manifest: pd.DataFrame, removed: pd.DataFrame) -> pd.DataFrame:
-    """Label every slice of the manifest; ``kept`` is 0 for slices listed in ``removed``."""
+def class_pixels(mask: np.ndarray, class_names: tuple[str, ...]) -> dict[str, int]:
+    """``<class>_pixels`` for every tumour class (multi-class datasets)."""
+    counts = np.bincount(mask.ravel(), minlength=len(class_names))
+    return {f"{name}_pixels": int(counts[k]) for k, name in enumerate(class_names) if k > 0}
+
+
+def build_labels(manifest: pd.DataFrame, removed: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Label every slice of the manifest; ``kept`` is 0 for slices listed in ``removed``.
+
+    BraTS tables also count each tumour class (``<class>_pixels``), after the label map.
+    """
     removed_keys = set(zip(removed["patient"], removed["slice"].astype(int)))
+    class_names = params.data.brats.class_names if params.dataset == "brats" else ()
     rows = []
-    for row in tqdm(manifest.itertuples(index=False), total=len(manifest), desc="labels", unit="slice"):
+    for row, _, mask in read_slices(manifest, params, desc="labels"):
         rows.append(
             {
                 "patient": row.patient,
                 "slice": int(row.slice),
                 "image": row.image,
                 "mask": row.mask,
-                **slice_label(read_mask(row.mask)),
+                **slice_label(mask),
                 "kept": int((row.patient, int(row.slice)) not in removed_keys),
+                **class_pixels(mask, class_names),
             }
         )
-    return pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    extra = [f"{name}_pixels" for name in class_names[1:]]
+    return pd.DataFrame(rows, columns=LABEL_COLUMNS + extra)
 
 
 def summarise_labels(labels: pd.DataFrame) -> dict[str, int]:

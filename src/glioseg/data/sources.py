@@ -26,9 +26,12 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from glioseg.config import SyntheticParams
+from glioseg.config import BratsParams, SyntheticParams
+from glioseg.data import brats
 from glioseg.data.lgg import is_patient_name, list_pairs, list_patients, pair_names, slice_name, validate_pair
 from glioseg.data.synthetic import generate_lgg
+from glioseg.data.synthetic_brats import MODALITIES as SYNTHETIC_MODALITIES
+from glioseg.data.synthetic_brats import generate_brats
 from glioseg.errors import DataError
 from glioseg.io import atomic_path, write_csv
 
@@ -199,4 +202,107 @@ def _describe(staging: Path, dest: Path, origin: str) -> pd.DataFrame:
                     "mask_sha256": _sha256(pair.mask),
                 }
             )
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def fetch_brats(
+    source: str,
+    dest: Path,
+    manifest_path: Path,
+    *,
+    patients: int | None,
+    synthetic: SyntheticParams,
+    params: BratsParams,
+) -> pd.DataFrame:
+    """Put BraTS cases from ``source`` at ``dest`` (one folder per case) and write the slice manifest.
+
+    ``source`` is ``synthetic`` (phantoms), a folder of case folders, or a zip holding one. Only
+    the modalities in ``params`` and the label volume are copied. The manifest has one row per
+    axial slice within ``params.slice_range``: ``image`` names the case folder, ``mask`` its
+    label file.
+    """
+    dest = Path(dest)
+    with atomic_path(dest) as staging:
+        origin = _stage_brats(source, staging, patients, synthetic, params)
+        manifest = _describe_brats(staging, dest, origin, params)
+    write_csv(manifest_path, manifest)
+    return manifest
+
+
+def _stage_brats(
+    source: str, staging: Path, patients: int | None, synthetic: SyntheticParams, params: BratsParams
+) -> str:
+    if source == "synthetic":
+        unknown = sorted(set(params.modalities) - set(SYNTHETIC_MODALITIES))
+        if unknown:
+            raise DataError(
+                f"data.brats.modalities: synthetic phantoms have {', '.join(SYNTHETIC_MODALITIES)}, not {unknown[0]}"
+            )
+        count = synthetic.patients if patients is None else min(patients, synthetic.patients)
+        wanted = {name: params.suffixes[name] for name in (*params.modalities, brats.LABELS)}
+        generate_brats(staging, count, synthetic.slices, synthetic.size, synthetic.seed, wanted)
+        return "synthetic"
+    path = Path(source)
+    if path.is_dir():
+        for case in brats.list_cases(path)[:patients]:
+            (staging / case.name).mkdir(parents=True)
+            for file in brats.case_files(case, params).values():
+                shutil.copy2(file, staging / case.name / file.name)
+        return str(path)
+    if path.is_file():
+        return _extract_brats_zip(path, staging, patients, params)
+    raise DataError(f"data.source: {source}: no such file or folder (expected 'synthetic', a folder or zip of BraTS cases)")
+
+
+def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: BratsParams) -> str:
+    """Extract the wanted files of the first ``patients`` cases (``.../<case>/<case>_<suffix>.nii.gz``)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a valid zip file")
+    suffixes = {params.suffixes[name] for name in (*params.modalities, brats.LABELS)}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            cases: dict[str, list[str]] = {}
+            for member in archive.namelist():
+                parts = PurePosixPath(member).parts
+                if len(parts) < 2:
+                    continue
+                case, name = parts[-2:]
+                stem = name.removesuffix(".gz").removesuffix(".nii")
+                if name.endswith(brats.EXTENSIONS) and stem.removeprefix(f"{case}_") in suffixes:
+                    cases.setdefault(case, []).append(member)
+            if not cases:
+                raise DataError(f"{path}: no <case>/<case>_<modality>.nii.gz files in the zip")
+            for case in sorted(cases)[:patients]:
+                (staging / case).mkdir(parents=True)
+                for member in cases[case]:
+                    with archive.open(member) as src, open(staging / case / PurePosixPath(member).name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DataError(f"{path}: damaged zip ({_first_line(exc)})") from None
+    return str(path)
+
+
+def _describe_brats(staging: Path, dest: Path, origin: str, params: BratsParams) -> pd.DataFrame:
+    """Validate every staged case and list its slices, with paths as they will be under ``dest``."""
+    rows = []
+    for case in tqdm(brats.list_cases(staging), desc="validate", unit="case"):
+        try:
+            depth = brats.validate_case(case, params)
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(staging), origin)) from None
+        first, stop = params.slice_range or (0, depth)
+        if first >= depth:
+            raise DataError(f"{origin}/{case.name}: data.brats.slice_range starts at {first} but the case has {depth} slices")
+        files = brats.case_files(case, params)
+        images_sha = brats.files_sha256([files[name] for name in params.modalities])
+        labels_sha = _sha256(files[brats.LABELS])
+        for z in range(first, min(stop, depth)):
+            rows.append({
+                "patient": case.name,
+                "slice": z,
+                "image": (dest / case.name).as_posix(),
+                "mask": (dest / case.name / files[brats.LABELS].name).as_posix(),
+                "image_sha256": images_sha,
+                "mask_sha256": labels_sha,
+            })
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
