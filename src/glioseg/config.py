@@ -141,6 +141,9 @@ class ModelParams(Strict):
     encoder_depth: int = Field(5, ge=3, le=5)
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     encoder_weights: str | None = None
+    norm: Literal["batch", "group"] = Field(
+        "batch", description="group: GroupNorm instead of BatchNorm (batch-independent; torchrun on CPU)"
+    )
     in_channels: int | None = Field(None, ge=1, description="null: follows the dataset (LGG 3, BraTS modalities)")
     classes: int | None = Field(None, ge=1, description="null: follows the dataset (LGG 1 = sigmoid, BraTS C)")
 

@@ -10,7 +10,8 @@ trains on its contiguous share of it. DDP averages gradients over ranks, so each
 the mean loss of its share by ``share * world / batch``: the average is then the gradient of the
 global batch's mean loss, as in one process, for uneven shares too. A rank whose share is empty
 (a last batch smaller than the world) trains on a repeat of the batch's last sample at weight 0,
-because DDP needs every rank to run forward and backward.
+because DDP needs every rank to run forward and backward (with SyncBatchNorm that repeat still
+enters the batch statistics of that one last batch).
 
 Batch norm: ``SyncBatchNorm`` needs CUDA (torch 2.14 rejects CPU input, and the kernels it calls
 have no CPU implementation). On CUDA batch-norm layers become ``SyncBatchNorm`` and normalise over
@@ -100,7 +101,7 @@ class World:
         return values
 
     def all_sum(self, value: float) -> float:
-        return sum(self.gather(value)) if self.distributed else value
+        return sum(self.gather(value))
 
     def all_concat(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Each array concatenated over ranks (rank-major row order)."""

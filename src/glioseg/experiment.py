@@ -33,7 +33,7 @@ def load_pipelines(path: Path = paths.AUGMENT) -> dict[str, Any]:
     return read_json(path)
 
 
-TRAINING_CODE = ("train.py", "losses.py", "model.py", "transforms.py", "inference.py", "metrics.py")
+TRAINING_CODE = ("train.py", "losses.py", "model.py", "transforms.py", "inference.py", "metrics.py", "distributed.py")
 
 
 def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:

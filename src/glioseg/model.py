@@ -22,13 +22,8 @@ from glioseg.config import BratsParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 
-NORMS = ("batch", "group")
-
-
-def build_model(params: ModelParams, norm: str = "batch") -> torch.nn.Module:
-    """The U-Net of ``params``; ``norm="group"`` swaps its batch norms for group norms."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+def build_model(params: ModelParams) -> torch.nn.Module:
+    """The U-Net of ``params``; ``model.norm: group`` swaps its batch norms for group norms."""
     try:
         model = smp.Unet(
             encoder_name=params.encoder,
@@ -40,14 +35,14 @@ def build_model(params: ModelParams, norm: str = "batch") -> torch.nn.Module:
         )
     except KeyError as exc:
         raise DataError(f"params.yaml: key 'model.encoder': unknown encoder {exc}") from None
-    return to_group_norm(model) if norm == "group" else model
+    return to_group_norm(model) if params.norm == "group" else model
 
 
 def to_group_norm(module: torch.nn.Module, groups: int = 32) -> torch.nn.Module:
     """Replace every BatchNorm2d by a GroupNorm over the same channels, in place.
 
-    Group norm does not depend on the batch, so data-parallel training with it is exactly
-    single-process training on any device (SyncBatchNorm needs CUDA). ``groups`` is capped by
+    Group norm does not depend on the batch, so data-parallel training with it computes the
+    single-process gradients on any device (SyncBatchNorm needs CUDA). ``groups`` is capped by
     the channel count (``gcd``), as small decoder stages have fewer channels than 32.
     """
     for name, child in module.named_children():

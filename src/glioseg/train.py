@@ -96,7 +96,7 @@ def class_weights(params: Params, masks: np.ndarray) -> tuple[float, ...]:
 
 class Trainer:
     def __init__(
-        self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str, norm: str = "batch"
+        self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str
     ):
         self.params = params
         self.pipelines = pipelines
@@ -114,7 +114,7 @@ class Trainer:
         self.loss_fn = SegmentationLoss(params.loss, w0=weight.w0, sigma=weight.sigma,
                                         class_weights=class_weights(params, train.masks))
         self.regions: Regions = params.regions()
-        model = build_model(params.model, norm).to(self.device).to(memory_format=torch.channels_last)
+        model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
         self.network = self.world.wrap(model)  # what trains: DDP under torchrun, else the model itself
         self.model = distributed.unwrap(self.network)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr)
