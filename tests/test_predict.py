@@ -1,7 +1,5 @@
 """glioseg predict on TIFs the test writes, with a tiny trained model."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,3 +93,13 @@ def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
         predict(patient_folder, model_file, busy)
     assert (busy / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "o2").exists()
+
+
+def test_nifti_input_to_an_lgg_model_is_a_one_line_error(model_file, tmp_path):
+    from glioseg.config import BratsParams
+    from glioseg.data.synthetic_brats import generate_brats
+
+    generate_brats(tmp_path / "cases", 1, 4, 32, seed=0, suffixes=dict(BratsParams().suffixes))
+    with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
+        predict(tmp_path / "cases", model_file, tmp_path / "out", "cpu")
+    assert not (tmp_path / "out").exists()
