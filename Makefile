@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast ui bench clean-venv
+.PHONY: setup repro test test-fast ui app bench clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ test-fast: setup
 
 ui: setup
 	$(BIN)/glioseg ui
+
+app: setup
+	$(BIN)/glioseg serve
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run

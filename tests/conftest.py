@@ -45,3 +45,16 @@ def tiny_data(tiny_params):
     val = square_slices(6, 32, seed=1, patients=2)
     pipelines = pipelines_to_dict(build_pipelines(tiny_params.augment, train.images))
     return train, val, pipelines
+
+
+def train_tiny_model(path, epochs: int = 1):
+    """A tiny U-Net trained for ``epochs`` on square slices (seconds on a CPU), saved as a checkpoint at ``path``."""
+    from glioseg.model import save_checkpoint
+    from glioseg.train import Trainer
+
+    params = parse_params({**TINY_PARAMS, "epochs": epochs})
+    train = square_slices(12, 32, seed=0)
+    pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
+    outcome = Trainer(params, train, square_slices(6, 32, seed=1), pipelines, "p").fit(path.parent / "checkpoints")
+    save_checkpoint(path, outcome.best)
+    return path

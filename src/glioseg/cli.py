@@ -136,6 +136,20 @@ def predict_command(
 
 
 @app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="model file, runs:/<run id> or models:/<name>/<version>")] = "models/model.pt",
+    data: Annotated[Path, typer.Option(help="folder of cases to choose from")] = Path("data/raw/kaggle_3m"),
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8501,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """The viewer: a web page on 127.0.0.1 to browse a case's slices with predicted and true tumour."""
+    from glioseg.app import streamlit_command
+
+    raise typer.Exit(subprocess.call(streamlit_command(model, data, port, device), env=os.environ.copy()))
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:

@@ -1,0 +1,326 @@
+"""The viewer: its logic on known masks, and the page itself, served by `glioseg serve` and driven in
+Debian's headless Chromium (Selenium with chromedriver) as a person would use it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from glioseg.app import logic
+from glioseg.data.lgg import read_mask
+from glioseg.data.synthetic import generate_lgg
+from glioseg.errors import DataError
+from glioseg.predict import predict
+from tests.conftest import train_tiny_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's headless browser: /usr/bin/chromium and /usr/bin/chromedriver "
+           "(apt-get install chromium chromium-driver; .ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "model.pt", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "kaggle_3m"
+    generate_lgg(root, patients=2, slices=8, size=64, seed=0)
+    return root
+
+
+def square(shape: tuple[int, int], top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[top : top + side, left : left + side] = 1
+    return mask
+
+
+def known_result() -> logic.CaseResult:
+    """Three slices: half-overlapping squares (Dice 0.5), both empty (Dice 1), no truth (no Dice)."""
+    images = tuple(np.zeros((10, 10, 3), np.uint8) for _ in range(3))
+    predictions = (square((10, 10), 2, 2, 4), np.zeros((10, 10), np.uint8), square((10, 10), 0, 0, 3))
+    truths = (square((10, 10), 2, 4, 4), np.zeros((10, 10), np.uint8), None)
+    return logic.CaseResult("C", ("C_1", "C_2", "C_3"), images, predictions, truths)
+
+
+def test_areas_and_dice_on_known_masks():
+    result = known_result()
+    table = logic.slice_table(result)
+    assert table["predicted_pixels"].tolist() == [16, 0, 9]
+    assert table["truth_pixels"].tolist()[:2] == [16, 0] and table["dice"].tolist()[:2] == [0.5, 1.0]
+    assert table["truth_pixels"].isna().tolist() == table["dice"].isna().tolist() == [False, False, True]
+    assert logic.case_dice(result) == 0.5
+    no_truth = logic.CaseResult("C", ("C_1",), result.images[:1], result.predictions[:1], (None,))
+    assert logic.case_dice(no_truth) is None and not no_truth.has_truth
+
+
+def test_summary_shows_slice_and_case_numbers():
+    result = known_result()
+    table = logic.slice_table(result)
+    summary = logic.area_summary(result, table, 0)
+    assert summary.to_dict("index") == {
+        "slice 1": {"tumour area (px)": "16", "truth area (px)": "16", "Dice": "0.500"},
+        "case": {"tumour area (px)": "25", "truth area (px)": "16", "Dice": "0.500"}}
+    assert logic.area_summary(result, table, 2).loc["slice 3"].tolist() == ["9", "–", "–"]
+    no_truth = logic.CaseResult("C", ("C_1",), result.images[:1], result.predictions[:1], (None,))
+    assert logic.area_summary(no_truth, logic.slice_table(no_truth), 0).to_dict("index") == {
+        "slice 1": {"tumour area (px)": "16"}, "case": {"tumour area (px)": "16"}}
+
+
+def test_overlay_blends_truth_prediction_and_overlap_at_the_opacity():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 1] = 100  # the FLAIR channel is what is shown
+    prediction, truth = np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    prediction[0, :2] = 1
+    truth[:2, 1] = 1
+    assert (logic.compose_overlay(image, prediction, truth, 0.0) == 100).all()
+    full = logic.compose_overlay(image, prediction, truth, 1.0)
+    assert full[0, 0].tolist() == [255, 0, 0] and full[0, 1].tolist() == [255, 255, 0]
+    assert full[1, 1].tolist() == [0, 255, 0] and full[3, 3].tolist() == [100, 100, 100]
+    assert logic.compose_overlay(image, prediction, truth, 0.25)[0, 0].tolist() == [139, 75, 75]
+    assert logic.compose_overlay(image, prediction, None, 1.0)[1, 1].tolist() == [100, 100, 100]
+
+
+def test_enlarge_keeps_pixels_crisp():
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    large = logic.enlarge(image, size=9)
+    assert large.shape == (6, 8) and (large[::2, ::2] == image).all() and (large[1::2, 1::2] == image).all()
+
+
+def test_zip_holds_kaggle_named_masks_at_input_size():
+    result = known_result()
+    with zipfile.ZipFile(io.BytesIO(logic.masks_zip(result))) as archive:
+        assert archive.namelist() == ["C/C_1_mask.tif", "C/C_2_mask.tif", "C/C_3_mask.tif"]
+        for name, prediction in zip(archive.namelist(), result.predictions):
+            mask = tifffile.imread(io.BytesIO(archive.read(name)))
+            assert mask.dtype == np.uint8 and mask.shape == (10, 10)
+            np.testing.assert_array_equal(mask, prediction * 255)
+
+
+def test_uploads_become_one_case_folder(tmp_path):
+    files = [("some/dir/P_2.tif", b"image"), ("P_2_mask.tif", b"mask"), ("notes.txt", b"other")]
+    folder = logic.save_uploads(files, tmp_path)
+    assert folder.name == "P" and sorted(p.name for p in folder.iterdir()) == ["P_2.tif", "P_2_mask.tif"]
+    assert logic.save_uploads(list(reversed(files)), tmp_path) == folder
+    assert logic.save_uploads([("scan.tif", b"image")], tmp_path).name == "upload"
+    with pytest.raises(DataError, match="no .tif image slices"):
+        logic.save_uploads([("P_2_mask.tif", b"mask")], tmp_path)
+
+
+def test_cases_are_listed_from_the_data_folder(cases, tmp_path):
+    assert logic.list_cases(cases) == sorted(p.name for p in cases.iterdir())
+    assert logic.list_cases(tmp_path / "missing") == []
+    case = logic.load_case(cases / logic.list_cases(cases)[0])
+    assert [item.name for item in case.items] == [f"{case.name}_{n}" for n in range(1, 9)]
+    assert all(path is not None and path.name.endswith("_mask.tif") for path in case.truth_paths)
+
+
+def test_viewer_masks_equal_what_predict_writes(model_file, cases, tmp_path):
+    name = logic.list_cases(cases)[1]
+    result = logic.predict_case(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
+    predict(cases / name, model_file, tmp_path / "out", device="cpu")
+    with zipfile.ZipFile(io.BytesIO(logic.masks_zip(result))) as archive:
+        for slice_name, truth in zip(result.slices, result.truths):
+            written = tifffile.imread(tmp_path / "out" / name / f"{slice_name}_mask.tif")
+            zipped = tifffile.imread(io.BytesIO(archive.read(f"{name}/{slice_name}_mask.tif")))
+            np.testing.assert_array_equal(zipped, written)
+            np.testing.assert_array_equal(truth, read_mask(cases / name / f"{slice_name}_mask.tif"))
+
+
+def test_bad_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError, match="model file not found"):
+        logic.load(str(tmp_path / "missing.pt"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, f"glioseg serve exited:\n{log.read_text()[-3000:]}"
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return
+        except OSError:
+            pass
+        assert time.time() < deadline, f"glioseg serve did not come up:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server(model_file, cases, tmp_path_factory):
+    """`glioseg serve` on a free loopback port, in its own process group (stopped by its pid)."""
+    workdir = tmp_path_factory.mktemp("serve")
+    port, log = free_port(), workdir / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "glioseg.cli", "serve", "--model", str(model_file), "--data", str(cases),
+             "--port", str(port), "--device", "cpu"],
+            cwd=workdir, env={**os.environ, "TMPDIR": str(workdir)}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(process, url, log)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through chromedriver; downloads land in ``tmp_path/downloads``."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads")})
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The viewer page as a person sees it: what its widgets show and how to use them."""
+
+    def __init__(self, driver, timeout: float = 60):
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.wait = WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException])
+
+    def find(self, selector: str):
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_elements(By.CSS_SELECTOR, selector)
+
+    def summary(self) -> dict[str, dict[str, str]]:
+        """The numbers table beside the image: row label -> column -> text, e.g. {'case': {'Dice': '0.500'}}."""
+        tables = self.find('[data-testid="stTable"] table')
+        if not tables:
+            return {}
+        columns = [cell.text for cell in tables[0].find_elements("css selector", "thead th")][1:]
+        rows = [[cell.text for cell in row.find_elements("css selector", "th, td")]
+                for row in tables[0].find_elements("css selector", "tbody tr")]
+        return {row[0]: dict(zip(columns, row[1:])) for row in rows}
+
+    def picture(self) -> tuple[str, bytes] | None:
+        """The overlay image's source and its pixels on screen; None until the browser has loaded it."""
+        images = self.find('[data-testid="stImage"] img')
+        loaded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+        if not images or not self.driver.execute_script(loaded, images[0]):
+            return None
+        return images[0].get_attribute("src"), images[0].screenshot_as_png
+
+    def pick_case(self, name: str) -> None:
+        self.find('[data-testid="stSelectbox"] input')[0].click()
+        self.wait.until(lambda _: [o for o in self.find('[role="option"]') if o.text == name])
+        next(o for o in self.find('[role="option"]') if o.text == name).click()
+        self.wait.until(lambda _: any(f"case {name} ·" in c.text for c in self.find('[data-testid="stCaptionContainer"]')))
+
+    def upload(self, files: list[Path]) -> None:
+        next(label for label in self.find('[data-testid="stRadio"] label') if label.text == "upload").click()
+        self.wait.until(lambda _: self.find('[data-testid="stFileUploader"] input[type="file"]'))
+        self.find('[data-testid="stFileUploader"] input[type="file"]')[0].send_keys("\n".join(map(str, files)))
+
+    def press_on_slider(self, label: str, key: str) -> None:
+        """Click the slider's thumb, then press a key, as a keyboard user would."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        thumb = self.find(f'input[type="range"][aria-label="{label}"]')[0].find_element("xpath", "../..")
+        ActionChains(self.driver).click(thumb).send_keys(key).perform()
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_shows_a_case_and_follows_the_slice_slider(model_file, cases, server, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    name = logic.list_cases(cases)[1]  # not the preselected first case: the test picks it
+    result = logic.predict_case(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
+    table = logic.slice_table(result)
+    start = len(result.slices) // 2  # the page opens a case on its middle slice
+    before, after = (logic.area_summary(result, table, i).to_dict("index") for i in (start, start + 1))
+    assert list(before[f"slice {start + 1}"].values()) != list(after[f"slice {start + 2}"].values()), \
+        "the synthetic case should have different areas on these slices"
+
+    page = Page(browser)
+    browser.get(server)
+    page.wait.until(lambda _: page.find('[data-testid="stSelectbox"] input'))
+    page.pick_case(name)
+    page.wait.until(lambda _: page.summary() == before, f"the page did not show {name}'s middle slice")
+    source, pixels = page.wait.until(lambda _: page.picture())
+
+    page.press_on_slider("Slice", Keys.ARROW_RIGHT)
+    page.wait.until(lambda _: page.summary() == after, "the areas did not follow the slider")
+    page.wait.until(lambda _: (picture := page.picture()) and picture[0] != source and picture[1] != pixels,
+                    "the overlay image did not change with the slice")
+    assert "Download predicted masks" in page.find('[data-testid="stDownloadButton"]')[0].text
+    assert browser.save_screenshot(str(tmp_path / "viewer.png"))
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_shows_a_bad_model_as_one_line(server, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    page = Page(browser)
+    browser.get(server)
+    page.wait.until(lambda _: page.find('input[aria-label="Model"]'))
+    field = page.find('input[aria-label="Model"]')[0]
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("/no/such/model.pt", Keys.ENTER)
+    page.wait.until(lambda _: page.find('[data-testid="stAlertContentError"]'))
+    assert page.find('[data-testid="stAlertContentError"]')[0].text == "error: /no/such/model.pt: model file not found"
+    assert not page.find('[data-testid="stException"]')
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_predicts_uploaded_slices_and_downloads_their_masks(model_file, cases, server, browser, tmp_path):
+    name = logic.list_cases(cases)[0]
+    files = [cases / name / f"{name}_{n}{suffix}.tif" for n in (1, 2, 3) for suffix in ("", "_mask")]
+    page = Page(browser)
+    browser.get(server)
+    page.wait.until(lambda _: page.find('[data-testid="stRadio"] label'))
+    page.upload(files)
+    page.wait.until(lambda _: any(f"case {name} · 3 slices" in c.text for c in page.find('[data-testid="stCaptionContainer"]')))
+    page.wait.until(lambda _: "Dice" in page.summary().get("case", {}))
+
+    page.wait.until(lambda _: page.find('[data-testid="stDownloadButton"] button'))
+    page.find('[data-testid="stDownloadButton"] button')[0].click()
+    download = tmp_path / "downloads" / f"{name}_masks.zip"
+    page.wait.until(lambda _: download.is_file())
+    with zipfile.ZipFile(download) as archive:
+        assert archive.namelist() == [f"{name}/{name}_{n}_mask.tif" for n in (1, 2, 3)]
