@@ -8,26 +8,16 @@ import tifffile
 from glioseg.data.cache import SliceArrays
 from glioseg.errors import DataError
 from glioseg.evaluate import predict_masks
-from glioseg.model import load_model, save_checkpoint
+from glioseg.model import load_model
 from glioseg.predict import find_inputs, predict
-from glioseg.train import Trainer
 from glioseg.transforms import preprocess_pipeline
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    from glioseg.config import parse_params
-    from glioseg.transforms import build_pipelines, pipelines_to_dict
-    from tests.conftest import TINY_PARAMS, square_slices
+    from tests.conftest import train_tiny_model
 
-    params = parse_params({**TINY_PARAMS, "epochs": 2})
-    train = square_slices(12, 32, seed=0)
-    pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
-    outcome = Trainer(params, train, square_slices(6, 32, seed=1), pipelines, "p").fit(
-        tmp_path_factory.mktemp("ckpt"))
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, outcome.best)
-    return path
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "model.pt", epochs=2)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from glioseg.data.split import split_slices, summarise_split
 from glioseg.errors import DataError
 from glioseg.io import write_csv, write_json
 from glioseg.transforms import build_pipelines, pipelines_to_dict
-from glioseg.viz import display_image, display_labels, overlay_grid, save_png
+from glioseg.viz import class_colours, display_image, overlay_grid, save_png
 
 
 def read_csv(path: Path, stage: str) -> pd.DataFrame:
@@ -76,8 +76,8 @@ def preview(pipeline: A.Compose, images: np.ndarray, masks: np.ndarray, seed: in
     panels = []
     for image, mask in zip(images, masks):
         out = geometry(image=image, mask=mask)
-        panels += [display_image(image), display_labels(mask), display_image(out["image"]),
-                   display_labels(out["mask"])]
+        panels += [display_image(image), class_colours(mask), display_image(out["image"]),
+                   class_colours(out["mask"])]
     return panels
 
 

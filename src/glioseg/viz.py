@@ -37,14 +37,9 @@ def display_image(image: np.ndarray) -> np.ndarray:
 
 
 def class_colours(labels: np.ndarray) -> np.ndarray:
-    """RGB colour of every pixel's class label (cycling through :data:`CLASS_COLOURS` past its end)."""
+    """Class labels (H,W) as RGB uint8, one colour per class on black (cycling past the palette's end)."""
     index = np.where(labels > 0, (labels.astype(np.int64) - 1) % (len(CLASS_COLOURS) - 1) + 1, 0)
     return CLASS_COLOURS[index]
-
-
-def display_labels(labels: np.ndarray) -> np.ndarray:
-    """Class labels (H,W) as RGB uint8, one colour per class on black."""
-    return class_colours(labels)
 
 
 def fill(image: np.ndarray, labels: np.ndarray, opacity: float = FILL_OPACITY) -> np.ndarray:

@@ -111,7 +111,7 @@ def check_geometry(images: dict[str, nib.Nifti1Image], files: dict[str, Path]) -
             raise DataError(f"{files[name]}: affine differs from {files[names[0]].name}'s")
 
 
-def read_slices(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+def axial_slices(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     """A volume's data as float32 canonical axial slices (Z,H,W)."""
     try:
         data = nib.as_closest_canonical(image).get_fdata(dtype=np.float32)
@@ -151,37 +151,45 @@ def window_to_uint8(channel: np.ndarray, brain: np.ndarray, percentiles: tuple[f
     return np.where(brain, np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5, 0).astype(np.uint8)
 
 
-def read_case(folder: Path, params: BratsParams, with_labels: bool = True) -> CaseSlices:
-    """Load, check and normalise one case: images uint8 (Z,H,W,C) in ``params.modalities`` order."""
-    folder = Path(folder)
-    files = case_files(folder, params, with_labels)
+def open_case(
+    folder: Path, params: BratsParams, with_labels: bool = True
+) -> tuple[dict[str, Path], dict[str, nib.Nifti1Image]]:
+    """A case's files and their (lazy) images, checked for presence, readability and geometry."""
+    files = case_files(Path(folder), params, with_labels)
     images = {name: load_image(path) for name, path in files.items()}
     check_geometry(images, files)
-    channels = np.stack([read_slices(images[name], files[name]) for name in params.modalities])
+    return files, images
+
+
+def read_case(folder: Path, params: BratsParams, with_labels: bool = True) -> CaseSlices:
+    """Load, check and normalise one case: images uint8 (Z,H,W,C) in ``params.modalities`` order."""
+    files, images = open_case(folder, params, with_labels)
+    channels = np.stack([axial_slices(images[name], files[name]) for name in params.modalities])
     brain = brain_mask(channels)
     stacked = np.stack([window_to_uint8(c, brain, params.percentiles) for c in channels], axis=-1)
     labels = None
     if with_labels:
-        labels = map_labels(read_slices(images[LABELS], files[LABELS]), params.label_map, files[LABELS])
-    return CaseSlices(folder.name, stacked, labels)
+        labels = map_labels(axial_slices(images[LABELS], files[LABELS]), params.label_map, files[LABELS])
+    return CaseSlices(Path(folder).name, stacked, labels)
+
+
+def axial_depth(image: nib.Nifti1Image) -> int:
+    """Number of axial (inferior-superior) slices, whatever the storage order (from the header)."""
+    ornt = orientations.io_orientation(image.affine)
+    return int(image.shape[int(np.flatnonzero(ornt[:, 0] == 2)[0])])
 
 
 def case_depth(folder: Path, params: BratsParams) -> int:
     """Number of axial slices of a case (from its headers; checks files, shapes and affines)."""
-    files = case_files(folder, params)
-    images = {name: load_image(path) for name, path in files.items()}
-    check_geometry(images, files)
-    ornt = orientations.io_orientation(images[params.modalities[0]].affine)
-    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    return int(images[params.modalities[0]].shape[axial_axis])
+    _, images = open_case(folder, params)
+    return axial_depth(images[params.modalities[0]])
 
 
 def validate_case(folder: Path, params: BratsParams) -> int:
     """Check one case fully (files, geometry, label values); return its number of axial slices."""
-    depth = case_depth(folder, params)
-    files = case_files(folder, params)
-    map_labels(np.asarray(load_image(files[LABELS]).dataobj), params.label_map, files[LABELS])
-    return depth
+    files, images = open_case(folder, params)
+    map_labels(np.asarray(images[LABELS].dataobj), params.label_map, files[LABELS])
+    return axial_depth(images[params.modalities[0]])
 
 
 def files_sha256(paths: list[Path]) -> str:
