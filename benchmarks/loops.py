@@ -7,7 +7,8 @@
   contiguous memory format, with BCE + soft Dice and Adam.
 - :class:`GliosegSession`: :class:`glioseg.train.Trainer` itself on the in-memory array cache
   (loaded from the ``.npz`` the pipeline writes), batched tensor augmentation, channels-last,
-  mixed precision on CUDA; each request is one ``Trainer.train_epoch()`` over exactly N batches.
+  bf16/fp16 autocast on CUDA and bf16 on CPUs with native bf16, fused Adam; each request is one
+  ``Trainer.train_epoch()`` over exactly N batches.
 
 A session first runs its untimed warm-up steps, then timed rounds; :mod:`benchmarks.run`
 alternates rounds of the two sessions so that load from other processes hits both alike.
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.machine import device_name
 from glioseg.config import Params, parse_params
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.inference import select_device
@@ -44,32 +46,7 @@ from glioseg.transforms import build_pipelines, pipelines_to_dict
 MIB = 1024 * 1024
 
 
-# --------------------------------------------------------------------------- environment
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_cores()} CPU cores ({cpu_name()})"
+# --------------------------------------------------------------------------- memory
 
 
 def rss_mib() -> float | None:
@@ -320,8 +297,8 @@ class GliosegSession(Session):
         self.trainer = Trainer(self.config, arrays, val, pipelines, fingerprint="benchmark")
         self.device = self.trainer.device
         self.rng = np.random.default_rng(self.config.seed)
-        if self.trainer.amp:
-            self.precision = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + GradScaler"
+        self.precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler",
+                          None: "fp32"}[self.trainer.precision]
         self._prepared: tuple[int, DeviceArrays] | None = None
 
     def _batches(self, steps: int) -> DeviceArrays:

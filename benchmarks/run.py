@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing as mp
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -33,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from benchmarks.loops import SESSIONS, cpu_cores, device_name, serve
+from benchmarks.loops import SESSIONS, serve
+from benchmarks.machine import load_average, machine_info, write_report
 from glioseg.config import Params, load_params, parse_params
 from glioseg.data.cache import build_cache, load_cache, save_cache
 from glioseg.data.lgg import list_pairs, read_mask
@@ -44,6 +41,7 @@ from glioseg.errors import GliosegError
 from glioseg.inference import select_device
 from glioseg.transforms import channel_stats
 
+REFERENCE = "naive_reference_batch"  # the naive loop at the profile's reference (seed) batch size
 SYNTHETIC = {"patients": 6, "slices": 20, "size": 256, "seed": 0}
 
 # The seed-004 protocol (profiles/seed-gpu.yaml): 128 px, batch 10, resnet34, full decoder, lr 1e-4.
@@ -59,10 +57,12 @@ SEED_PROTOCOL = {
 class Profile:
     name: str
     description: str
-    overrides: dict[str, Any] = field(default_factory=dict)  # applied on top of params.yaml
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied on top of the --params file
     steps: int = 10  # timed optimiser steps per loop...
     warmup: int = 1  # ...after this many untimed ones
-    rounds: int = 3  # timed steps are split into this many rounds, alternating naive and glioseg
+    rounds: int = 3  # timed steps are split into this many rounds, the loops taking turns
+    # The naive loop also runs at this batch size (the seeds' 10) when the profile's differs.
+    reference_batch: int | None = None
 
 
 # Steps chosen so `--profile both` takes ~1 minute on 2 idle CPU cores (seed protocol ~12
@@ -71,7 +71,8 @@ class Profile:
 PROFILES = {
     "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
                        SEED_PROTOCOL, steps=8, warmup=1, rounds=4),
-    "cpu": Profile("cpu", "params.yaml CPU profile", {}, steps=30, warmup=2, rounds=5),
+    "cpu": Profile("cpu", "CPU profile (profiles/cpu-real.yaml)", {}, steps=30, warmup=2, rounds=5,
+                   reference_batch=SEED_PROTOCOL["batch_size"]),
 }
 
 
@@ -159,11 +160,13 @@ def run_profile(
     isolate: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Cache build/load timings and both loops for one profile; the result dict ``run`` writes.
+    """Cache build/load timings and the loops of one profile; the result dict ``run`` writes.
 
-    Both loops' sessions start together (in their own processes when ``isolate``), run their
-    warm-up steps, then alternate timed rounds (naive first in even rounds, glioseg first in odd
-    ones), so a burst of load from another process lands on both rather than on one.
+    The loops are the naive one at the profile's batch size, the naive one at the profile's
+    reference batch size where that differs, and glioseg's. Their sessions start together (in
+    their own processes when ``isolate``), run their warm-up steps, then take timed rounds in
+    turn, each loop leading one round after another, so a burst of load from another process
+    lands on all of them rather than on one.
     """
     steps = profile.steps if steps is None else steps
     warmup = profile.warmup if warmup is None else warmup
@@ -191,26 +194,28 @@ def run_profile(
     chunks = split_steps(steps, rounds)
     log(f"[{profile.name}] {params.model.encoder} at {size} px, batch {params.batch_size}: "
         f"{warmup} warm-up + {steps} timed steps per loop in rounds of {chunks}")
-    loops = {
-        "naive": Loop("naive", (config, pair_list, mean, std), isolate),
-        "glioseg": Loop("glioseg", (config, str(cache_path)), isolate),
-    }
+    loops = {"naive": Loop("naive", (config, pair_list, mean, std), isolate)}
+    reference_batch = profile.reference_batch
+    if reference_batch is not None and reference_batch != params.batch_size:
+        reference_config = config | {"batch_size": reference_batch}
+        loops[REFERENCE] = Loop("naive", (reference_config, pair_list, mean, std), isolate)
+    loops["glioseg"] = Loop("glioseg", (config, str(cache_path)), isolate)
     try:
         for loop in loops.values():
             loop.call("warmup", warmup)
+        names = list(loops)
         for i, chunk in enumerate(chunks):
-            order = ["naive", "glioseg"] if i % 2 == 0 else ["glioseg", "naive"]
             speeds = {}
-            for name in order:
+            for name in names[i % len(names):] + names[: i % len(names)]:  # each loop leads in turn
                 loops[name].call("prepare", chunk)
                 speeds[name] = loops[name].call("run", chunk)
-            log(f"[{profile.name}]   round {i + 1}/{len(chunks)}: naive {speeds['naive']:.2f}, "
-                f"glioseg {speeds['glioseg']:.2f} images/s")
-        naive, glioseg = (loops[name].call("result") | {"isolated": isolate} for name in ("naive", "glioseg"))
+            log(f"[{profile.name}]   round {i + 1}/{len(chunks)}: "
+                + ", ".join(f"{name} {speed:.2f}" for name, speed in speeds.items()) + " images/s")
+        results = {name: loop.call("result") | {"isolated": isolate} for name, loop in loops.items()}
     finally:
         for loop in loops.values():
             loop.close()
-    paired = [g / n for g, n in zip(glioseg["images_per_s_per_round"], naive["images_per_s_per_round"])]
+    speedups = {name: speedup(results["glioseg"], results[name]) for name in results if name != "glioseg"}
     return {
         "profile": profile.name,
         "description": profile.description,
@@ -222,12 +227,19 @@ def run_profile(
         "cache_build_s": round(build_seconds, 3),
         "cache_load_s": round(statistics.median(load_times), 4),
         "cache_mib": round(cache_path.stat().st_size / 2**20, 2),
-        "naive": naive,
-        "glioseg": glioseg,
-        "speedup": glioseg["images_per_s"] / naive["images_per_s"],
-        "speedup_per_round": [round(x, 3) for x in paired],
-        "speedup_median_of_rounds": statistics.median(paired),
+        **results,
+        "speedup": speedups["naive"]["overall"],
+        "speedup_per_round": speedups["naive"]["per_round"],
+        "speedup_median_of_rounds": speedups["naive"]["median_of_rounds"],
+        **({"speedup_vs_reference_batch": speedups[REFERENCE]} if REFERENCE in speedups else {}),
     }
+
+
+def speedup(glioseg: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
+    """glioseg's images/s over a naive loop's: overall, and per round (rounds pair loops close in time)."""
+    paired = [g / n for g, n in zip(glioseg["images_per_s_per_round"], naive["images_per_s_per_round"])]
+    return {"overall": glioseg["images_per_s"] / naive["images_per_s"],
+            "per_round": [round(x, 3) for x in paired], "median_of_rounds": statistics.median(paired)}
 
 
 # --------------------------------------------------------------------------- output
@@ -237,22 +249,32 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+LOOP_NAMES = {"naive": "naive", REFERENCE: "naive, seed batch", "glioseg": "glioseg"}
+
+
+def speedup_cell(overall: float, median: float) -> str:
+    return f"**{overall:.2f}x** ({median:.2f}x)"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per loop, the speed-up on the glioseg row, cache timings below."""
     head = ("| profile | loop | device | torch | px | batch | precision, layout | timed images (steps x batch) "
-            "| seconds | images/s | per round | speed-up (median of rounds) | peak RSS MiB (+ over start) "
-            "| CUDA max alloc MiB |")
+            "| seconds | images/s | per round | glioseg speed-up over this loop (median of rounds) "
+            "| peak RSS MiB (+ over start) | CUDA max alloc MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for result in results:
-        for key in ("naive", "glioseg"):
+        rows = {"naive": speedup_cell(result["speedup"], result["speedup_median_of_rounds"])}
+        if REFERENCE in result:
+            reference = result["speedup_vs_reference_batch"]
+            rows[REFERENCE] = speedup_cell(reference["overall"], reference["median_of_rounds"])
+        rows["glioseg"] = "-"
+        for key, speed in rows.items():
             r = result[key]
-            speedup = (f"**{result['speedup']:.2f}x** ({result['speedup_median_of_rounds']:.2f}x)"
-                       if key == "glioseg" else "1.00x")
             per_round = " / ".join(f"{x:.1f}" for x in r["images_per_s_per_round"])
             lines.append(
-                f"| {result['profile']} | {key} | {r['device_name']} | {r['torch']} | {r['image_size']} "
+                f"| {result['profile']} | {LOOP_NAMES[key]} | {r['device_name']} | {r['torch']} | {r['image_size']} "
                 f"| {r['batch_size']} | {r['precision']}, {r['memory_format']} | {r['images']} ({r['steps']} x "
-                f"{r['batch_size']}) | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {per_round} | {speedup} "
+                f"{r['batch_size']}) | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {per_round} | {speed} "
                 f"| {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
                 f"| {_fmt(r['cuda_max_allocated_mib'], 0)} |"
             )
@@ -271,7 +293,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=["default", "cpu", "both"], default="both",
-                        help="default = seed protocol (128 px, resnet34); cpu = params.yaml; both (default)")
+                        help="default = seed protocol (128 px, resnet34); cpu = the --params file; both (default)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed optimiser steps per loop (default: default=8, cpu=30)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -283,7 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="'synthetic' (generate_lgg into a temp dir) or a path to a kaggle_3m folder")
     parser.add_argument("--max-slices", type=int, default=120,
                         help="use the first N slices of --data (synthetic gives 120)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for the cpu profile")
+    parser.add_argument("--params", type=Path, default=Path("profiles/cpu-real.yaml"),
+                        help="the cpu profile's params, and the base the default profile's overrides go on "
+                        "(default: the real-data CPU profile; its data.source is not read)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                         help="override train.device (default: params, i.e. auto)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
@@ -318,7 +342,7 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     base = load_params(args.params)
     device = select_device(args.device or base.train.device)  # fail now if 'cuda' is not there
     started = time.perf_counter()
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     results = []
     with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp:
@@ -332,18 +356,7 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": {
-            "device": device.type,
-            "device_name": device_name(device),
-            "cpu_cores": cpu_cores(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "loadavg_1_5_15_at_start": load_start,
-            "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(device, load_start),
         "data": data_description,
         "total_seconds": round(time.perf_counter() - started, 1),
         "profiles": results,
@@ -351,10 +364,7 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(table(results))
     print(f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start "
           f"{report['machine']['loadavg_1_5_15_at_start']}, at end {report['machine']['loadavg_1_5_15_at_end']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root, besi
 
 from benchmarks.run import Profile, load_pairs, main, run_profile, table  # noqa: E402
 from glioseg.config import parse_params  # noqa: E402
+from glioseg.inference import cpu_has_native_bf16  # noqa: E402
 
 TINY = {
     "batch_size": 4,
@@ -35,13 +36,29 @@ def test_both_loops_report_throughput(pairs, tmp_path):
         assert r["images"] == 2 * 4 and r["steps"] == 2 and r["rounds"] == 2 and r["warmup_steps"] == 1
         assert len(r["images_per_s_per_round"]) == 2 and min(r["images_per_s_per_round"]) > 0
         assert r["images_per_s"] > 0 and r["seconds"] > 0
-        assert r["image_size"] == 32 and r["batch_size"] == 4 and r["precision"] == "fp32"
+        assert r["image_size"] == 32 and r["batch_size"] == 4
         assert r["peak_rss_mib"] > 0 and r["torch"]
+    assert result["naive"]["precision"] == "fp32"
+    assert result["glioseg"]["precision"] == ("bf16 autocast" if cpu_has_native_bf16() else "fp32")
     assert result["naive"]["memory_format"] == "contiguous"
     assert result["glioseg"]["memory_format"] == "channels_last"
     assert result["speedup"] > 0 and result["speedup_median_of_rounds"] > 0
     assert result["cache_load_s"] >= 0 and result["slices"] == 12
     assert "| tiny | glioseg |" in table([result])
+    assert "naive_reference_batch" not in result  # no reference batch: two loops only
+
+
+def test_reference_batch_adds_a_naive_loop_at_that_batch(pairs, tmp_path):
+    profile = Profile("tiny", "test profile", reference_batch=2)
+    result = run_profile(profile, parse_params(TINY), pairs, tmp_path, steps=2, warmup=0, rounds=2, isolate=False)
+    reference = result["naive_reference_batch"]
+    assert reference["batch_size"] == 2 and reference["images"] == 2 * 2
+    assert result["naive"]["batch_size"] == 4 and result["glioseg"]["batch_size"] == 4
+    expected = result["glioseg"]["images_per_s"] / reference["images_per_s"]
+    assert result["speedup_vs_reference_batch"]["overall"] == pytest.approx(expected)
+    rows = table([result]).splitlines()
+    assert sum(row.startswith("| tiny |") for row in rows) == 3
+    assert any(row.startswith("| tiny | naive, seed batch |") and "| 2 |" in row for row in rows)
 
 
 def test_cli_rejects_unknown_profile(capsys):
@@ -67,3 +84,12 @@ def test_cli_writes_json(tmp_path, monkeypatch):
 def test_cli_reports_missing_data_in_one_line(tmp_path, capsys):
     assert main(["--profile", "cpu", "--data", str(tmp_path / "nowhere"), "--json", str(tmp_path / "out.json")]) == 1
     assert capsys.readouterr().err.strip().startswith("error: ")
+
+
+def test_pipeline_benchmark_stops_with_the_failing_command(tmp_path):
+    from benchmarks.pipeline import timed
+
+    env = {"PATH": "/usr/bin:/bin"}
+    assert timed(["true"], tmp_path, env, tmp_path / "log") >= 0
+    with pytest.raises(SystemExit, match=r"error: sh -c 'echo broken; exit 3' failed .*exit 3\):\nbroken"):
+        timed(["sh", "-c", "echo broken; exit 3"], tmp_path, env, tmp_path / "log")

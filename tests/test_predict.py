@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
 
 from glioseg.data.cache import SliceArrays
 from glioseg.errors import DataError
@@ -18,6 +19,15 @@ def model_file(tmp_path_factory):
     from tests.conftest import train_tiny_model
 
     return train_tiny_model(tmp_path_factory.mktemp("model") / "model.pt", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def postprocessing_model_file(model_file, tmp_path_factory):
+    """The same weights with flip TTA and largest-component post-processing switched on."""
+    payload = torch.load(model_file, weights_only=True)
+    path = tmp_path_factory.mktemp("model-pp") / "model.pt"
+    torch.save(payload | {"tta": True, "postprocess": "largest_component"}, path)
+    return path
 
 
 @pytest.fixture
@@ -40,7 +50,9 @@ def test_inputs_are_found_in_slice_order(patient_folder):
     assert len(find_inputs(patient_folder / "TCGA_XX_0001_20000101_2.tif")) == 1
 
 
-def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model_file, patient_folder, tmp_path):
+@pytest.mark.parametrize("model", ["model_file", "postprocessing_model_file"])
+def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model, patient_folder, tmp_path, request):
+    model_file = request.getfixturevalue(model)
     out = tmp_path / "out"
     table = predict(patient_folder, model_file, out, device="cpu")
     case = out / "TCGA_XX_0001_20000101"
@@ -54,6 +66,7 @@ def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model_file,
 
     # the same slices through the evaluation path (cache-style resize, model-size masks)
     loaded = load_model(model_file)
+    assert (loaded.tta, loaded.postprocess) == ((True, "largest_component") if model != "model_file" else (False, "none"))
     resize = preprocess_pipeline(32)
     images = np.stack([resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"]
                        for n in (1, 2, 10)])

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from glioseg.config import parse_params
+from glioseg.inference import autocast_dtype, cpu_has_native_bf16
 from glioseg.model import load_model, save_checkpoint
-from glioseg.train import Trainer
+from glioseg.train import Trainer, scheduled_lr
 from tests.conftest import TINY_PARAMS
 
 
@@ -28,11 +29,14 @@ def test_history_has_train_and_val_curves(tiny_params, tiny_data, tmp_path):
     for column in ("train_loss", "val_loss", "train_dice", "val_dice", "train_iou", "val_iou"):
         assert outcome.history[column].notna().all(), column
     assert outcome.history["train_loss"].iloc[-1] < outcome.history["train_loss"].iloc[0]
+    assert (outcome.history["lr"] == tiny_params.lr).all()  # constant schedule
     assert outcome.best_epoch == int(outcome.history["val_dice"].idxmax()) + 1
     assert (tmp_path / "last.pt").is_file()
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_params, tiny_data, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_interrupted_run_resumes_to_the_same_weights(schedule, tiny_data, tmp_path):
+    tiny_params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "schedule": schedule}})
     reference = fit(tiny_params, tiny_data, tmp_path / "reference")
 
     def interrupt(epoch, row, model):
@@ -72,3 +76,74 @@ def test_best_model_round_trips_with_weights_only(tiny_params, tiny_data, tmp_pa
     assert set(loaded.pipelines) == {"preprocess", "train", "eval"}
     x = torch.zeros(1, 3, 32, 32)
     assert loaded.model(x).shape == (1, 1, 32, 32)
+
+
+def test_scheduled_lr_constant_and_cosine():
+    assert scheduled_lr(1e-3, "constant", 0.7) == 1e-3
+    assert scheduled_lr(1e-3, "cosine", 0.0) == pytest.approx(1e-3)
+    assert scheduled_lr(1e-3, "cosine", 0.5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert scheduled_lr(1e-3, "cosine", 1.0) == pytest.approx(1e-5)
+    curve = [scheduled_lr(1e-3, "cosine", x / 10) for x in range(11)]
+    assert curve == sorted(curve, reverse=True)
+
+
+def test_cosine_schedule_sets_the_rate_of_every_step(tiny_data, tmp_path):
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "schedule": "cosine"}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    trainer.fit(tmp_path)
+    steps = -(-len(train) // params.batch_size)
+    last_step = (params.epochs - 1 + (steps - 1) / steps) / params.epochs
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(scheduled_lr(params.lr, "cosine", last_step))
+    assert trainer.optimizer.param_groups[0]["lr"] < params.lr / 10
+
+
+def test_cpu_training_precision_follows_the_cpu(tiny_params, tiny_data):
+    """bf16 autocast for CPU training only where oneDNN has native bf16; CPU inference stays fp32."""
+    cpu = torch.device("cpu")
+    native = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert autocast_dtype(cpu, True, cpu=True) == native
+    assert autocast_dtype(cpu, True) is None and autocast_dtype(cpu, False, cpu=True) is None
+    train, val, pipelines = tiny_data
+    assert Trainer(tiny_params, train, val, pipelines, fingerprint="f").precision == native
+    fp32 = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "amp": False}})
+    assert Trainer(fp32, train, val, pipelines, fingerprint="f").precision is None
+
+
+def test_gradient_clipping_bounds_every_step(tiny_data, tmp_path):
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "epochs": 2, "train": {**TINY_PARAMS["train"], "clip_grad_norm": 0.01}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    outcome = trainer.fit(tmp_path)
+    assert (outcome.history["train_grad_norm"] > 0.01).all()  # the norms before clipping...
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert float(torch.nn.utils.get_total_norm(grads)) <= 0.01 * 1.001  # ...and the last step's after it
+
+
+def test_clip_grad_norm_must_be_positive():
+    from glioseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.clip_grad_norm"):
+        parse_params({**TINY_PARAMS, "train": {"clip_grad_norm": 0}})
+
+
+def test_best_payload_is_a_snapshot_not_the_live_weights(tiny_params, tiny_data):
+    train, val, pipelines = tiny_data
+    trainer = Trainer(tiny_params, train, val, pipelines, fingerprint="f")
+    snapshot = trainer.payload(epoch=1)
+    before = {k: v.clone() for k, v in snapshot["state_dict"].items()}
+    trainer.train_epoch()
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # training moved the weights...
+    for key, value in snapshot["state_dict"].items():
+        assert torch.equal(value, before[key]), key  # ...and not the snapshot's
+
+
+def test_keep_last_keeps_the_final_weights(tiny_data, tmp_path):
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "keep": "last"}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    outcome = trainer.fit(tmp_path)
+    assert outcome.best_epoch == params.epochs and outcome.best["meta"]["epoch"] == params.epochs
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, outcome.best["state_dict"][key]), key

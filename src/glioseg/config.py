@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from glioseg.errors import ConfigError
 from glioseg.io import read_yaml
@@ -165,8 +172,25 @@ class WeightMapParams(Strict):
 
 class TrainParams(Strict):
     threshold: float = Field(0.3, ge=0, le=1)
+    tta: bool = Field(False, description="predict (evaluate, predict, viewer) as the mean over the four flips "
+                      "of each slice; stored in the model file")
+    postprocess: Literal["none", "largest_component"] = Field(
+        "none", description="largest_component keeps only the largest connected tumour of each case "
+        "(evaluate, predict, viewer); stored in the model file"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    amp: bool = Field(True, description="mixed precision: bf16 (fp16) autocast on CUDA; bf16 autocast for "
+                      "training on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradient's global L2 norm to this before each step; null: no clipping"
+    )
+    keep: Literal["best_val", "last"] = Field(
+        "best_val", description="the weights a run keeps: its epoch of best validation Dice, or its last "
+        "epoch (the usual choice with a decaying schedule and a small validation set)"
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate per optimiser step: constant lr, or cosine decay from lr to lr/100"
+    )
     weight_map: WeightMapParams = WeightMapParams()
     overlay_every: int = Field(10, ge=1, description="log validation overlays every N epochs")
     overlay_slices: int = Field(4, ge=1)

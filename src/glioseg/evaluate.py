@@ -20,6 +20,7 @@ from glioseg.data.cache import SliceArrays
 from glioseg.inference import predict_labels, select_device
 from glioseg.io import write_csv
 from glioseg.model import LoadedModel
+from glioseg.postprocess import postprocess_cases
 from glioseg.transforms import BatchAugment, pipelines_from_dict
 from glioseg.viz import overlay, overlay_grid, save_png
 
@@ -47,11 +48,12 @@ class Evaluation:
 
 
 def predict_masks(loaded: LoadedModel, arrays: SliceArrays, device: str = "auto") -> np.ndarray:
-    """Class labels (N,H,W) for cached slices, with the model's own eval pipeline (LGG: 0/1)."""
+    """Class labels (N,H,W) for cached slices, with the model's own eval pipeline and post-processing."""
     normaliser = BatchAugment.from_pipeline(pipelines_from_dict(loaded.pipelines)["eval"])
     target = select_device(device)
     model = loaded.model.to(target)
-    return predict_labels(model, arrays.images, normaliser, target, loaded.threshold)
+    labels = predict_labels(model, arrays.images, normaliser, target, loaded.threshold, tta=loaded.tta)
+    return postprocess_cases(labels, arrays.patient, arrays.slice, loaded.postprocess)
 
 
 def per_slice_table(arrays: SliceArrays, predictions: np.ndarray, regions: metrics.Regions) -> pd.DataFrame:

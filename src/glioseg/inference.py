@@ -19,12 +19,31 @@ def select_device(choice: str = "auto") -> torch.device:
     return torch.device(choice)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16 where bf16 is missing) autocast on CUDA; plain fp32 on the CPU."""
-    if device.type != "cuda" or not enabled:
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> torch.dtype | None:
+    """The autocast precision, or None for fp32.
+
+    CUDA: bf16, or fp16 where bf16 is missing. CPU (only when ``cpu`` is asked, i.e. for training):
+    bf16 where the CPU has native bf16, about 1.5x faster for the U-Net's convolutions; inference on
+    the CPU stays fp32 so that predictions do not depend on which CPU made them.
+    """
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -46,6 +65,26 @@ def labels_from_logits(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return logits.argmax(dim=1).to(torch.uint8)
 
 
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Logits of the class probabilities averaged over the four flips of ``batch`` (nnU-Net's mirroring).
+
+    Sigmoid (one channel) or softmax probabilities of each flipped copy are flipped back and
+    averaged; the result is returned as logits (log-odds or log-probabilities), so
+    ``labels_from_logits`` applies unchanged.
+    """
+    total = None
+    for dims in FLIPS:
+        logits = model(batch.flip(dims) if dims else batch).float()
+        logits = logits.flip(dims) if dims else logits
+        probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        total = probabilities if total is None else total + probabilities
+    mean = (total / len(FLIPS)).clamp(1e-7, 1 - 1e-7)
+    return torch.logit(mean) if mean.shape[1] == 1 else torch.log(mean)
+
+
 @torch.no_grad()
 def predict_labels(
     model: torch.nn.Module,
@@ -55,13 +94,18 @@ def predict_labels(
     threshold: float,
     batch_size: int = 32,
     amp: bool = True,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Class labels (N,H,W) uint8 for uint8 images (N,H,W,C) already at model size (LGG: 0/1)."""
+    """Class labels (N,H,W) uint8 for uint8 images (N,H,W,C) already at model size (LGG: 0/1).
+
+    ``tta`` averages the predictions of the four flips of each slice (4x the compute).
+    """
     model.eval()
     out = np.empty(images.shape[:3], np.uint8)
     for start in range(0, len(images), batch_size):
         batch = normaliser.normalise(to_tensor(images[start : start + batch_size], device))
-        with autocast(device, amp):
-            logits = model(batch.contiguous(memory_format=torch.channels_last))
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(device, autocast_dtype(device, amp)):
+            logits = flip_averaged_logits(model, batch) if tta else model(batch)
         out[start : start + batch_size] = labels_from_logits(logits, threshold).cpu().numpy()
     return out

@@ -22,6 +22,7 @@ from glioseg.config import BratsParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 
+
 def build_model(params: ModelParams) -> torch.nn.Module:
     """The U-Net of ``params``; ``model.norm: group`` swaps its batch norms for group norms."""
     try:
@@ -79,6 +80,8 @@ class LoadedModel:
     threshold: float
     meta: dict[str, Any]
     data_card: dict[str, Any]
+    tta: bool = False  # flip test-time augmentation (train.tta of the run)
+    postprocess: str = "none"  # train.postprocess of the run
 
     @property
     def dataset(self) -> str:
@@ -99,13 +102,17 @@ class LoadedModel:
 
 
 def model_payload(
-    model: torch.nn.Module, params: ModelParams, pipelines: dict, threshold: float, data_card: dict, **meta
+    model: torch.nn.Module, params: ModelParams, pipelines: dict, threshold: float, data_card: dict,
+    tta: bool = False, postprocess: str = "none", **meta
 ) -> dict:
     return {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # A copy: on the CPU .cpu() returns the live tensor, and a best-epoch payload would follow training.
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "model_params": params.model_dump(),
         "pipelines": pipelines,
         "threshold": threshold,
+        "tta": tta,
+        "postprocess": postprocess,
         "data_card": data_card,
         "meta": meta,
     }
@@ -121,4 +128,5 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise DataError(f"{path}: checkpoint does not match a glioseg U-Net ({type(exc).__name__})") from None
     model.eval()
     return LoadedModel(model, params, payload["pipelines"], float(payload["threshold"]), payload.get("meta", {}),
-                       payload.get("data_card", LGG_CARD))
+                       payload.get("data_card", LGG_CARD), bool(payload.get("tta", False)),
+                       str(payload.get("postprocess", "none")))

@@ -15,6 +15,7 @@ per case, with volumes in millilitres for NIfTI input.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from glioseg.errors import DataError
 from glioseg.inference import predict_labels, select_device
 from glioseg.io import atomic_path, write_csv
 from glioseg.model import LoadedModel, load_model
+from glioseg.postprocess import postprocess_case
 from glioseg.transforms import BatchAugment, pipelines_from_dict
 from glioseg.viz import overlay
 
@@ -153,16 +155,21 @@ class Predictor:
 
     def __call__(self, originals: list[np.ndarray]) -> np.ndarray:
         return predict_labels(self.model, preprocess(self.loaded, originals), self.normaliser, self.device,
-                              self.loaded.threshold, self.batch_size)
+                              self.loaded.threshold, self.batch_size, tta=self.loaded.tta)
 
 
 def predict_inputs(loaded: LoadedModel, items: list[SliceInput], device: str, batch_size: int = 32):
-    """Yield (item, original image, model-size mask) batch by batch."""
+    """Yield (item, original image, model-size mask), case by case.
+
+    A case's slices are predicted together so that the model's post-processing sees the case's
+    volume, as evaluation does.
+    """
     predictor = Predictor(loaded, device, batch_size)
-    for start in tqdm(range(0, len(items), batch_size), desc="predict", unit="batch"):
-        chunk = items[start : start + batch_size]
-        originals = [load_slice(item, loaded.params.in_channels) for item in chunk]
-        yield from zip(chunk, originals, predictor(originals))
+    cases = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.case)]
+    for case in tqdm(cases, desc="predict", unit="case"):
+        originals = [load_slice(item, loaded.params.in_channels) for item in case]
+        masks = postprocess_case(predictor(originals), loaded.postprocess)
+        yield from zip(case, originals, masks)
 
 
 def to_input_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -200,6 +207,7 @@ def predict_case(loaded: LoadedModel, predictor: Predictor, folder: Path, out: P
         batch = list(case.images[start : start + predictor.batch_size])
         for offset, mask in enumerate(predictor(batch)):
             labels[start + offset] = to_input_size(mask, (height, width))
+    labels = postprocess_case(labels, loaded.postprocess)
     case_dir = out / case.name
     case_dir.mkdir(parents=True)
     file_labels = brats.source_labels(params.label_map)[labels]

@@ -1,0 +1,55 @@
+"""Flip test-time augmentation: averaged probabilities, and the setting carried by the model file."""
+
+import numpy as np
+import pytest
+import torch
+
+from glioseg.config import parse_params
+from glioseg.evaluate import predict_masks
+from glioseg.inference import flip_averaged_logits, labels_from_logits
+from glioseg.model import load_model
+from glioseg.train import Trainer
+from tests.conftest import TINY_PARAMS
+
+
+class FixedLogits(torch.nn.Module):
+    """Returns the same logits whatever the input: the flips act on the output only."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(batch), -1, -1, -1)
+
+
+def test_flip_average_of_a_sigmoid_output():
+    logits = torch.tensor([[[[4.0, -4.0], [0.0, -4.0]]]])
+    averaged = flip_averaged_logits(FixedLogits(logits), torch.zeros(1, 3, 2, 2))
+    probabilities = torch.sigmoid(logits)[0, 0]
+    # Each pixel averages its own value and those of its mirror images: the four corners here.
+    expected = probabilities.mean().expand(2, 2)
+    torch.testing.assert_close(torch.sigmoid(averaged)[0, 0], expected)
+    assert labels_from_logits(averaged, 0.5).sum() == 0  # mean probability 0.37 < 0.5
+    assert labels_from_logits(logits, 0.5).sum() == 1
+
+
+def test_flip_average_of_softmax_output_keeps_an_equivariant_prediction():
+    """A prediction that each flip maps onto itself is unchanged by the averaging."""
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 2, 1:3, 1:3] = 5.0  # class 2 in the centre, symmetric under both flips
+    labels = labels_from_logits(flip_averaged_logits(FixedLogits(logits), torch.zeros(1, 2, 4, 4)), 0.5)
+    assert torch.equal(labels, labels_from_logits(logits, 0.5))
+    assert labels.sum() == 4 * 2
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_tta_setting_travels_with_the_model(tta, tiny_data, tmp_path):
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "epochs": 1, "train": {**TINY_PARAMS["train"], "tta": tta}})
+    outcome = Trainer(params, train, val, pipelines, fingerprint="f").fit(tmp_path / "ckpt")
+    torch.save(outcome.best, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.tta is tta
+    predictions = predict_masks(loaded, val, device="cpu")
+    assert predictions.shape == val.masks.shape and set(np.unique(predictions)) <= {0, 1}
