@@ -65,8 +65,8 @@ class Profile:
     reference_batch: int | None = None
 
 
-# Steps chosen so `--profile both` takes ~1 minute on 2 idle CPU cores (seed protocol ~12
-# images/s, CPU profile ~55 images/s with the naive loop) and stays under ~4 minutes when another
+# Steps chosen so `--profile both` takes ~1.5 minutes on 2 idle CPU cores (naive loops: seed
+# protocol ~10 images/s, CPU profile ~40 images/s at 96 px) and stays within minutes when another
 # job competes for the cores (the seed protocol then drops to ~1.5-2.5 images/s).
 PROFILES = {
     "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
