@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from glioseg import metrics
-from glioseg.data.cache import SliceArrays
+from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.inference import predict_labels, select_device
 from glioseg.io import write_csv
 from glioseg.model import LoadedModel
@@ -77,9 +77,7 @@ def per_slice_table(arrays: SliceArrays, predictions: np.ndarray, regions: metri
 
 def patient_volumes(arrays: SliceArrays, predictions: np.ndarray, members: tuple[int, ...]):
     """(patient, truth volume, predicted volume) of one region, slices stacked in slice order."""
-    for patient in np.unique(arrays.patient):
-        index = np.flatnonzero(arrays.patient == patient)
-        index = index[np.argsort(arrays.slice[index])]
+    for patient, index in volume_indices(arrays.patient, arrays.slice):
         yield patient, np.isin(arrays.masks[index], members), np.isin(predictions[index], members)
 
 

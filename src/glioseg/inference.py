@@ -28,7 +28,7 @@ def autocast_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> to
     """The autocast precision, or None for fp32.
 
     CUDA: bf16, or fp16 where bf16 is missing. CPU (only when ``cpu`` is asked, i.e. for training):
-    bf16 where the CPU has native bf16, about 1.5x faster for the U-Net's convolutions; inference on
+    bf16 where the CPU has native bf16 (faster convolutions, benchmarks/results.md); inference on
     the CPU stays fp32 so that predictions do not depend on which CPU made them.
     """
     if not enabled:

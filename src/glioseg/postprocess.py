@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from glioseg.data.cache import volume_indices
+
 Postprocess = Literal["none", "largest_component"]
 
 
@@ -39,8 +41,6 @@ def postprocess_cases(labels: np.ndarray, cases: np.ndarray, order: np.ndarray, 
     if method == "none":
         return labels
     out = labels.copy()
-    for case in np.unique(cases):
-        index = np.flatnonzero(cases == case)
-        index = index[np.argsort(order[index], kind="stable")]
+    for _, index in volume_indices(cases, order):
         out[index] = postprocess_case(labels[index], method)
     return out

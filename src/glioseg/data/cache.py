@@ -14,6 +14,7 @@ Uncompressed ``.npz`` on purpose: it loads in well under a second and DVC de-dup
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,13 @@ class SliceArrays:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
+
+
+def volume_indices(patients: np.ndarray, slices: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Per patient (in sorted order), the row indices of its slices in slice order: its volume's stack."""
+    for patient in np.unique(patients):
+        index = np.flatnonzero(patients == patient)
+        yield patient, index[np.argsort(slices[index], kind="stable")]
 
 
 def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
