@@ -172,6 +172,27 @@ def test_queued_and_temp_experiments_land_in_the_repo_store(project):
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
+def test_queued_cross_validation_is_summarised_over_every_patient(project):
+    """The README's k-fold recipe, at k = 2: both folds queued, run, then `glioseg cv-summary`."""
+    root, env = project["root"], project["env"]
+    run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "split.folds=2", "-S", "split.fold=0,1"], root, env)
+    run(["dvc", "queue", "start", "-j", "1"], root, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    _, _, runs = mlflow_runs(root)
+    folds = {r.data.params["split.fold"]: r for r in runs if r.data.params.get("split.folds") == "2"}
+    assert sorted(folds) == ["0", "1"], status
+    assert sum(r.data.metrics["test_patients"] for r in folds.values()) == TINY["data"]["synthetic"]["patients"]
+    out = run([sys.executable, "-m", "glioseg.cli", "cv-summary", "--folds", "2", "--csv", "cv.csv"], root, env)
+    assert folds["0"].info.run_id in out.stdout and folds["1"].info.run_id in out.stdout
+    table = {row.split(",")[0]: row.split(",") for row in (root / "cv.csv").read_text().splitlines()}
+    assert "all 6 patients" in table
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

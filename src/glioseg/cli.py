@@ -1,4 +1,4 @@
-"""The ``glioseg`` command: pipeline stages, the metrics gate and the MLflow UI.
+"""The ``glioseg`` command: pipeline stages, the metrics gate, cross-validation summaries and the MLflow UI.
 
 User errors (:class:`~glioseg.errors.GliosegError`) print as one ``error:`` line with exit code 2.
 """
@@ -118,6 +118,23 @@ def check_metrics_command(
     typer.echo("metrics check: " + ("passed" if passed else "FAILED"))
     if not passed:
         raise typer.Exit(1)
+
+
+@app.command("cv-summary")
+@user_errors
+def cv_summary_command(
+    folds: Annotated[int, typer.Option(help="the k of split.folds the runs were trained with")] = 5,
+    run_name: Annotated[str, typer.Option(help="MLflow run name: train, or sweep-NAME")] = "train",
+    csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
+) -> None:
+    """Summarise a k-fold cross-validation by patient: each fold's test metrics, their mean and sd."""
+    from glioseg.crossval import cv_summary, to_markdown
+    from glioseg.io import write_csv
+
+    table = cv_summary(folds, run_name)
+    typer.echo(to_markdown(table))
+    if csv is not None:
+        write_csv(csv, table)
 
 
 @app.command("predict")

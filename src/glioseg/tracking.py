@@ -111,6 +111,17 @@ def log_model(model: Any, name: str = "model") -> None:
     )
 
 
+def search_runs(filter_string: str = "") -> Any:
+    """The project experiment's runs as ``mlflow.search_runs`` gives them (a DataFrame, empty without the experiment)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        import pandas as pd
+
+        return pd.DataFrame()
+    return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string)
+
+
 def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray]) -> None:
     """Add metrics and images to a finished run (evaluate adds test results to the train run)."""
     mlflow = _mlflow()
