@@ -1,7 +1,9 @@
 """Training throughput, naive reference loop vs glioseg's Trainer: ``python -m benchmarks.run``.
 
-For each profile the data (synthetic by default: generate_lgg, 6 patients x 20 slices at
-256 px, in a temporary folder) are used twice, side by side:
+The CPU table (profiles ``default``, the seed protocol, and ``cpu``, the CPU profile) runs on
+any machine; the GPU table (the seed protocol at batch 10 and 64) where torch sees CUDA. For
+each profile the data (synthetic by default: generate_lgg, 6 patients x 20 slices at 256 px, in
+a temporary folder) are used twice, side by side:
 
 - naive: TIFs decoded per item, per-sample albumentations, DataLoader(num_workers=0), fp32;
 - glioseg: the array cache built once with ``glioseg.data.cache.build_cache``, saved as the
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from benchmarks.loops import SESSIONS, serve
 from benchmarks.machine import load_average, machine_info, write_report
@@ -37,7 +40,7 @@ from glioseg.config import Params, load_params, parse_params
 from glioseg.data.cache import build_cache, load_cache, save_cache
 from glioseg.data.lgg import list_pairs, read_mask
 from glioseg.data.synthetic import generate_lgg
-from glioseg.errors import GliosegError
+from glioseg.errors import ConfigError, GliosegError
 from glioseg.inference import select_device
 from glioseg.transforms import channel_stats
 
@@ -63,6 +66,7 @@ class Profile:
     rounds: int = 3  # timed steps are split into this many rounds, the loops taking turns
     # The naive loop also runs at this batch size (the seeds' 10) when the profile's differs.
     reference_batch: int | None = None
+    device: str | None = None  # "cuda" for the GPU table; None: the --device option
 
 
 # Steps chosen so `--profile both` takes ~1.5 minutes on 2 idle CPU cores (naive loops: seed
@@ -73,7 +77,20 @@ PROFILES = {
                        SEED_PROTOCOL, steps=8, warmup=1, rounds=4),
     "cpu": Profile("cpu", "CPU profile (profiles/cpu-real.yaml)", {}, steps=30, warmup=2, rounds=5,
                    reference_batch=SEED_PROTOCOL["batch_size"]),
+    # The GPU table: the seed protocol at the seeds' batch and at 64, on CUDA. More warm-up steps
+    # for cuDNN's algorithm search and the CUDA context.
+    "gpu-10": Profile("gpu-10", "seed protocol on CUDA, batch 10", SEED_PROTOCOL, steps=100, warmup=10, rounds=5,
+                      device="cuda"),
+    "gpu-64": Profile("gpu-64", "seed protocol on CUDA, batch 64", SEED_PROTOCOL | {"batch_size": 64}, steps=40,
+                      warmup=5, rounds=5, device="cuda"),
 }
+PROFILE_SETS = {
+    "both": ["default", "cpu"],
+    "gpu": ["gpu-10", "gpu-64"],
+    "all": ["default", "cpu", "gpu-10", "gpu-64"],
+}
+# The real LGG training split (85 shared patients, seed 42: docs/results.md), for projected epoch times.
+REAL_TRAIN_SLICES = 2193
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +103,25 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 
 def profile_params(profile: Profile, base: Params, device: str | None = None) -> Params:
     raw = deep_merge(base.model_dump(mode="json"), profile.overrides)
+    device = profile.device or device
     if device is not None:
         raw = deep_merge(raw, {"train": {"device": device}})
     return parse_params(raw, f"benchmark profile '{profile.name}'")
+
+
+def selected_profiles(choice: str, cuda: bool) -> tuple[list[str], str | None]:
+    """The profiles ``--profile choice`` runs, and a note when GPU profiles are left out for want of CUDA.
+
+    ``all`` runs the GPU profiles only where CUDA is present; naming ``gpu`` (or one of its
+    profiles) without CUDA is an error.
+    """
+    names = PROFILE_SETS.get(choice, [choice])
+    gpu = [name for name in names if PROFILES[name].device == "cuda"]
+    if not gpu or cuda:
+        return names, None
+    if choice != "all":
+        raise ConfigError(f"--profile {choice}: needs a CUDA device, and torch sees none")
+    return [name for name in names if name not in gpu], "no CUDA device: the GPU table (" + ", ".join(gpu) + ") is left out"
 
 
 class Loop:
@@ -228,6 +261,7 @@ def run_profile(
         "cache_load_s": round(statistics.median(load_times), 4),
         "cache_mib": round(cache_path.stat().st_size / 2**20, 2),
         **results,
+        "epoch_s_projected": {name: round(REAL_TRAIN_SLICES / r["images_per_s"], 1) for name, r in results.items()},
         "speedup": speedups["naive"]["overall"],
         "speedup_per_round": speedups["naive"]["per_round"],
         "speedup_median_of_rounds": speedups["naive"]["median_of_rounds"],
@@ -260,7 +294,7 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per loop, the speed-up on the glioseg row, cache timings below."""
     head = ("| profile | loop | device | torch | px | batch | precision, layout | timed images (steps x batch) "
             "| seconds | images/s | per round | glioseg speed-up over this loop (median of rounds) "
-            "| peak RSS MiB (+ over start) | CUDA max alloc MiB |")
+            f"| epoch s ({REAL_TRAIN_SLICES} slices, projected) | peak RSS MiB (+ over start) | CUDA max alloc MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for result in results:
         rows = {"naive": speedup_cell(result["speedup"], result["speedup_median_of_rounds"])}
@@ -275,7 +309,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {result['profile']} | {LOOP_NAMES[key]} | {r['device_name']} | {r['torch']} | {r['image_size']} "
                 f"| {r['batch_size']} | {r['precision']}, {r['memory_format']} | {r['images']} ({r['steps']} x "
                 f"{r['batch_size']}) | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {per_round} | {speed} "
-                f"| {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
+                f"| {result['epoch_s_projected'][key]:.1f} | {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
                 f"| {_fmt(r['cuda_max_allocated_mib'], 0)} |"
             )
     lines.append("")
@@ -292,8 +326,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=["default", "cpu", "both"], default="both",
-                        help="default = seed protocol (128 px, resnet34); cpu = the --params file; both (default)")
+    parser.add_argument("--profile", choices=[*PROFILES, *PROFILE_SETS], default="all",
+                        help="default = seed protocol (128 px, resnet34); cpu = the --params file; both = those "
+                        "two (the CPU table); gpu = the seed protocol at batch 10 and 64 on CUDA (gpu-10, gpu-64); "
+                        "all (default) = both, and gpu where CUDA is present")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed optimiser steps per loop (default: default=8, cpu=30)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -308,8 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--params", type=Path, default=Path("profiles/cpu-real.yaml"),
                         help="the cpu profile's params, and the base the default profile's overrides go on "
                         "(default: the real-data CPU profile; its data.source is not read)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                        help="override train.device (default: params, i.e. auto)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                        help="device of the default and cpu profiles (default cpu: the CPU table); "
+                        "the gpu profiles always run on CUDA")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="run the loops in this process (peak RSS then is the process's high-water mark)")
     return parser.parse_args(argv)
@@ -338,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
-    names = ["default", "cpu"] if args.profile == "both" else [args.profile]
     base = load_params(args.params)
-    device = select_device(args.device or base.train.device)  # fail now if 'cuda' is not there
+    device = select_device(args.device)  # fail now if 'cuda' is not there
+    names, note = selected_profiles(args.profile, torch.cuda.is_available())
+    if any(PROFILES[name].device == "cuda" for name in names):
+        device = select_device("cuda")
     started = time.perf_counter()
     load_start = load_average()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -348,6 +387,8 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp:
         pairs, data_description = load_pairs(args.data, Path(tmp), args.max_slices)
         log(f"data: {data_description}")
+        if note:
+            log(note)
         for name in names:
             profile = PROFILES[name]
             params = profile_params(profile, base, args.device)
@@ -357,11 +398,14 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(device, load_start),
+        **({"note": note} if note else {}),
         "data": data_description,
         "total_seconds": round(time.perf_counter() - started, 1),
         "profiles": results,
     }
     print(table(results))
+    if note:
+        print(f"\n{note}")
     print(f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start "
           f"{report['machine']['loadavg_1_5_15_at_start']}, at end {report['machine']['loadavg_1_5_15_at_end']}")
     write_report(args.json, report)

@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root, beside src/
 
-from benchmarks.run import Profile, load_pairs, main, run_profile, table  # noqa: E402
+from benchmarks.run import Profile, load_pairs, main, run_profile, selected_profiles, table  # noqa: E402
 from glioseg.config import parse_params  # noqa: E402
 from glioseg.inference import cpu_has_native_bf16  # noqa: E402
 
@@ -63,8 +64,35 @@ def test_reference_batch_adds_a_naive_loop_at_that_batch(pairs, tmp_path):
 
 def test_cli_rejects_unknown_profile(capsys):
     with pytest.raises(SystemExit):
-        main(["--profile", "gpu"])
+        main(["--profile", "tpu"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_gpu_table_runs_where_cuda_is_and_is_left_out_with_a_note_elsewhere():
+    assert selected_profiles("all", cuda=True) == (["default", "cpu", "gpu-10", "gpu-64"], None)
+    names, note = selected_profiles("all", cuda=False)
+    assert names == ["default", "cpu"] and "no CUDA device" in note and "gpu-64" in note
+    assert selected_profiles("both", cuda=False) == (["default", "cpu"], None)
+    assert selected_profiles("gpu", cuda=True) == (["gpu-10", "gpu-64"], None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_asking_for_the_gpu_table_without_cuda_is_one_line(tmp_path, capsys):
+    assert main(["--profile", "gpu", "--json", str(tmp_path / "out.json")]) == 1
+    assert capsys.readouterr().err.strip() == "error: --profile gpu: needs a CUDA device, and torch sees none"
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_gpu_profiles_are_the_seed_protocol_at_batch_10_and_64_on_cuda():
+    from benchmarks.run import PROFILES, SEED_PROTOCOL, profile_params
+    from glioseg.config import load_params
+
+    base = load_params(REPO / "profiles/cpu-real.yaml")
+    for name, batch in (("gpu-10", 10), ("gpu-64", 64)):
+        params = profile_params(PROFILES[name], base, device="cpu")
+        assert params.train.device == "cuda" and params.batch_size == batch
+        assert params.augment.image_size == 128 and params.model.encoder == SEED_PROTOCOL["model"]["encoder"]
+    assert profile_params(PROFILES["cpu"], base, device="cpu").train.device == "cpu"
 
 
 def test_cli_writes_json(tmp_path, monkeypatch):
