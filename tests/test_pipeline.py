@@ -58,6 +58,17 @@ def run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> 
     return result
 
 
+def run_queue(root: Path, env: dict[str, str], timeout: int = 600) -> str:
+    """`dvc queue start -j 1`, then wait until nothing is queued or running; `dvc queue status` at the end."""
+    run(["dvc", "queue", "start", "-j", "1"], root, env)
+    deadline = time.time() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if ("Queued" not in status and "Running" not in status) or time.time() > deadline:
+            return status
+        time.sleep(5)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
@@ -157,13 +168,7 @@ def test_queued_and_temp_experiments_land_in_the_repo_store(project):
     root, env = project["root"], project["env"]
     _, _, before = mlflow_runs(root)
     run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "loss=wbce"], root, env)
-    run(["dvc", "queue", "start", "-j", "1"], root, env)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = run_queue(root, env)
     assert "Success" in status, status
     run(["dvc", "exp", "run", "evaluate", "--temp", "-S", "loss=dice"], root, env)
     _, _, after = mlflow_runs(root)
@@ -176,13 +181,7 @@ def test_queued_cross_validation_is_summarised_over_every_patient(project):
     """The README's k-fold recipe, at k = 2: both folds queued, run, then `glioseg cv-summary`."""
     root, env = project["root"], project["env"]
     run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "split.folds=2", "-S", "split.fold=0,1"], root, env)
-    run(["dvc", "queue", "start", "-j", "1"], root, env)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = run_queue(root, env)
     _, _, runs = mlflow_runs(root)
     folds = {r.data.params["split.fold"]: r for r in runs if r.data.params.get("split.folds") == "2"}
     assert sorted(folds) == ["0", "1"], status
