@@ -188,6 +188,10 @@ class TrainParams(Strict):
         "best_val", description="the weights a run keeps: its epoch of best validation Dice, or its last "
         "epoch (the usual choice with a decaying schedule and a small validation set)"
     )
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile the training forward and backward with this mode; reduce-overhead "
+        "(CUDA graphs) is for small batches on a GPU. Costs a compile of a minute or more per run"
+    )
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="learning rate per optimiser step: constant lr, or cosine decay from lr to lr/100"
     )

@@ -133,8 +133,11 @@ class Trainer:
                                         class_weights=class_weights(params, train.masks))
         self.regions: Regions = params.regions()
         model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
-        self.network = self.world.wrap(model)  # what trains: DDP under torchrun, else the model itself
-        self.model = distributed.unwrap(self.network)
+        network = self.world.wrap(model)  # DDP under torchrun, else the model itself
+        self.model = distributed.unwrap(network)
+        # What the training step calls. Validation, state dicts and checkpoints use the plain module.
+        self.network = network if params.train.compile == "none" else torch.compile(
+            network, mode=None if params.train.compile == "default" else params.train.compile)
         # One fused kernel for the whole update: per-tensor Adam is a large share of a small U-Net's CPU step.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr, fused=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
