@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast ui app bench bench-pipeline clean-venv
+.PHONY: setup repro test test-fast ui app bench bench-ceiling bench-pipeline clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ app: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run
+
+bench-ceiling: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.ceiling --compile --json benchmarks/ceiling.json
 
 bench-pipeline: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.pipeline
