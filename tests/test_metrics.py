@@ -264,6 +264,22 @@ def test_region_confusion_scores_each_region_as_a_binary_mask():
     assert metrics.dice(counts[0]).tolist() == pytest.approx([1.0, 0.8, 1.0])
 
 
+def test_region_confusion_tensor_counts_as_the_numpy_path_on_the_tensors_device():
+    truth = torch.tensor([[[0, 1], [2, 3]]], dtype=torch.uint8)
+    pred = torch.tensor([[[0, 1], [1, 3]]], dtype=torch.uint8)
+    counts = metrics.region_confusion_tensor(pred, truth, BRATS_REGIONS)
+    assert counts.dtype == torch.int64 and counts.device == pred.device
+    assert counts[0].tolist() == [[3, 0, 0, 1], [2, 1, 0, 1], [1, 0, 0, 3]]
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 4, size=(5, 9, 7), dtype=np.uint8) for _ in range(2)]
+    for regions in (BRATS_REGIONS, {"tumour": (1,)}):
+        expected = metrics.region_confusion(labels[0], labels[1], regions)
+        got = metrics.region_confusion_tensor(*(torch.from_numpy(x) for x in labels), regions)
+        np.testing.assert_array_equal(got.numpy(), expected)
+    with pytest.raises(ValueError, match="differs from truth shape"):
+        metrics.region_confusion_tensor(pred, truth[:, :1], BRATS_REGIONS)
+
+
 def test_confusion_matrix_and_seed_style_metrics_on_known_labels():
     truth = np.array([0, 1, 2, 3])
     pred = np.array([0, 1, 1, 3])

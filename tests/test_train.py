@@ -5,7 +5,7 @@ import torch
 from glioseg.config import parse_params
 from glioseg.inference import autocast_dtype, cpu_has_native_bf16
 from glioseg.model import load_model, save_checkpoint
-from glioseg.train import Trainer, scheduled_lr
+from glioseg.train import DeviceArrays, Trainer, scheduled_lr
 from tests.conftest import TINY_PARAMS
 
 
@@ -172,3 +172,59 @@ def test_compiled_training_trains_the_same_model_as_eager(tiny_data):
     moved = sum(float((eager[key] - initial[key]).abs().sum()) for key in weights)
     apart = sum(float((compiled[key] - eager[key]).abs().sum()) for key in weights)
     assert moved > 0 and apart < 0.05 * moved
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def count_host_reads(monkeypatch) -> dict[str, int]:
+    """Count calls of the Tensor methods that read a value back to the host (a CUDA sync on a GPU)."""
+    calls = dict.fromkeys(HOST_READS, 0)
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_an_epoch_reads_values_back_to_the_host_a_fixed_number_of_times_not_per_step(clip, tiny_data, monkeypatch):
+    """On a GPU each read-back waits for the device: the step loop must not make any."""
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "clip_grad_norm": clip}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    reads = []
+    for slices in (4, 12):  # 1 and 3 steps of batch 4
+        trainer.train_data = DeviceArrays.from_arrays(train.take(np.arange(slices)), trainer.device)
+        with monkeypatch.context() as patch:
+            calls = count_host_reads(patch)
+            trainer.train_epoch()
+        reads.append(calls)
+    assert reads[0] == reads[1]
+    assert sum(reads[0].values()) <= 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts synchronising CUDA calls")
+def test_a_cuda_epoch_synchronises_a_fixed_number_of_times_not_per_step(tiny_data):
+    import warnings
+
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "device": "cuda", "clip_grad_norm": 1.0}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    trainer.train_epoch()  # warm-up: lazy CUDA initialisation synchronises too
+    syncs = []
+    for slices in (4, 12):
+        trainer.train_data = DeviceArrays.from_arrays(train.take(np.arange(slices)), trainer.device)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trainer.train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert syncs[0] == syncs[1]

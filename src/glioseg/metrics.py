@@ -146,6 +146,31 @@ def region_confusion(pred: MaskLike, truth: MaskLike, regions: Regions) -> np.nd
     return np.stack([confusion_per_item(pred_regions[r], truth_regions[r]) for r in regions], axis=1)
 
 
+def region_confusion_tensor(pred: torch.Tensor, truth: torch.Tensor, regions: Regions) -> torch.Tensor:
+    """:func:`region_confusion` computed where the label tensors are: (N, R, 4) int64 on their device.
+
+    The Trainer counts each step's predictions with it and copies the counts to the host once an
+    epoch, not once a step. Region membership is tested by comparisons, so no lookup table has
+    to be copied to the device.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from truth shape {tuple(truth.shape)}")
+    pixel_axes = tuple(range(1, pred.ndim))
+
+    def in_region(labels: torch.Tensor, members: tuple[int, ...]) -> torch.Tensor:
+        inside = torch.zeros_like(labels, dtype=torch.bool)
+        for member in members:
+            inside |= labels == member
+        return inside
+
+    per_region = []
+    for members in regions.values():
+        p, t = in_region(pred, members), in_region(truth, members)
+        per_region.append(torch.stack([(p & t).sum(pixel_axes), (p & ~t).sum(pixel_axes),
+                                       (~p & t).sum(pixel_axes), (~p & ~t).sum(pixel_axes)], dim=-1))
+    return torch.stack(per_region, dim=1).to(torch.int64)
+
+
 def confusion_matrix(pred: MaskLike, truth: MaskLike, classes: int) -> np.ndarray:
     """(C, C) pixel counts, rows = true class, columns = predicted class."""
     pred, truth = (np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m) for m in (pred, truth))

@@ -36,9 +36,9 @@ from glioseg.inference import (
     to_tensor,
 )
 from glioseg.losses import SegmentationLoss, class_frequency_weights
-from glioseg.metrics import Regions, region_confusion, summarise
+from glioseg.metrics import Regions, region_confusion_tensor, summarise
 from glioseg.model import build_model, model_payload, read_checkpoint, save_checkpoint
-from glioseg.transforms import BatchAugment, pipelines_from_dict
+from glioseg.transforms import BatchAugment, host_to_device, pipelines_from_dict
 
 EpochCallback = Callable[[int, dict[str, float], torch.nn.Module], None]
 
@@ -169,22 +169,31 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over the training data; returns loss, Dice/IoU and the median gradient norm.
+
+        Loss, confusion counts and gradient norms stay on the device until the epoch ends, and
+        the batch indices and augmentation draws reach it in non-blocking copies, so on a GPU no
+        step waits for the one before (one host synchronisation per epoch).
+        """
         self.network.train()
         data, batch_size = self.train_data, self.params.batch_size
         order = torch.randperm(len(data), generator=self.order_rng)
-        counts, patients, total_loss, grad_norms = [], [], 0.0, []
+        order_on_device, order_on_host = host_to_device(order, self.device), order.numpy()
+        counts, patients, grad_norms = [], [], []
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         clip = self.params.train.clip_grad_norm
         steps = -(-len(order) // batch_size)
         for step, start in enumerate(range(0, len(order), batch_size)):
             progress = (self.epochs_done + step / steps) / self.params.epochs
             for group in self.optimizer.param_groups:
                 group["lr"] = scheduled_lr(self.params.lr, self.params.train.schedule, progress)
-            index = order[start : start + batch_size].to(self.device)
+            batch = slice(start, start + batch_size)
+            index = order_on_device[batch]
             images, masks, distance = self.augment.geometry(
                 [data.images[index], data.masks[index], data.distance[index]], self.augment_rng
             )
             share = self.world.share(len(index))
-            index, images, masks, distance = (t[share.rows] for t in (index, images, masks, distance))
+            images, masks, distance = (t[share.rows] for t in (images, masks, distance))
             images = self.augment.normalise(images).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.network(images)
@@ -193,39 +202,39 @@ class Trainer:
             self.scaler.scale(loss * share.weight).backward()
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             # Statistics count this rank's own samples only (none where the share is a padding repeat).
-            index, logits, masks = index[: share.own], logits[: share.own], masks[: share.own]
-            total_loss += float(loss.detach()) * len(index)
-            counts.append(self.confusion(logits.detach(), masks))
-            patients.append(data.patient[index.cpu().numpy()])
+            total_loss += loss.detach().double() * share.own
+            counts.append(self.confusion(logits.detach()[: share.own], masks[: share.own]))
+            patients.append(data.patient[order_on_host[batch][share.rows][: share.own]])
         self.epochs_done += 1
-        counts, patients = self.world.all_concat(np.concatenate(counts), np.concatenate(patients))
-        summary = epoch_summary(counts, patients, self.world.all_sum(total_loss) / len(order))
+        counts, patients = self.world.all_concat(torch.cat(counts).cpu().numpy(), np.concatenate(patients))
+        summary = epoch_summary(counts, patients, self.world.all_sum(float(total_loss)) / len(order))
         if grad_norms:  # before clipping; NaN/inf where a GradScaler step was skipped
-            summary["grad_norm"] = float(np.median(grad_norms))
+            summary["grad_norm"] = float(np.median(torch.stack(grad_norms).double().cpu().numpy()))
         return summary
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.model.eval()
-        data, counts, total_loss = self.val_data, [], 0.0
+        data, counts = self.val_data, []
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, len(data), 64):
             part = slice(start, start + 64)
             images = self.augment.normalise(data.images[part]).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.model(images)
             masks = data.masks[part]
-            total_loss += float(self.loss_fn(logits, masks, data.distance[part].float())) * len(masks)
+            total_loss += self.loss_fn(logits, masks, data.distance[part].float()).double() * len(masks)
             counts.append(self.confusion(logits, masks))
-        return epoch_summary(np.concatenate(counts), data.patient, total_loss / max(len(data), 1))
+        return epoch_summary(torch.cat(counts).cpu().numpy(), data.patient, float(total_loss) / max(len(data), 1))
 
-    def confusion(self, logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        """(B, R, 4) counts per slice and evaluation region of a batch's predictions."""
+    def confusion(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(B, R, 4) counts per slice and evaluation region of a batch's predictions, on the device."""
         predicted = labels_from_logits(logits, self.params.train.threshold)
-        return region_confusion(predicted.cpu().numpy(), masks[:, 0].cpu().numpy(), self.regions)
+        return region_confusion_tensor(predicted, masks[:, 0], self.regions)
 
     def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None) -> TrainOutcome:
         last_path = checkpoint_dir / "last.pt"

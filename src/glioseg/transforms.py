@@ -78,6 +78,18 @@ def pipelines_from_dict(serialized: dict[str, Any], source: str = "augment.json"
     return {name: A.from_dict(data) for name, data in serialized.items()}
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the device.
+
+    A blocking copy from pageable memory synchronises the CUDA stream, so one per training step
+    would stall the GPU at every step; on CUDA the copy goes from pinned memory, non-blocking.
+    Elsewhere this is ``tensor.to(device)`` (the tensor itself on the CPU).
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _find(pipeline: A.Compose, kind: type) -> Any | None:
     return next((t for t in pipeline.transforms if isinstance(t, kind)), None)
 
@@ -116,26 +128,30 @@ class BatchAugment:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N,C,H,W) -> float, (x/255 - mean) / std per channel, like A.Normalize."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean = host_to_device(torch.tensor(self.mean).view(1, -1, 1, 1), images.device)
+        std = host_to_device(torch.tensor(self.std).view(1, -1, 1, 1), images.device)
         return (images.float() / 255.0 - mean) / std
 
     def geometry(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        """Random flips and 90-degree rotations, identical across ``tensors`` for each sample."""
-        n = tensors[0].shape[0]
+        """Random flips and 90-degree rotations, identical across ``tensors`` for each sample.
+
+        The draws come from ``generator`` on the host, so a seed gives the same augmentation on
+        any device; they reach the device in non-blocking copies (:func:`host_to_device`).
+        """
+        n, device = tensors[0].shape[0], tensors[0].device
         draw = torch.rand((n, 3), generator=generator)
         turns = torch.randint(0, 4, (n,), generator=generator)
-        hflip = (draw[:, 0] < self.hflip).to(tensors[0].device)
-        vflip = (draw[:, 1] < self.vflip).to(tensors[0].device)
+        hflip = host_to_device(draw[:, 0] < self.hflip, device).view(-1, 1, 1, 1)
+        vflip = host_to_device(draw[:, 1] < self.vflip, device).view(-1, 1, 1, 1)
         turns = torch.where(draw[:, 2] < self.rotate90, turns, torch.zeros_like(turns))
+        rows_turned = {k: (turns == k).nonzero().flatten() for k in (1, 2, 3)}
+        chosen = {k: host_to_device(rows, device) for k, rows in rows_turned.items() if rows.numel()}
         out = []
         for tensor in tensors:
-            tensor = torch.where(hflip.view(-1, 1, 1, 1), tensor.flip(-1), tensor)
-            tensor = torch.where(vflip.view(-1, 1, 1, 1), tensor.flip(-2), tensor)
+            tensor = torch.where(hflip, tensor.flip(-1), tensor)
+            tensor = torch.where(vflip, tensor.flip(-2), tensor)
             rotated = tensor.clone()
-            for k in (1, 2, 3):
-                chosen = (turns == k).nonzero().flatten().to(tensor.device)
-                if chosen.numel():
-                    rotated[chosen] = torch.rot90(tensor[chosen], k, dims=(-2, -1))
+            for k, rows in chosen.items():
+                rotated[rows] = torch.rot90(tensor[rows], k, dims=(-2, -1))
             out.append(rotated)
         return out
