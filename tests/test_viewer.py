@@ -3,6 +3,8 @@ Debian's headless Chromium (Selenium with chromedriver) as a person would use it
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import os
 import signal
@@ -168,14 +170,13 @@ def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout: 
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def server(model_file, cases, tmp_path_factory):
-    """`glioseg serve` on a free loopback port, in its own process group (stopped by its pid)."""
-    workdir = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def serving(model: Path, data: Path, workdir: Path):
+    """`glioseg serve` on a free loopback port, in its own process group (stopped by its pid); yields its URL."""
     port, log = free_port(), workdir / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "glioseg.cli", "serve", "--model", str(model_file), "--data", str(cases),
+            [sys.executable, "-m", "glioseg.cli", "serve", "--model", str(model), "--data", str(data),
              "--port", str(port), "--device", "cpu"],
             cwd=workdir, env={**os.environ, "TMPDIR": str(workdir)}, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -190,6 +191,12 @@ def server(model_file, cases, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model_file, cases, tmp_path_factory):
+    with serving(model_file, cases, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -324,3 +331,163 @@ def test_page_predicts_uploaded_slices_and_downloads_their_masks(model_file, cas
     page.wait.until(lambda _: download.is_file())
     with zipfile.ZipFile(download) as archive:
         assert archive.namelist() == [f"{name}/{name}_{n}_mask.tif" for n in (1, 2, 3)]
+
+
+# --------------------------------------------------------------------------- BraTS (NIfTI) cases
+
+BRATS_PARAMS = {
+    "seed": 3,
+    "dataset": "brats",
+    "augment": {"image_size": 32},
+    "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+    "train": {"device": "cpu", "threads": 1},
+}
+BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
+
+
+@pytest.fixture(scope="module")
+def brats_cases(tmp_path_factory):
+    """Two NIfTI phantom cases (8 axial slices of 32 x 32) with their seg files, and a third without."""
+    from glioseg.config import parse_params
+    from glioseg.data.synthetic_brats import generate_brats
+
+    root = tmp_path_factory.mktemp("brats") / "brats"
+    suffixes = parse_params(BRATS_PARAMS).data.brats.suffixes
+    names = generate_brats(root, cases=3, slices=8, size=32, seed=4, suffixes=suffixes)
+    for path in (root / names[2]).glob(f"*_{suffixes['seg']}.nii.gz"):
+        path.unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def brats_model(brats_cases, tmp_path_factory):
+    """An untrained BraTS U-Net saved as a glioseg checkpoint: predict and the viewer must agree on it all the same."""
+    import torch
+
+    from glioseg.config import parse_params
+    from glioseg.data import brats
+    from glioseg.model import build_model, model_payload, save_checkpoint
+    from glioseg.transforms import build_pipelines, pipelines_to_dict
+
+    params = parse_params(BRATS_PARAMS)
+    images = brats.read_case(brats_cases / logic.list_cases(brats_cases)[0], params.data.brats).images
+    torch.manual_seed(params.seed)
+    payload = model_payload(build_model(params.model), params.model,
+                            pipelines_to_dict(build_pipelines(params.augment, images)), params.train.threshold,
+                            params.data_card())
+    path = tmp_path_factory.mktemp("brats-model") / "model.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
+def known_brats_result(with_truth: bool = True) -> logic.CaseResult:
+    """One 4 x 4 slice with classes 1-3 (BraTS: necrotic core, oedema, enhancing)."""
+    truth = np.array([[0, 2, 2, 0], [2, 1, 3, 0], [0, 3, 3, 0], [0, 0, 0, 0]], np.uint8)
+    prediction = np.array([[0, 2, 0, 0], [2, 3, 3, 0], [0, 3, 1, 0], [0, 0, 0, 2]], np.uint8)
+    return logic.CaseResult("B", ("B_000",), (np.zeros((4, 4, 2), np.uint8),), (prediction,),
+                            (truth if with_truth else None,), dict(BRATS_REGIONS), 4,
+                            ("background", "necrotic_core", "oedema", "enhancing"))
+
+
+def test_brats_areas_and_dice_are_given_per_region_on_known_labels():
+    result = known_brats_result()
+    table = logic.slice_table(result)
+    row = table.iloc[0]
+    # whole tumour: truth 7 px, prediction 7, overlap 6 -> 12/14; core: truth {1,3} 4 px, prediction 4, overlap 4;
+    # enhancing: truth 3 px, prediction 3, overlap 2 (the truth's 1 at (1,1) is predicted 3, its 3 at (2,2) is 1).
+    assert (row.whole_tumour_predicted_pixels, row.whole_tumour_truth_pixels) == (7, 7)
+    assert row.whole_tumour_dice == pytest.approx(12 / 14)
+    assert (row.tumour_core_predicted_pixels, row.tumour_core_truth_pixels, row.tumour_core_dice) == (4, 4, 1.0)
+    assert row.enhancing_tumour_dice == pytest.approx(4 / 6)
+    summary = logic.area_summary(result, table, 0)
+    assert list(summary.index) == ["slice 1 · whole tumour", "case · whole tumour", "slice 1 · tumour core",
+                                   "case · tumour core", "slice 1 · enhancing tumour", "case · enhancing tumour"]
+    assert summary.loc["case · enhancing tumour"].tolist() == ["3", "3", "0.667"]
+    assert logic.legend(result, 0) == ("left: truth, right: prediction · red: necrotic core · green: oedema "
+                                       "· yellow: enhancing")
+
+
+def test_brats_overlay_shows_truth_and_prediction_side_by_side_in_class_colours():
+    from glioseg.viz import CLASS_COLOURS
+
+    result = known_brats_result()
+    picture = logic.compose_overlay(result.images[0], result.predictions[0], result.truths[0], 1.0, classes=4)
+    assert picture.shape == (4, 8, 3)
+    assert picture[1, 2].tolist() == CLASS_COLOURS[3].tolist()  # truth panel: enhancing at (1, 2)
+    assert picture[2, 4 + 2].tolist() == CLASS_COLOURS[1].tolist()  # prediction panel: necrotic core at (2, 2)
+    assert picture[3, 3].tolist() == [0, 0, 0]  # background stays the (black) scan
+    alone = known_brats_result(with_truth=False)
+    assert logic.compose_overlay(alone.images[0], alone.predictions[0], None, 0.5, classes=4).shape == (4, 4, 3)
+    assert logic.legend(alone, 0).startswith("prediction · red: necrotic core")
+
+
+def test_brats_cases_are_listed_and_read_as_nifti_folders(brats_cases):
+    names = logic.list_cases(brats_cases)
+    assert names == sorted(p.name for p in brats_cases.iterdir()) and len(names) == 3
+    case = logic.load_case(brats_cases / names[0])
+    assert case.nifti == brats_cases / names[0] and case.items == ()
+    assert len(case.files()) == 5  # t1, t1ce, t2, flair, seg
+    assert logic.case_fingerprint(case) != logic.case_fingerprint(logic.load_case(brats_cases / names[1]))
+
+
+def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_model, brats_cases, tmp_path):
+    import nibabel as nib
+
+    name = logic.list_cases(brats_cases)[0]
+    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    assert len(result.slices) == 8 and result.has_truth and result.classes == 4
+    assert set(result.regions) == set(BRATS_REGIONS)
+    assert result.predictions[0].shape == result.truths[0].shape == (32, 32)
+    predict(brats_cases / name, brats_model, tmp_path / "out", device="cpu")
+    written = nib.load(tmp_path / "out" / name / f"{name}_pred.nii.gz")
+    data, file_name, mime = logic.prediction_download(result)
+    assert (file_name, mime) == (f"{name}_pred.nii.gz", "application/gzip")
+    downloaded = nib.Nifti1Image.from_bytes(gzip.decompress(data))
+    np.testing.assert_array_equal(np.asarray(downloaded.dataobj), np.asarray(written.dataobj))
+    np.testing.assert_allclose(downloaded.affine, written.affine)
+    table = logic.slice_table(result)
+    assert table["whole_tumour_truth_pixels"].sum() > 0  # the phantom has a tumour
+
+
+def test_brats_case_without_its_seg_file_is_shown_without_truth(brats_model, brats_cases):
+    name = logic.list_cases(brats_cases)[2]
+    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    assert not result.has_truth and len(result.slices) == 8
+    summary = logic.area_summary(result, logic.slice_table(result), 0)
+    assert list(summary.columns) == ["tumour area (px)"]
+
+
+def test_a_model_of_the_other_dataset_is_a_one_line_error(model_file, brats_model, brats_cases, cases):
+    brats_case = logic.load_case(brats_cases / logic.list_cases(brats_cases)[0])
+    with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
+        logic.predict_case(logic.load(str(model_file)), brats_case, "cpu")
+    lgg_case = logic.load_case(cases / logic.list_cases(cases)[0])
+    with pytest.raises(DataError, match="trained on BraTS and reads NIfTI cases"):
+        logic.predict_case(logic.load(str(brats_model)), lgg_case, "cpu")
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_shows_a_brats_case_per_region_and_downloads_its_label_volume(
+    brats_model, brats_cases, browser, tmp_path, tmp_path_factory
+):
+    name = logic.list_cases(brats_cases)[1]
+    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    middle = len(result.slices) // 2
+    expected = logic.area_summary(result, logic.slice_table(result), middle).to_dict("index")
+    with serving(brats_model, brats_cases, tmp_path_factory.mktemp("serve-brats")) as url:
+        page = Page(browser)
+        browser.get(url)
+        page.wait.until(lambda _: page.find('[data-testid="stSelectbox"] input'))
+        page.pick_case(name)
+        page.wait.until(lambda _: page.summary() == expected, f"the page did not show {name}'s regions")
+        page.wait.until(lambda _: page.picture())
+        caption = page.find('[data-testid="stImage"]')[0].text
+        assert "left: truth, right: prediction" in caption and "yellow: enhancing" in caption
+        button = page.find('[data-testid="stDownloadButton"] button')[0]
+        assert button.text == "Download predicted label volume (NIfTI)"
+        button.click()
+        download = tmp_path / "downloads" / f"{name}_pred.nii.gz"
+        page.wait.until(lambda _: download.is_file() and download.stat().st_size > 0)
+        assert download.read_bytes() == logic.prediction_download(result)[0]
+        assert browser.save_screenshot(str(tmp_path / "viewer-brats.png"))

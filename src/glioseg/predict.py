@@ -195,19 +195,30 @@ def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str) -> l
     return rows
 
 
+def predict_volume(loaded: LoadedModel, predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """(Z,H,W) class labels at the input size for a case's axial slices (Z,H,W,C), post-processed per case."""
+    height, width = images.shape[1:3]
+    labels = np.empty(images.shape[:3], np.uint8)
+    for start in range(0, len(labels), predictor.batch_size):
+        batch = list(images[start : start + predictor.batch_size])
+        for offset, mask in enumerate(predictor(batch)):
+            labels[start + offset] = to_input_size(mask, (height, width))
+    return postprocess_case(labels, loaded.postprocess)
+
+
+def reference_volume(loaded: LoadedModel, folder: Path) -> Path:
+    """The file whose affine, header and voxel order a case's predicted label volume takes (its first modality)."""
+    params = loaded.brats
+    return brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
+
+
 def predict_case(loaded: LoadedModel, predictor: Predictor, folder: Path, out: Path) -> list[dict]:
     """One NIfTI case: the label volume aligned with the input, overlays, one row per axial slice."""
     params = loaded.brats
     case = brats.read_case(folder, params, with_labels=False)
-    reference_path = brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
+    reference_path = reference_volume(loaded, folder)
     reference = nib.load(reference_path)
-    height, width = case.images.shape[1:3]
-    labels = np.empty(case.images.shape[:3], np.uint8)
-    for start in range(0, len(labels), predictor.batch_size):
-        batch = list(case.images[start : start + predictor.batch_size])
-        for offset, mask in enumerate(predictor(batch)):
-            labels[start + offset] = to_input_size(mask, (height, width))
-    labels = postprocess_case(labels, loaded.postprocess)
+    labels = predict_volume(loaded, predictor, case.images)
     case_dir = out / case.name
     case_dir.mkdir(parents=True)
     file_labels = brats.source_labels(params.label_map)[labels]

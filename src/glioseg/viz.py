@@ -20,6 +20,7 @@ PREDICTION_COLOUR = (255, 0, 0)
 CLASS_COLOURS = np.array(
     [(0, 0, 0), (255, 64, 64), (64, 220, 64), (255, 220, 0), (64, 160, 255), (220, 64, 255)], dtype=np.uint8
 )
+CLASS_COLOUR_NAMES = ("black", "red", "green", "yellow", "blue", "purple")
 FILL_OPACITY = 0.45
 DISPLAY_CHANNEL = 1  # FLAIR in the LGG layout and in the default BraTS modalities (t1ce, flair)
 
@@ -36,10 +37,20 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.repeat(channel[..., None], 3, axis=-1).astype(np.uint8)
 
 
+def palette_index(labels: np.ndarray | int) -> np.ndarray:
+    """Each class label's row of ``CLASS_COLOURS``: 0 for background, cycling past the palette's end."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.where(labels > 0, (labels - 1) % (len(CLASS_COLOURS) - 1) + 1, 0)
+
+
 def class_colours(labels: np.ndarray) -> np.ndarray:
-    """Class labels (H,W) as RGB uint8, one colour per class on black (cycling past the palette's end)."""
-    index = np.where(labels > 0, (labels.astype(np.int64) - 1) % (len(CLASS_COLOURS) - 1) + 1, 0)
-    return CLASS_COLOURS[index]
+    """Class labels (H,W) as RGB uint8, one colour per class on black."""
+    return CLASS_COLOURS[palette_index(labels)]
+
+
+def class_colour_name(label: int) -> str:
+    """The name of class ``label``'s colour, for legends."""
+    return CLASS_COLOUR_NAMES[int(palette_index(label))]
 
 
 def fill(image: np.ndarray, labels: np.ndarray, opacity: float = FILL_OPACITY) -> np.ndarray:

@@ -1,8 +1,11 @@
 """What the viewer computes, free of Streamlit: cases, predictions, areas, Dice, overlays, downloads.
 
-Masks come from :func:`glioseg.predict.predict_inputs` (the checkpoint's own preprocessing) and
-are resized back to the input like ``glioseg predict`` does, so the viewer shows, and lets you
-download, exactly the masks predict writes.
+A case is a kaggle_3m patient folder of TIF slices or a BraTS case folder of NIfTI volumes
+(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.predict`
+(the checkpoint's own preprocessing and post-processing) at the input's size, so the viewer
+shows, and lets you download, exactly what ``glioseg predict`` writes: a zip of TIF masks, or
+the predicted label volume aligned with the input. Areas and Dice are given per evaluation
+region of the model (LGG: tumour; BraTS: whole tumour, tumour core, enhancing tumour).
 """
 
 from __future__ import annotations
@@ -10,52 +13,84 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 import zipfile
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import tifffile
 
+from glioseg.data import brats
 from glioseg.data.lgg import read_mask
 from glioseg.errors import DataError
-from glioseg.metrics import confusion, dice
-from glioseg.model import LoadedModel, load_model
+from glioseg.metrics import Counts, Regions, confusion, dice
+from glioseg.model import LGG_CARD, LoadedModel, load_model
 from glioseg.predict import (
+    Predictor,
     SliceInput,
+    check_input_kind,
     find_inputs,
     find_inputs_in_case,
     is_image_tif,
+    is_nifti,
     predict_inputs,
+    predict_volume,
+    reference_volume,
     resolve_model,
     to_input_size,
 )
-from glioseg.viz import PREDICTION_COLOUR, TRUTH_COLOUR, display_image
+from glioseg.viz import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
 
 OVERLAP_COLOUR = (255, 255, 0)
 DISPLAY_SIZE = 512
 
 
+LGG_REGIONS: Regions = {name: tuple(members) for name, members in LGG_CARD["regions"].items()}
+
+
 @dataclass(frozen=True)
 class Case:
-    """A case's slices in order, with the truth mask file of each where one exists."""
+    """A case to show: TIF slices in order with the truth mask file of each where one exists, or,
+    with ``nifti``, the folder of a BraTS case, whose volumes are read when it is predicted."""
 
     name: str
-    items: tuple[SliceInput, ...]
-    truth_paths: tuple[Path | None, ...]
+    items: tuple[SliceInput, ...] = ()
+    truth_paths: tuple[Path | None, ...] = ()
+    nifti: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.nifti if self.nifti is not None else self.items[0].path.parent
+
+    def files(self) -> list[Path]:
+        if self.nifti is not None:
+            return sorted(p for p in self.nifti.iterdir() if is_nifti(p))
+        return [item.path for item in self.items] + [p for p in self.truth_paths if p is not None]
 
 
 @dataclass(frozen=True)
 class CaseResult:
-    """A predicted case: per slice its image, predicted mask {0,1} at input size and truth (or None)."""
+    """A predicted case: per slice its image, predicted class labels at input size and truth (or None).
+
+    ``regions`` are the model's evaluation regions (sets of class labels). A NIfTI case also
+    carries ``reference``, the volume whose geometry the prediction is written back in, and
+    ``file_labels``, the files' label value of each class.
+    """
 
     name: str
     slices: tuple[str, ...]
     images: tuple[np.ndarray, ...]
     predictions: tuple[np.ndarray, ...]
     truths: tuple[np.ndarray | None, ...]
+    regions: Regions = field(default_factory=lambda: dict(LGG_REGIONS))
+    classes: int = 1
+    class_names: tuple[str, ...] = ()
+    reference: Path | None = None
+    file_labels: tuple[int, ...] | None = None
 
     @property
     def has_truth(self) -> bool:
@@ -63,11 +98,11 @@ class CaseResult:
 
 
 def list_cases(root: Path) -> list[str]:
-    """Names of the case folders under ``root``; none when it is missing (uploads still work)."""
+    """Names of the case folders (TIF or NIfTI) under ``root``; none when it is missing (uploads still work)."""
     if not root.is_dir():
         return []
     return [p.name for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and find_inputs_in_case(p)]
+            if p.is_dir() and not p.name.startswith(".") and (find_inputs_in_case(p) or brats.is_case_folder(p))]
 
 
 def truth_path(item: SliceInput) -> Path | None:
@@ -76,7 +111,9 @@ def truth_path(item: SliceInput) -> Path | None:
 
 
 def load_case(folder: Path) -> Case:
-    """A case from its folder: the one place that knows a case's format (kaggle_3m TIF slices)."""
+    """A case from its folder: the one place that tells the formats apart (BraTS NIfTI, kaggle_3m TIF)."""
+    if brats.is_case_folder(folder):
+        return Case(folder.name, nifti=folder)
     items = tuple(find_inputs(folder))
     return Case(folder.name, items, tuple(truth_path(item) for item in items))
 
@@ -84,7 +121,7 @@ def load_case(folder: Path) -> Case:
 def case_fingerprint(case: Case) -> str:
     """Changes whenever a file of the case changes, so cached predictions are never stale."""
     digest = hashlib.sha256()
-    for path in [item.path for item in case.items] + [p for p in case.truth_paths if p is not None]:
+    for path in case.files():
         stat = path.stat()
         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
@@ -111,34 +148,64 @@ def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def predict_case(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseResult:
+    """The case predicted as ``glioseg predict`` would; a model of the other dataset is a one-line error."""
+    check_input_kind(loaded, case.folder, "in use")
+    if case.nifti is not None:
+        return predict_nifti_case(loaded, case, device)
     images, predictions = [], []
     for _, image, mask in predict_inputs(loaded, list(case.items), device):
         images.append(image)
         predictions.append(to_input_size(mask, image.shape[:2]))
     truths = [read_truth(path, image.shape[:2]) for path, image in zip(case.truth_paths, images)]
     return CaseResult(case.name, tuple(item.name for item in case.items), tuple(images), tuple(predictions),
-                      tuple(truths))
+                      tuple(truths), loaded.regions, loaded.classes)
 
 
-def slice_dice(prediction: np.ndarray, truth: np.ndarray | None) -> float | None:
-    """Dice with the project's empty-mask rule (both empty: 1); None without truth."""
-    return None if truth is None else float(dice(confusion(prediction, truth)))
+def predict_nifti_case(loaded: LoadedModel, case: Case, device: str) -> CaseResult:
+    """A BraTS case's axial slices, their predicted classes and, where the case has its seg file, the truth."""
+    params = loaded.brats
+    has_truth = brats.find_file(case.nifti, params.suffixes[brats.LABELS]) is not None
+    volume = brats.read_case(case.nifti, params, with_labels=has_truth)
+    labels = predict_volume(loaded, Predictor(loaded, device), volume.images)
+    truths = tuple(volume.labels) if volume.labels is not None else (None,) * len(labels)
+    return CaseResult(case.name, tuple(f"{case.name}_{z:03d}" for z in range(len(labels))), tuple(volume.images),
+                      tuple(labels), truths, loaded.regions, loaded.classes, tuple(params.class_names),
+                      reference_volume(loaded, case.nifti),
+                      tuple(int(value) for value in brats.source_labels(params.label_map)))
 
 
-def case_dice(result: CaseResult) -> float | None:
-    """Dice pooled over the slices that have truth (the case as one volume); None without truth."""
-    counts = [astuple(confusion(p, t)) for p, t in zip(result.predictions, result.truths) if t is not None]
+def counts_in_region(prediction: np.ndarray, truth: np.ndarray, members: tuple[int, ...]) -> Counts:
+    """tp/fp/fn/tn of one region: the pixels whose class label is in ``members``."""
+    return confusion(np.isin(prediction, members), np.isin(truth, members))
+
+
+def slice_dice(prediction: np.ndarray, truth: np.ndarray | None, members: tuple[int, ...] = (1,)) -> float | None:
+    """Dice of one region (class labels ``members``) with the project's empty-mask rule (both empty: 1); None without truth."""
+    return None if truth is None else float(dice(counts_in_region(prediction, truth, members)))
+
+
+def case_dice(result: CaseResult, members: tuple[int, ...] = (1,)) -> float | None:
+    """A region's Dice pooled over the slices that have truth (the case as one volume); None without truth."""
+    counts = [astuple(counts_in_region(p, t, members)) for p, t in zip(result.predictions, result.truths)
+              if t is not None]
     return float(dice(np.sum(counts, axis=0))) if counts else None
 
 
+def column(result: CaseResult, region: str, quantity: str) -> str:
+    """A slice-table column: the plain quantity for a one-region model, ``<region>_<quantity>`` otherwise."""
+    return quantity if len(result.regions) == 1 else f"{region}_{quantity}"
+
+
 def slice_table(result: CaseResult) -> pd.DataFrame:
-    """Per slice: predicted and true tumour area (pixels) and Dice."""
-    return pd.DataFrame({
-        "slice": result.slices,
-        "predicted_pixels": [np.count_nonzero(p) for p in result.predictions],
-        "truth_pixels": pd.array([None if t is None else np.count_nonzero(t) for t in result.truths], dtype="Int64"),
-        "dice": [slice_dice(p, t) for p, t in zip(result.predictions, result.truths)],
-    })
+    """Per slice and region: predicted and true area (pixels) and Dice."""
+    table = {"slice": result.slices}
+    for region, members in result.regions.items():
+        table[column(result, region, "predicted_pixels")] = [np.isin(p, members).sum() for p in result.predictions]
+        table[column(result, region, "truth_pixels")] = pd.array(
+            [None if t is None else np.isin(t, members).sum() for t in result.truths], dtype="Int64")
+        table[column(result, region, "dice")] = [slice_dice(p, t, members)
+                                                 for p, t in zip(result.predictions, result.truths)]
+    return pd.DataFrame(table)
 
 
 def as_text(value) -> str:
@@ -149,21 +216,32 @@ def as_text(value) -> str:
 
 
 def area_summary(result: CaseResult, table: pd.DataFrame, index: int) -> pd.DataFrame:
-    """The numbers shown beside slice ``index``: its tumour area, truth area and Dice, and the case's."""
-    row = table.iloc[index]
-    case_truth = table["truth_pixels"].sum() if result.has_truth else None
-    summary = pd.DataFrame(
-        [[row.predicted_pixels, row.truth_pixels, row.dice],
-         [table["predicted_pixels"].sum(), case_truth, case_dice(result)]],
-        index=[f"slice {index + 1}", "case"], columns=["tumour area (px)", "truth area (px)", "Dice"],
-        dtype=object)
+    """The numbers shown beside slice ``index``: per region its area, truth area and Dice, and the case's."""
+    row, values, labels = table.iloc[index], [], []
+    for region, members in result.regions.items():
+        predicted, truth, slice_score = (column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice"))
+        case_truth = table[truth].sum() if result.has_truth else None
+        values += [[row[predicted], row[truth], row[slice_score]],
+                   [table[predicted].sum(), case_truth, case_dice(result, members)]]
+        suffix = "" if len(result.regions) == 1 else f" · {region.replace('_', ' ')}"
+        labels += [f"slice {index + 1}{suffix}", f"case{suffix}"]
+    summary = pd.DataFrame(values, index=labels, columns=["tumour area (px)", "truth area (px)", "Dice"], dtype=object)
     if not result.has_truth:
         summary = summary[["tumour area (px)"]]
     return summary.map(as_text)
 
 
-def compose_overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, opacity: float) -> np.ndarray:
-    """RGB uint8: the scan in grey with truth (green), prediction (red) and both (yellow) blended at ``opacity``."""
+def compose_overlay(
+    image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, opacity: float, classes: int = 1
+) -> np.ndarray:
+    """RGB uint8 picture of a slice, colours blended at ``opacity``.
+
+    One class: the scan in grey with truth (green), prediction (red) and both (yellow). Several
+    classes: truth (where there is one) and prediction side by side, each class in its colour.
+    """
+    if classes > 1:
+        panels = [fill(image, labels, opacity) for labels in (truth, prediction) if labels is not None]
+        return np.concatenate(panels, axis=1)
     out = display_image(image).astype(np.float32)
     predicted = prediction > 0
     true = np.zeros_like(predicted) if truth is None else truth > 0
@@ -193,6 +271,32 @@ def masks_zip(result: CaseResult) -> bytes:
         for name, mask in zip(result.slices, result.predictions):
             archive.writestr(f"{result.name}/{name}_mask.tif", tif_bytes(mask))
     return buffer.getvalue()
+
+
+def legend(result: CaseResult, index: int) -> str:
+    """What the colours of slice ``index``'s picture mean."""
+    has_truth = result.truths[index] is not None
+    if result.classes == 1:
+        return "red: prediction · green: truth · yellow: both" if has_truth else "red: prediction"
+    names = result.class_names or tuple(f"class {k}" for k in range(result.classes))
+    colours = " · ".join(f"{class_colour_name(k)}: {names[k].replace('_', ' ')}" for k in range(1, result.classes))
+    return f"{'left: truth, right: prediction' if has_truth else 'prediction'} · {colours}"
+
+
+def label_volume_bytes(result: CaseResult) -> bytes:
+    """The predicted classes of a NIfTI case as ``glioseg predict`` writes them: a .nii.gz in the input's geometry."""
+    labels = np.asarray(result.file_labels)[np.stack(result.predictions)]
+    with tempfile.TemporaryDirectory(prefix="glioseg-viewer-") as tmp:
+        path = Path(tmp) / f"{result.name}_pred.nii.gz"
+        brats.write_label_volume(labels, nib.load(result.reference), path)
+        return path.read_bytes()
+
+
+def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
+    """(data, file name, MIME type) of the prediction: the label volume of a NIfTI case, else the masks' zip."""
+    if result.reference is not None:
+        return label_volume_bytes(result), f"{result.name}_pred.nii.gz", "application/gzip"
+    return masks_zip(result), f"{result.name}_masks.zip", "application/zip"
 
 
 def upload_case_name(names: list[str]) -> str:

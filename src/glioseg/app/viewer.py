@@ -20,9 +20,6 @@ from glioseg.app import logic
 from glioseg.errors import GliosegError
 from glioseg.model import LoadedModel
 
-LEGEND = "red: prediction · green: truth · yellow: both"
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="glioseg serve")
     parser.add_argument("--model", default="models/model.pt")
@@ -43,8 +40,8 @@ def cached_prediction(_loaded, _case, spec: str, version: str, device: str, fold
 
 
 @st.cache_data(max_entries=8)
-def cached_zip(_result, spec: str, version: str, device: str, folder: str, fingerprint: str) -> bytes:
-    return logic.masks_zip(_result)
+def cached_download(_result, spec: str, version: str, device: str, folder: str, fingerprint: str):
+    return logic.prediction_download(_result)
 
 
 @st.cache_resource
@@ -69,7 +66,8 @@ def choose_case(data: Path) -> Path | None:
             st.sidebar.info(f"No cases under {data}; upload slices instead.")
             return None
         return data / st.sidebar.selectbox("Case", cases)
-    uploads = st.sidebar.file_uploader("TIF slices of one case (with their *_mask.tif, if any)",
+    uploads = st.sidebar.file_uploader("TIF slices of one case (with their *_mask.tif, if any); "
+                                       "BraTS NIfTI cases are chosen from the data folder",
                                        type=["tif", "tiff"], accept_multiple_files=True)
     if not uploads:
         return None
@@ -84,15 +82,15 @@ def choose_slice(result: logic.CaseResult) -> int:
 
 
 def show_overlay(result: logic.CaseResult, index: int, opacity: float) -> None:
-    truth = result.truths[index]
-    image = logic.compose_overlay(result.images[index], result.predictions[index], truth, opacity)
-    legend = LEGEND if truth is not None else "red: prediction"
-    st.image(logic.enlarge(image), caption=f"{result.slices[index]} — {legend}", output_format="PNG")
+    image = logic.compose_overlay(result.images[index], result.predictions[index], result.truths[index], opacity,
+                                  result.classes)
+    st.image(logic.enlarge(image), caption=f"{result.slices[index]} — {logic.legend(result, index)}",
+             output_format="PNG")
 
 
 def show_numbers(result: logic.CaseResult, table: pd.DataFrame, index: int) -> None:
     st.table(logic.area_summary(result, table, index))
-    tumour_slices = int((table["predicted_pixels"] > 0).sum())
+    tumour_slices = sum(bool(prediction.any()) for prediction in result.predictions)
     dice_note = "; case Dice is pooled over its slices" if result.has_truth else ""
     st.caption(f"{tumour_slices} of {len(table)} slices with predicted tumour{dice_note}.")
 
@@ -127,8 +125,9 @@ def main() -> None:
         show_overlay(result, index, opacity)
     with numbers_column:
         show_numbers(result, table, index)
-        st.download_button("Download predicted masks (zip)", cached_zip(result, *key),
-                           file_name=f"{result.name}_masks.zip", mime="application/zip")
+        data, file_name, mime = cached_download(result, *key)
+        kind = "label volume (NIfTI)" if result.reference is not None else "masks (zip)"
+        st.download_button(f"Download predicted {kind}", data, file_name=file_name, mime=mime)
     with st.expander("Per-slice areas and Dice"):
         st.dataframe(table, hide_index=True)
 
