@@ -86,3 +86,35 @@ def test_clean_labels_and_split_keep_each_case_in_one_subset(fetched, params):
     split = split_slices(labels, params.split, params.seed)
     assert split.groupby("patient")["subset"].nunique().max() == 1
     assert set(split["subset"]) == {"train", "val", "test"}
+
+
+def test_the_viewer_reads_a_real_case_with_its_truth_per_region(fetched, params, tmp_path):
+    """The viewer's path on BraTS2015_pat0001: 155 axial slices, the README's voxel counts per region."""
+    import gzip
+
+    import nibabel as nib
+    import torch
+
+    from glioseg.app import logic
+    from glioseg.model import build_model, model_payload, save_checkpoint
+    from glioseg.transforms import build_pipelines, pipelines_to_dict
+
+    root, _ = fetched
+    small = parse_params({**params.model_dump(mode="json"), "augment": {"image_size": 32},
+                          "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}})
+    folder = root / "brats" / "BraTS2015_pat0001"
+    torch.manual_seed(0)
+    images = brats.read_case(folder, small.data.brats, with_labels=False).images[::10]
+    payload = model_payload(build_model(small.model), small.model,
+                            pipelines_to_dict(build_pipelines(small.augment, images)), 0.5, small.data_card())
+    save_checkpoint(tmp_path / "model.pt", payload)
+    result = logic.predict_case(logic.load(str(tmp_path / "model.pt")), logic.load_case(folder), "cpu")
+    assert len(result.slices) == 155 and result.predictions[0].shape == (240, 240)
+    totals = logic.slice_table(result).sum(numeric_only=True)
+    assert totals["whole_tumour_truth_pixels"] == sum(PAT0001.values())
+    assert totals["tumour_core_truth_pixels"] == PAT0001[1] + PAT0001[3] + PAT0001[4]
+    assert totals["enhancing_tumour_truth_pixels"] == PAT0001[4]
+    volume = nib.Nifti1Image.from_bytes(gzip.decompress(logic.prediction_download(result)[0]))
+    reference = nib.load(folder / "BraTS2015_pat0001_flair.nii.gz")
+    assert volume.shape == reference.shape and set(np.unique(np.asarray(volume.dataobj))) <= {0, 1, 2, 4}
+    np.testing.assert_allclose(volume.affine, reference.affine)
