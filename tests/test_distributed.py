@@ -92,3 +92,26 @@ def test_two_gloo_ranks_train_the_model_of_one_process(tmp_path, monkeypatch):
     np.testing.assert_allclose(results[0]["train_loss"], outcome.history["train_loss"], rtol=1e-4)
     assert results[0]["val_dice"] == results[1]["val_dice"]
     assert [r["resumed_from"] for r in results] == [1, 1]
+
+
+def test_under_torchrun_only_rank_0_evaluates(monkeypatch, tmp_path):
+    from glioseg import experiment
+
+    monkeypatch.chdir(tmp_path)  # nothing to evaluate here: a rank that tried would fail on the missing model
+    monkeypatch.setenv("RANK", "1")
+    assert experiment.evaluate_stage(parse_params(TINY_PARAMS)) == {"rank": 1}
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_sweep_rank_other_than_0_trains_its_share_and_leaves_evaluation_to_rank_0(monkeypatch, tmp_path):
+    from glioseg import experiment
+
+    def evaluate_run(*args, **kwargs):
+        raise AssertionError("only rank 0 evaluates")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiment, "train_run", lambda config, run_name, out_dir, tags: {"rank": 1})
+    monkeypatch.setattr(experiment, "evaluate_run", evaluate_run)
+    params = parse_params({**TINY_PARAMS, "sweeps": {"dice": {"loss": "dice"}}})
+    assert experiment.sweep_run(params, "dice") == {"rank": 1}
+    assert not any(tmp_path.iterdir())

@@ -115,6 +115,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (``RANK``), 0 without torchrun; known before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init(device: torch.device) -> World:
     """This process's world, from torchrun's environment variables; a world of one without them.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glioseg import paths, tracking
+from glioseg import distributed, paths, tracking
 from glioseg.config import Params, flatten
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.errors import DataError
@@ -152,17 +152,27 @@ def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | Non
 
 
 def evaluate_stage(params: Params) -> dict[str, Any]:
-    """The evaluate stage: the main model on the test (and train) patients -> metrics/test.json."""
+    """The evaluate stage: the main model on the test (and train) patients -> metrics/test.json.
+
+    Under torchrun rank 0 evaluates alone; the other ranks return ``{"rank": r}`` at once.
+    """
+    if distributed.launched_rank() != 0:
+        return {"rank": distributed.launched_rank()}
     result = evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params.train.device)
     write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
     return result
 
 
 def sweep_run(params: Params, name: str) -> dict[str, Any]:
-    """Train and evaluate one configuration of the report's comparison tables."""
+    """Train and evaluate one configuration of the report's comparison tables.
+
+    Under torchrun every rank trains; rank 0 alone evaluates and writes, the others return ``{"rank": r}``.
+    """
     config = params.for_sweep(name)
     out_dir = paths.sweep_dir(name)
     trained = train_run(config, f"sweep-{name}", out_dir, {"sweep": name})
+    if "rank" in trained:
+        return trained
     evaluated = evaluate_run(out_dir / "model.pt", ("train", "test"), None, config.train.device)
     result = {
         "name": name,
