@@ -457,6 +457,18 @@ def test_brats_case_without_its_seg_file_is_shown_without_truth(brats_model, bra
     assert list(summary.columns) == ["tumour area (px)"]
 
 
+def test_without_data_the_viewer_opens_the_raw_folder_of_the_models_dataset(model_file, brats_model):
+    from glioseg import paths
+    from glioseg.app import streamlit_command
+
+    assert logic.default_data_folder(logic.load(str(model_file))) == paths.RAW_LGG
+    assert logic.default_data_folder(logic.load(str(brats_model))) == paths.RAW_BRATS
+    command = streamlit_command("m.pt", None, 8501, "cpu")
+    assert command[command.index("--") + 1:] == ["--model", "m.pt", "--device", "cpu"]
+    command = streamlit_command("m.pt", Path("cases"), 8501, "cpu")
+    assert command[command.index("--") + 1:] == ["--model", "m.pt", "--data", "cases", "--device", "cpu"]
+
+
 def test_a_model_of_the_other_dataset_is_a_one_line_error(model_file, brats_model, brats_cases, cases):
     brats_case = logic.load_case(brats_cases / logic.list_cases(brats_cases)[0])
     with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):

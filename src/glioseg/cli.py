@@ -156,7 +156,9 @@ def predict_command(
 @user_errors
 def serve(
     model: Annotated[str, typer.Option(help="model file, runs:/<run id> or models:/<name>/<version>")] = "models/model.pt",
-    data: Annotated[Path, typer.Option(help="folder of cases to choose from")] = Path("data/raw/kaggle_3m"),
+    data: Annotated[Path | None, typer.Option(
+        help="folder of cases to choose from [default: data/raw/kaggle_3m, or data/raw/brats for a BraTS model]",
+        show_default=False)] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8501,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:

@@ -24,8 +24,12 @@ STREAMLIT_SETTINGS = {
 }
 
 
-def streamlit_command(model: str, data: Path, port: int, device: str) -> list[str]:
-    """The ``streamlit run`` command line that serves the viewer on 127.0.0.1:``port``."""
+def streamlit_command(model: str, data: Path | None, port: int, device: str) -> list[str]:
+    """The ``streamlit run`` command line that serves the viewer on 127.0.0.1:``port``.
+
+    Without ``data`` the page takes the pipeline's raw folder of the model's dataset.
+    """
     settings = [f"--{key}={value}" for key, value in {**STREAMLIT_SETTINGS, "server.port": port}.items()]
+    data_option = ["--data", str(data)] if data is not None else []
     return [sys.executable, "-m", "streamlit", "run", *settings, str(VIEWER),
-            "--", "--model", model, "--data", str(data), "--device", device]
+            "--", "--model", model, *data_option, "--device", device]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from glioseg import paths
 from glioseg.data import brats
 from glioseg.data.lgg import read_mask
 from glioseg.errors import DataError
@@ -95,6 +96,11 @@ class CaseResult:
     @property
     def has_truth(self) -> bool:
         return any(truth is not None for truth in self.truths)
+
+
+def default_data_folder(loaded: LoadedModel) -> Path:
+    """Where the pipeline keeps the raw cases of the model's dataset: the viewer's folder without ``--data``."""
+    return paths.RAW_BRATS if loaded.dataset == "brats" else paths.RAW_LGG
 
 
 def list_cases(root: Path) -> list[str]:

@@ -23,7 +23,7 @@ from glioseg.model import LoadedModel
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="glioseg serve")
     parser.add_argument("--model", default="models/model.pt")
-    parser.add_argument("--data", type=Path, default=Path("data/raw/kaggle_3m"))
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     return parser.parse_args([arg for arg in sys.argv[1:] if arg != "--"])
 
@@ -102,9 +102,9 @@ def main() -> None:
     spec = st.sidebar.text_input("Model", value=args.model,
                                  help="model file, runs:/<run id> or models:/<name>/<version>")
     try:
-        folder = choose_case(args.data)
         version = logic.model_version(spec)
         loaded = cached_model(spec, version)
+        folder = choose_case(args.data or logic.default_data_folder(loaded))
         if folder is None:
             st.info("Choose a case in the sidebar.")
             return
