@@ -469,6 +469,24 @@ def test_without_data_the_viewer_opens_the_raw_folder_of_the_models_dataset(mode
     assert command[command.index("--") + 1:] == ["--model", "m.pt", "--data", "cases", "--device", "cpu"]
 
 
+def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brats_model, brats_cases, tmp_path):
+    name = logic.list_cases(brats_cases)[0]
+    files = [(f"upload/{p.name}", p.read_bytes()) for p in sorted((brats_cases / name).iterdir())]
+    folder = logic.save_uploads(files + [("notes.txt", b"other")], tmp_path)
+    assert folder.name == name and sorted(p.name for p in folder.iterdir()) == [n.split("/")[1] for n, _ in files]
+    assert logic.save_uploads(list(reversed(files)), tmp_path) == folder
+    loaded = logic.load(str(brats_model))
+    uploaded = logic.predict_case(loaded, logic.load_case(folder), "cpu")
+    original = logic.predict_case(loaded, logic.load_case(brats_cases / name), "cpu")
+    assert uploaded.has_truth and len(uploaded.slices) == 8
+    for got, expected in zip(uploaded.predictions + uploaded.truths, original.predictions + original.truths):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(DataError, match="TIF slices and NIfTI volumes together"):
+        logic.save_uploads(files + [("P_1.tif", b"image")], tmp_path)
+    with pytest.raises(DataError, match=r"for one case \(cases: A, B\)"):
+        logic.save_uploads([("A_flair.nii.gz", b"x"), ("B_flair.nii.gz", b"y")], tmp_path)
+
+
 def test_a_model_of_the_other_dataset_is_a_one_line_error(model_file, brats_model, brats_cases, cases):
     brats_case = logic.load_case(brats_cases / logic.list_cases(brats_cases)[0])
     with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
@@ -503,3 +521,13 @@ def test_page_shows_a_brats_case_per_region_and_downloads_its_label_volume(
         page.wait.until(lambda _: download.is_file() and download.stat().st_size > 0)
         assert download.read_bytes() == logic.prediction_download(result)[0]
         assert browser.save_screenshot(str(tmp_path / "viewer-brats.png"))
+
+        uploaded = logic.list_cases(brats_cases)[2]  # the case without a seg file
+        page.upload(sorted((brats_cases / uploaded).iterdir()))
+        page.wait.until(lambda _: any(f"case {uploaded} · 8 slices" in c.text
+                                      for c in page.find('[data-testid="stCaptionContainer"]')))
+        page.wait.until(lambda _: list(page.summary()) == [f"slice {middle + 1} · whole tumour", "case · whole tumour",
+                                                           f"slice {middle + 1} · tumour core", "case · tumour core",
+                                                           f"slice {middle + 1} · enhancing tumour",
+                                                           "case · enhancing tumour"])
+        assert list(page.summary()["case · whole tumour"]) == ["tumour area (px)"]  # no seg file: no truth

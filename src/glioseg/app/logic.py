@@ -312,20 +312,39 @@ def upload_case_name(names: list[str]) -> str:
     return head if head and tail.isdigit() else "upload"
 
 
-def save_uploads(files: list[tuple[str, bytes]], root: Path) -> Path:
-    """Write uploaded TIFs into a case folder under ``root`` and return it.
+def nifti_case_name(names: list[str]) -> str:
+    """``<case>`` from BraTS file names ``<case>_<modality>.nii[.gz]``; one case per upload."""
+    cases = {Path(name).name.rpartition("_")[0] for name in names}
+    if len(cases) != 1 or "" in cases:
+        found = ", ".join(sorted(cases - {""})) or "none"
+        raise DataError(f"upload: NIfTI files must be named <case>_<modality>.nii.gz for one case (cases: {found})")
+    return cases.pop()
 
-    The folder is named after the content, so uploading the same files again finds the same
-    folder (and the cached prediction). Only the base name of each upload is used.
+
+def save_uploads(files: list[tuple[str, bytes]], root: Path) -> Path:
+    """Write uploaded files into a case folder under ``root`` and return it.
+
+    Either TIF slices (with their masks) or the NIfTI volumes of one BraTS case, named as in the
+    data (``<case>_<modality>.nii.gz``, the seg file for a truth). The folder is named after the
+    content, so uploading the same files again finds the same folder (and the cached
+    prediction). Only the base name of each upload is used.
     """
-    tifs = [(os.path.basename(name), data) for name, data in files if Path(name).suffix.lower() in (".tif", ".tiff")]
-    if not any(is_image_tif(Path(name)) for name, _ in tifs):
-        raise DataError("upload: no .tif image slices (only masks or other files)")
+    uploads = [(os.path.basename(name), data) for name, data in files]
+    tifs = [(name, data) for name, data in uploads if Path(name).suffix.lower() in (".tif", ".tiff")]
+    volumes = [(name, data) for name, data in uploads if is_nifti(Path(name))]
+    if tifs and volumes:
+        raise DataError("upload: TIF slices and NIfTI volumes together; upload the files of one case")
+    if volumes:
+        kept, case = volumes, nifti_case_name([name for name, _ in volumes])
+    elif any(is_image_tif(Path(name)) for name, _ in tifs):
+        kept, case = tifs, upload_case_name([name for name, _ in tifs])
+    else:
+        raise DataError("upload: no .tif image slices or .nii.gz volumes (only masks or other files)")
     digest = hashlib.sha256()
-    for name, data in sorted(tifs):
+    for name, data in sorted(kept):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    folder = root / digest.hexdigest()[:16] / upload_case_name([name for name, _ in tifs])
+    folder = root / digest.hexdigest()[:16] / case
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in tifs:
+    for name, data in kept:
         (folder / name).write_bytes(data)
     return folder
