@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast ui app bench bench-ceiling bench-pipeline clean-venv
+.PHONY: setup repro test test-fast ui app bench bench-ceiling bench-pipeline gpu-kit clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench-ceiling: setup
 
 bench-pipeline: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.pipeline
+
+# The kit for a lent GPU machine (gpu/README.md): wheels and the real LGG slices in carry/gpu.
+gpu-kit: setup
+	test -d /tmp/lgg/kaggle_3m || $(BIN)/python ../shared/lgg/restore.py /tmp/lgg
+	$(BIN)/python -m gpu.pack --lgg /tmp/lgg/kaggle_3m
 
 clean-venv:
 	rm -rf $(VENV)

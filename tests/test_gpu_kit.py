@@ -1,0 +1,96 @@
+"""The GPU kit (gpu/): pack, unpack and the seed-protocol runner, on small data the test builds."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `gpu` lives at the repository root, beside src/
+
+from gpu import pack, seed_protocol, unpack  # noqa: E402
+from glioseg.cli import DATA_STAGES  # noqa: E402
+from glioseg.data.lgg import list_pairs, read_image, read_mask  # noqa: E402
+from glioseg.data.synthetic import generate_lgg  # noqa: E402
+from glioseg.errors import GliosegError  # noqa: E402
+from glioseg.transforms import preprocess_pipeline  # noqa: E402
+from tests.conftest import TINY_PARAMS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+    """Synthetic kaggle_3m (3 patients x 8 slices, 64 px) plus a slice whose one-pixel tumour (odd row and
+    column) nearest-neighbour halving drops."""
+    root = tmp_path_factory.mktemp("lgg") / "kaggle_3m"
+    generate_lgg(root, patients=3, slices=8, size=64, seed=0)
+    patient = sorted(p.name for p in root.iterdir())[0]
+    image = np.full((64, 64, 3), 90, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[31, 31] = 255
+    tifffile.imwrite(root / patient / f"{patient}_9.tif", image, photometric="rgb")
+    tifffile.imwrite(root / patient / f"{patient}_9_mask.tif", mask, photometric="minisblack")
+    return root, f"{patient}_9"
+
+
+def test_the_lock_pins_every_package_the_machine_lacks(tmp_path):
+    pins = pack.pinned_versions(REPO / "requirements.lock")
+    assert list(pins) == list(pack.MISSING_PACKAGES)
+    assert pins["segmentation_models_pytorch"] == "0.6.0" and pins["albumentations"] == "2.0.8"
+    command = pack.download_command(pins, tmp_path)
+    assert command[command.index("--python-version") + 1] == "3.12" and "--only-binary=:all:" in command
+    assert "pydantic_core==" + pins["pydantic_core"] in command
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("albumentations==2.0.8\n")
+    with pytest.raises(GliosegError, match="no pinned version for segmentation_models_pytorch"):
+        pack.pinned_versions(lock)
+
+
+def test_packed_slices_unpack_to_the_pixels_the_cache_stage_stores(kaggle, tmp_path):
+    root, one_pixel_slice = kaggle
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"augment": {"image_size": 32}, "clean": {"min_mean_intensity": 2.0}}))
+    assert pack.main(["--lgg", str(root), "--out", str(tmp_path / "kit"), "--params", str(params), "--no-wheels"]) == 0
+    manifest = json.loads((tmp_path / "kit" / "manifest.json").read_text())["lgg"]
+    original = list_pairs(root)
+    dark = [Path(p).stem for p in original["image"] if read_image(p).mean() < 2.0]
+    assert dark and manifest["left_out_as_dark_at_full_size"] == dark  # the synthetic set has dark end slices
+    assert manifest["slices"] == 3 * 8 + 1 - len(dark) and manifest["patients"] == 3
+    assert manifest["slices_whose_tumour_vanishes_at_this_size"] == [one_pixel_slice]
+    assert manifest["kept_but_dark_at_this_size"] == []
+    assert unpack.unpack_lgg(tmp_path / "kit" / "lgg.zip", tmp_path / "out") == manifest["slices"]
+    resize = preprocess_pipeline(32)
+    kept = original[~original["image"].map(lambda p: Path(p).stem).isin(dark)]
+    unpacked = list_pairs(tmp_path / "out")
+    assert len(unpacked) == len(kept)
+    for before, after in zip(kept.itertuples(), unpacked.itertuples()):
+        expected = resize(image=read_image(before.image), mask=read_mask(before.mask))
+        np.testing.assert_array_equal(read_image(after.image), expected["image"])
+        np.testing.assert_array_equal(read_mask(after.mask), expected["mask"])
+        assert tifffile.imread(after.mask).max() in (0, 255)  # Kaggle's 0/255 masks
+
+
+def test_lossy_encodings_and_empty_kits_are_one_line_errors(tmp_path, capsys):
+    noisy = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    with pytest.raises(GliosegError, match="did not decode to the same pixels"):
+        pack.encode_lossless(noisy, ".jpg")
+    assert unpack.main([str(tmp_path / "empty.zip"), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: ") and not (tmp_path / "out").exists()
+    assert pack.main(["--lgg", str(tmp_path / "none"), "--out", str(tmp_path / "kit"), "--no-wheels"]) == 1
+    assert not (tmp_path / "kit").exists()
+
+
+def test_the_seed_protocol_runner_trains_and_evaluates_from_a_kaggle_folder(kaggle, tmp_path):
+    root, _ = kaggle
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({**TINY_PARAMS, "augment": {"image_size": 32}}))  # JSON is YAML
+    out = tmp_path / "result.json"
+    assert seed_protocol.main(["--params", str(params), "--data", str(root), "--epochs", "1", "--device", "cpu",
+                               "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["data_stages"]) == list(DATA_STAGES) and result["epochs"] == 1
+    assert result["device"] == "cpu" and result["cuda_max_allocated_mib"] is None
+    assert len(result["epoch_seconds"]) == 1 and result["training_seconds"] > 0 and result["train_slices"] > 0
+    assert 0.0 <= result["test"]["dice_patient_mean"] <= 1.0 and result["train"]["patients"] >= 1
