@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# glioseg's GPU checks, on the lent GPU machine (gpu/README.md). Here first:
-#   python ../shared/lgg/restore.py /tmp/lgg && .venv/bin/python -m gpu.pack --lgg /tmp/lgg/kaggle_3m
+# glioseg's GPU checks, on the lent GPU machine (gpu/README.md). Here first: make gpu-kit
 # then one device call from the repository root, carrying carry/gpu:
 #   bash gpu/run.sh            # results under $OUT: nvidia-smi.txt, pytest-cuda.txt, bench-gpu.json, seed-protocol.json
 set -euo pipefail
