@@ -10,8 +10,7 @@ package registry, and one call carries at most 64 MiB. This writes into a git-ig
 - ``lgg.zip``: the LGG slices resized to the seed protocol's size by the pipeline's own
   preprocess step (images INTER_AREA, masks INTER_NEAREST: what the cache stage stores), as
   ``<patient>/<slice>.webp`` (lossless) and ``<slice>_mask.png``, each checked to decode to the
-  same pixels, stored uncompressed in one zip (48 MiB at 128 px for the 85 shared patients,
-  against 140 MiB of raw pixels);
+  same pixels, stored uncompressed in one zip;
 - ``manifest.json``: counts, sizes, versions, and the slices whose tumour vanishes at that size
   (their diagnosis label would differ from the full-size pipeline's).
 

@@ -15,7 +15,7 @@ import io
 import os
 import tempfile
 import zipfile
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,7 +28,7 @@ from glioseg import paths
 from glioseg.data import brats
 from glioseg.data.lgg import read_mask
 from glioseg.errors import DataError
-from glioseg.metrics import Counts, Regions, confusion, dice
+from glioseg.metrics import Regions, dice, region_confusion
 from glioseg.model import LGG_CARD, LoadedModel, load_model
 from glioseg.predict import (
     Predictor,
@@ -180,21 +180,22 @@ def predict_nifti_case(loaded: LoadedModel, case: Case, device: str) -> CaseResu
                       tuple(int(value) for value in brats.source_labels(params.label_map)))
 
 
-def counts_in_region(prediction: np.ndarray, truth: np.ndarray, members: tuple[int, ...]) -> Counts:
-    """tp/fp/fn/tn of one region: the pixels whose class label is in ``members``."""
-    return confusion(np.isin(prediction, members), np.isin(truth, members))
+def region_counts(result: CaseResult) -> np.ndarray:
+    """(slices, regions, 4) tp/fp/fn/tn of every slice and evaluation region (:func:`metrics.region_confusion`).
+
+    A slice without truth is counted against an empty one, so its tp + fp is still its predicted area.
+    """
+    return np.stack([region_confusion(p[None], (np.zeros_like(p) if t is None else t)[None], result.regions)[0]
+                     for p, t in zip(result.predictions, result.truths)])
 
 
-def slice_dice(prediction: np.ndarray, truth: np.ndarray | None, members: tuple[int, ...] = (1,)) -> float | None:
-    """Dice of one region (class labels ``members``) with the project's empty-mask rule (both empty: 1); None without truth."""
-    return None if truth is None else float(dice(counts_in_region(prediction, truth, members)))
-
-
-def case_dice(result: CaseResult, members: tuple[int, ...] = (1,)) -> float | None:
-    """A region's Dice pooled over the slices that have truth (the case as one volume); None without truth."""
-    counts = [astuple(counts_in_region(p, t, members)) for p, t in zip(result.predictions, result.truths)
-              if t is not None]
-    return float(dice(np.sum(counts, axis=0))) if counts else None
+def case_dice(result: CaseResult, region: str | None = None) -> float | None:
+    """A region's Dice (default: the first) pooled over the slices that have truth; None without truth."""
+    with_truth = [t is not None for t in result.truths]
+    if not any(with_truth):
+        return None
+    index = list(result.regions).index(region) if region is not None else 0
+    return float(dice(region_counts(result)[with_truth, index].sum(axis=0)))
 
 
 def column(result: CaseResult, region: str, quantity: str) -> str:
@@ -203,14 +204,16 @@ def column(result: CaseResult, region: str, quantity: str) -> str:
 
 
 def slice_table(result: CaseResult) -> pd.DataFrame:
-    """Per slice and region: predicted and true area (pixels) and Dice."""
+    """Per slice and region: predicted and true area (pixels) and Dice (the project's empty-mask rule)."""
+    counts, with_truth = region_counts(result), np.array([t is not None for t in result.truths])
     table = {"slice": result.slices}
-    for region, members in result.regions.items():
-        table[column(result, region, "predicted_pixels")] = [np.isin(p, members).sum() for p in result.predictions]
+    for index, region in enumerate(result.regions):
+        tp, fp, fn = (counts[:, index, k] for k in range(3))
+        table[column(result, region, "predicted_pixels")] = tp + fp
         table[column(result, region, "truth_pixels")] = pd.array(
-            [None if t is None else np.isin(t, members).sum() for t in result.truths], dtype="Int64")
-        table[column(result, region, "dice")] = [slice_dice(p, t, members)
-                                                 for p, t in zip(result.predictions, result.truths)]
+            [int(n) if known else None for n, known in zip(tp + fn, with_truth)], dtype="Int64")
+        table[column(result, region, "dice")] = [float(score) if known else None
+                                                 for score, known in zip(dice(counts[:, index]), with_truth)]
     return pd.DataFrame(table)
 
 
@@ -224,11 +227,11 @@ def as_text(value) -> str:
 def area_summary(result: CaseResult, table: pd.DataFrame, index: int) -> pd.DataFrame:
     """The numbers shown beside slice ``index``: per region its area, truth area and Dice, and the case's."""
     row, values, labels = table.iloc[index], [], []
-    for region, members in result.regions.items():
+    for region in result.regions:
         predicted, truth, slice_score = (column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice"))
         case_truth = table[truth].sum() if result.has_truth else None
         values += [[row[predicted], row[truth], row[slice_score]],
-                   [table[predicted].sum(), case_truth, case_dice(result, members)]]
+                   [table[predicted].sum(), case_truth, case_dice(result, region)]]
         suffix = "" if len(result.regions) == 1 else f" · {region.replace('_', ' ')}"
         labels += [f"slice {index + 1}{suffix}", f"case{suffix}"]
     summary = pd.DataFrame(values, index=labels, columns=["tumour area (px)", "truth area (px)", "Dice"], dtype=object)
