@@ -55,16 +55,14 @@ def confusion_per_item(pred: MaskLike, truth: MaskLike) -> np.ndarray:
     pred, truth = _as_bool(pred), _as_bool(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    return _counts_by_item(pred, truth, np.stack).astype(np.int64)
+
+
+def _counts_by_item(pred, truth, stack):
+    """tp, fp, fn, tn of boolean masks (numpy arrays or torch tensors), summed over all axes but the first."""
     pixel_axes = tuple(range(1, pred.ndim))
-    return np.stack(
-        [
-            (pred & truth).sum(pixel_axes),
-            (pred & ~truth).sum(pixel_axes),
-            (~pred & truth).sum(pixel_axes),
-            (~pred & ~truth).sum(pixel_axes),
-        ],
-        axis=-1,
-    ).astype(np.int64)
+    return stack([(pred & truth).sum(pixel_axes), (pred & ~truth).sum(pixel_axes),
+                  (~pred & truth).sum(pixel_axes), (~pred & ~truth).sum(pixel_axes)], -1)
 
 
 def confusion(pred: MaskLike, truth: MaskLike) -> Counts:
@@ -155,7 +153,6 @@ def region_confusion_tensor(pred: torch.Tensor, truth: torch.Tensor, regions: Re
     """
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from truth shape {tuple(truth.shape)}")
-    pixel_axes = tuple(range(1, pred.ndim))
 
     def in_region(labels: torch.Tensor, members: tuple[int, ...]) -> torch.Tensor:
         inside = torch.zeros_like(labels, dtype=torch.bool)
@@ -163,11 +160,8 @@ def region_confusion_tensor(pred: torch.Tensor, truth: torch.Tensor, regions: Re
             inside |= labels == member
         return inside
 
-    per_region = []
-    for members in regions.values():
-        p, t = in_region(pred, members), in_region(truth, members)
-        per_region.append(torch.stack([(p & t).sum(pixel_axes), (p & ~t).sum(pixel_axes),
-                                       (~p & t).sum(pixel_axes), (~p & ~t).sum(pixel_axes)], dim=-1))
+    per_region = [_counts_by_item(in_region(pred, members), in_region(truth, members), torch.stack)
+                  for members in regions.values()]
     return torch.stack(per_region, dim=1).to(torch.int64)
 
 
