@@ -10,6 +10,7 @@ region of the model (LGG: tumour; BraTS: whole tumour, tumour core, enhancing tu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -97,6 +98,16 @@ class CaseResult:
     def has_truth(self) -> bool:
         return any(truth is not None for truth in self.truths)
 
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        """(slices, regions, 4) tp/fp/fn/tn of every slice and region (:func:`metrics.region_confusion`).
+
+        A slice without truth is counted against an empty one, so its tp + fp is still its
+        predicted area. Computed once per result: the page's table and case Dice both read it.
+        """
+        return np.stack([region_confusion(p[None], (np.zeros_like(p) if t is None else t)[None], self.regions)[0]
+                         for p, t in zip(self.predictions, self.truths)])
+
 
 def default_data_folder(loaded: LoadedModel) -> Path:
     """Where the pipeline keeps the raw cases of the model's dataset: the viewer's folder without ``--data``."""
@@ -180,22 +191,13 @@ def predict_nifti_case(loaded: LoadedModel, case: Case, device: str) -> CaseResu
                       tuple(int(value) for value in brats.source_labels(params.label_map)))
 
 
-def region_counts(result: CaseResult) -> np.ndarray:
-    """(slices, regions, 4) tp/fp/fn/tn of every slice and evaluation region (:func:`metrics.region_confusion`).
-
-    A slice without truth is counted against an empty one, so its tp + fp is still its predicted area.
-    """
-    return np.stack([region_confusion(p[None], (np.zeros_like(p) if t is None else t)[None], result.regions)[0]
-                     for p, t in zip(result.predictions, result.truths)])
-
-
 def case_dice(result: CaseResult, region: str | None = None) -> float | None:
     """A region's Dice (default: the first) pooled over the slices that have truth; None without truth."""
     with_truth = [t is not None for t in result.truths]
     if not any(with_truth):
         return None
     index = list(result.regions).index(region) if region is not None else 0
-    return float(dice(region_counts(result)[with_truth, index].sum(axis=0)))
+    return float(dice(result.counts[with_truth, index].sum(axis=0)))
 
 
 def column(result: CaseResult, region: str, quantity: str) -> str:
@@ -205,7 +207,7 @@ def column(result: CaseResult, region: str, quantity: str) -> str:
 
 def slice_table(result: CaseResult) -> pd.DataFrame:
     """Per slice and region: predicted and true area (pixels) and Dice (the project's empty-mask rule)."""
-    counts, with_truth = region_counts(result), np.array([t is not None for t in result.truths])
+    counts, with_truth = result.counts, np.array([t is not None for t in result.truths])
     table = {"slice": result.slices}
     for index, region in enumerate(result.regions):
         tp, fp, fn = (counts[:, index, k] for k in range(3))

@@ -35,8 +35,14 @@ def cached_model(spec: str, version: str) -> LoadedModel:
 
 @st.cache_data(show_spinner="Predicting the case…", max_entries=8)
 def cached_prediction(_loaded, _case, spec: str, version: str, device: str, folder: str, fingerprint: str):
-    """Keyed by the model and the case's files; the model and case objects (underscored) are not hashed."""
-    return logic.predict_case(_loaded, _case, device)
+    """Keyed by the model and the case's files; the model and case objects (underscored) are not hashed.
+
+    The per-region counts are computed here, so they are cached with the prediction rather than
+    recomputed on every slider move.
+    """
+    result = logic.predict_case(_loaded, _case, device)
+    _ = result.counts  # an assignment: a bare expression would be written to the page (Streamlit magic)
+    return result
 
 
 @st.cache_data(max_entries=8)
