@@ -31,7 +31,7 @@ class Strict(BaseModel):
 
 class SyntheticParams(Strict):
     patients: int = Field(10, ge=1)
-    slices: int = Field(20, ge=4, description="slices per patient volume")
+    slices: int = Field(16, ge=4, description="slices per patient volume")
     size: int = Field(256, ge=32)
     seed: int = Field(0, ge=0)
 
@@ -129,7 +129,7 @@ class SplitParams(Strict):
 
 
 class AugmentParams(Strict):
-    image_size: int = Field(128, ge=32)
+    image_size: int = Field(64, ge=32)
     enabled: bool = True
     hflip: float = Field(0.5, ge=0, le=1)
     vflip: float = Field(0.5, ge=0, le=1)
@@ -146,7 +146,7 @@ class AugmentParams(Strict):
 class ModelParams(Strict):
     encoder: str = "resnet18"
     encoder_depth: int = Field(5, ge=3, le=5)
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
     encoder_weights: str | None = None
     norm: Literal["batch", "group"] = Field(
         "batch", description="group: GroupNorm instead of BatchNorm (batch-independent; torchrun on CPU)"
@@ -167,18 +167,12 @@ class ModelParams(Strict):
 class WeightMapParams(Strict):
     w0: float = Field(10.0, ge=0)
     sigma: float = Field(5.0, gt=0)
-    class_balance: bool = True
+    class_balance: bool = False
 
 
 class TrainParams(Strict):
-    threshold: float = Field(0.3, ge=0, le=1)
-    tta: bool = Field(False, description="predict (evaluate, predict, viewer) as the mean over the four flips "
-                      "of each slice; stored in the model file")
-    postprocess: Literal["none", "largest_component"] = Field(
-        "none", description="largest_component keeps only the largest connected tumour of each case "
-        "(evaluate, predict, viewer); stored in the model file"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """What a training run learns and keeps: tracked by train and sweep, part of the resume fingerprint."""
+
     amp: bool = Field(True, description="mixed precision: bf16 (fp16) autocast on CUDA; bf16 autocast for "
                       "training on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere")
     clip_grad_norm: float | None = Field(
@@ -196,9 +190,28 @@ class TrainParams(Strict):
         "constant", description="learning rate per optimiser step: constant lr, or cosine decay from lr to lr/100"
     )
     weight_map: WeightMapParams = WeightMapParams()
-    overlay_every: int = Field(10, ge=1, description="log validation overlays every N epochs")
-    overlay_slices: int = Field(4, ge=1)
+
+
+Postprocess = Literal["none", "largest_component"]
+
+
+class InferenceParams(Strict):
+    """How a trained model predicts: tracked by the evaluation stages only, carried by the model file as defaults."""
+
+    threshold: float = Field(0.3, ge=0, le=1, description="sigmoid probability above which a pixel is tumour (LGG)")
+    tta: bool = Field(False, description="predict as the mean over the four flips of each slice")
+    postprocess: Postprocess = Field(
+        "none", description="largest_component keeps only the largest connected tumour of each case"
+    )
+
+
+class RunParams(Strict):
+    """How a run executes, not what it learns or predicts: tracked by no stage, never a reason to retrain."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    overlay_every: int = Field(5, ge=1, description="log validation overlays every N epochs")
+    overlay_slices: int = Field(4, ge=1)
 
 
 class SweepRun(Strict):
@@ -216,9 +229,9 @@ LGG_CHANNELS = 3
 class Params(Strict):
     seed: int = Field(42, ge=0)
     dataset: Dataset = "lgg"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     loss: LossName = "combined"
-    epochs: int = Field(50, ge=1)
+    epochs: int = Field(16, ge=1)
     batch_size: int = Field(10, ge=1)
     data: DataParams = DataParams()
     clean: CleanParams = CleanParams()
@@ -226,7 +239,14 @@ class Params(Strict):
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
-    sweeps: dict[str, SweepRun] = {}
+    inference: InferenceParams = InferenceParams()
+    run: RunParams = RunParams()
+    sweeps: dict[str, SweepRun] = {
+        "wbce": SweepRun(loss="wbce"),
+        "dice": SweepRun(loss="dice"),
+        "lr_5e-4": SweepRun(loss="combined", lr=5e-4, epochs=22),
+        "lr_5e-3": SweepRun(loss="combined", lr=5e-3),
+    }
 
     @model_validator(mode="after")
     def _model_fits_dataset(self) -> Params:
@@ -265,6 +285,10 @@ class Params(Strict):
             raise ConfigError(f"params.yaml: unknown sweep 'sweeps.{name}' (known: {', '.join(self.sweeps)})")
         overrides = {k: v for k, v in self.sweeps[name].model_dump().items() if v is not None}
         return self.model_copy(update=overrides)
+
+    def training(self) -> dict[str, Any]:
+        """The params that change what a run learns (all but inference, run and the sweeps' definitions)."""
+        return self.model_dump(mode="json", exclude={"inference", "run", "sweeps"})
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, as MLflow params want them."""

@@ -11,9 +11,11 @@ from glioseg.errors import ConfigError
 from glioseg.transforms import BatchAugment
 
 
-def select_device(choice: str = "auto") -> torch.device:
+def select_device(choice: str = "auto", setting: str = "run.device") -> torch.device:
+    """The torch device for ``choice``; ``setting`` names where the choice came from, for the error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("params.yaml: key 'train.device': 'cuda' requested but no CUDA device is available")
+        where = f"params.yaml: key '{setting}'" if "." in setting else setting
+        raise ConfigError(f"{where}: 'cuda' requested but no CUDA device is available")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)

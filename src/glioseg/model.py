@@ -1,7 +1,7 @@
 """The smp U-Net factory and checkpoint files that carry everything predict needs.
 
 A checkpoint holds only tensors and plain data (state dict, model params, the serialized
-albumentations pipelines, the threshold, the data card: dataset, evaluation regions and for
+albumentations pipelines, the inference settings of its training run, the data card: dataset, evaluation regions and for
 BraTS how cases are read), so it loads with ``torch.load(weights_only=True)``:
 no unpickling of arbitrary objects from user files.
 """
@@ -18,7 +18,7 @@ import segmentation_models_pytorch as smp
 import torch
 from pydantic import ValidationError
 
-from glioseg.config import BratsParams, ModelParams
+from glioseg.config import BratsParams, InferenceParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 
@@ -77,11 +77,9 @@ class LoadedModel:
     model: torch.nn.Module
     params: ModelParams
     pipelines: dict[str, Any]
-    threshold: float
+    inference: InferenceParams  # the training run's settings: defaults for predict and the viewer
     meta: dict[str, Any]
     data_card: dict[str, Any]
-    tta: bool = False  # flip test-time augmentation (train.tta of the run)
-    postprocess: str = "none"  # train.postprocess of the run
 
     @property
     def dataset(self) -> str:
@@ -102,31 +100,34 @@ class LoadedModel:
 
 
 def model_payload(
-    model: torch.nn.Module, params: ModelParams, pipelines: dict, threshold: float, data_card: dict,
-    tta: bool = False, postprocess: str = "none", **meta
+    model: torch.nn.Module, params: ModelParams, pipelines: dict, inference: InferenceParams, data_card: dict, **meta
 ) -> dict:
     return {
         # A copy: on the CPU .cpu() returns the live tensor, and a best-epoch payload would follow training.
         "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "model_params": params.model_dump(),
         "pipelines": pipelines,
-        "threshold": threshold,
-        "tta": tta,
-        "postprocess": postprocess,
+        "inference": inference.model_dump(mode="json"),
         "data_card": data_card,
         "meta": meta,
     }
+
+
+def stored_inference(payload: dict[str, Any]) -> InferenceParams:
+    """The model file's inference settings; files from before the ``inference`` group keep them at the top level."""
+    stored = payload.get("inference") or {k: payload[k] for k in InferenceParams.model_fields if k in payload}
+    return InferenceParams.model_validate(stored)
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
     payload = read_checkpoint(path)
     try:
         params = ModelParams.model_validate(payload["model_params"])
+        inference = stored_inference(payload)
         model = build_model(params)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, ValidationError, RuntimeError) as exc:
         raise DataError(f"{path}: checkpoint does not match a glioseg U-Net ({type(exc).__name__})") from None
     model.eval()
-    return LoadedModel(model, params, payload["pipelines"], float(payload["threshold"]), payload.get("meta", {}),
-                       payload.get("data_card", LGG_CARD), bool(payload.get("tta", False)),
-                       str(payload.get("postprocess", "none")))
+    return LoadedModel(model, params, payload["pipelines"], inference, payload.get("meta", {}),
+                       payload.get("data_card", LGG_CARD))

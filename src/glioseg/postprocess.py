@@ -3,19 +3,16 @@
 Applied to a whole case (an LGG patient's slices stacked in slice order, a BraTS volume), so a
 false-positive speck on a slice far from the tumour is removed while the tumour, connected
 across slices, stays. Evaluate, predict and the viewer apply the model file's setting
-(``train.postprocess`` of its run) alike; validation during training does not.
+(``inference.postprocess``) alike; validation during training does not.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from scipy import ndimage
 
+from glioseg.config import Postprocess
 from glioseg.data.cache import volume_indices
-
-Postprocess = Literal["none", "largest_component"]
 
 
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:

@@ -44,6 +44,10 @@ EpochCallback = Callable[[int, dict[str, float], torch.nn.Module], None]
 
 CURVE_METRICS = ("loss", "dice", "iou", "dice_positive_slice")
 
+# Training and validation curves (and so the best epoch) label pixels at probability 0.5, not at
+# inference.threshold: what a run learns and keeps must not depend on an inference setting.
+VALIDATION_THRESHOLD = 0.5
+
 
 @dataclass
 class TrainOutcome:
@@ -119,12 +123,12 @@ class Trainer:
         self.params = params
         self.pipelines = pipelines
         self.fingerprint = fingerprint
-        self.world = distributed.init(select_device(params.train.device))
+        self.world = distributed.init(select_device(params.run.device, "run.device"))
         self.device = self.world.device
         self.precision = autocast_dtype(self.device, params.train.amp, cpu=True)
         seed_everything(params.seed)
-        if params.train.threads:
-            torch.set_num_threads(params.train.threads)
+        if params.run.threads:
+            torch.set_num_threads(params.run.threads)
         self.augment = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["train"])
         self.train_data = DeviceArrays.from_arrays(train, self.device)
         self.val_data = DeviceArrays.from_arrays(val, self.device)
@@ -233,7 +237,7 @@ class Trainer:
 
     def confusion(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """(B, R, 4) counts per slice and evaluation region of a batch's predictions, on the device."""
-        predicted = labels_from_logits(logits, self.params.train.threshold)
+        predicted = labels_from_logits(logits, VALIDATION_THRESHOLD)
         return region_confusion_tensor(predicted, masks[:, 0], self.regions)
 
     def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None) -> TrainOutcome:
@@ -270,6 +274,6 @@ class Trainer:
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:
-        return model_payload(self.model, self.params.model, self.pipelines, self.params.train.threshold,
-                             self.params.data_card(), self.params.train.tta, self.params.train.postprocess, **meta)
+        return model_payload(self.model, self.params.model, self.pipelines, self.params.inference,
+                             self.params.data_card(), **meta)
 

@@ -78,6 +78,11 @@ def pipelines_from_dict(serialized: dict[str, Any], source: str = "augment.json"
     return {name: A.from_dict(data) for name, data in serialized.items()}
 
 
+def eval_normaliser(pipelines: dict[str, Any]) -> BatchAugment:
+    """The serialized eval pipeline's normalisation as a batched transform: what every prediction applies."""
+    return BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["eval"])
+
+
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device`` without making the host wait for the device.
 
