@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.loops import bce_dice
 from benchmarks.machine import load_average, machine_info, write_report
-from glioseg.config import Params, load_params
+from glioseg.config import Params, compose_params, parse_params
 from glioseg.errors import GliosegError
 from glioseg.inference import cpu_has_native_bf16
 from glioseg.model import build_model
@@ -221,12 +221,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = parse_params(compose_params(args.params))
     except GliosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
+    if params.run.threads:
+        torch.set_num_threads(params.run.threads)
     native_bf16 = cpu_has_native_bf16()
     variants = available_variants(native_bf16, args.compile)
     load_start = load_average()
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(params, variants, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                       profiled_steps=args.profiled_steps, log=log)
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.ceiling " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(torch.device("cpu"), load_start),
         "native_bf16": native_bf16,

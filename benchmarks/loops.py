@@ -89,9 +89,9 @@ class Session:
     def __init__(self, params: dict[str, Any]):
         self.rss_start = rss_mib()  # torch, smp and glioseg imported (torch alone is ~0.5 GiB)
         self.config: Params = parse_params(params)
-        self.device = select_device(self.config.train.device)
-        if self.config.train.threads:  # as the Trainer does, so both loops get the same threads
-            torch.set_num_threads(self.config.train.threads)
+        self.device = select_device(self.config.run.device)
+        if self.config.run.threads:  # as the Trainer does, so both loops get the same threads
+            torch.set_num_threads(self.config.run.threads)
         self.batch_size = self.config.batch_size
         self.warmup_steps = 0
         self.rounds: list[tuple[int, int, float]] = []  # (steps, images, seconds) per timed round

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="glioseg-pipeline-") as tmp:
         figures = measure(REPO, Path(tmp), args.noop_repeats)
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.pipeline " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(torch.device("cpu"), load_start),
         **figures,

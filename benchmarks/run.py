@@ -6,7 +6,7 @@ each profile the data (synthetic by default: generate_lgg, 6 patients x 20 slice
 a temporary folder) are used twice, side by side:
 
 - naive: TIFs decoded per item, per-sample albumentations, DataLoader(num_workers=0), fp32;
-- glioseg: the array cache built once with ``glioseg.data.cache.build_cache``, saved as the
+- glioseg: the array cache built once with ``glioseg.data.build.build_cache``, saved as the
   pipeline's ``.npz`` and loaded back, then ``glioseg.train.Trainer.train_epoch()``.
 
 Each loop runs in its own spawned process (unless ``--no-isolate``), so its peak RSS is its own;
@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,9 @@ import torch
 
 from benchmarks.loops import SESSIONS, serve
 from benchmarks.machine import load_average, machine_info, write_report
-from glioseg.config import Params, load_params, parse_params
-from glioseg.data.cache import build_cache, load_cache, save_cache
+from glioseg.config import Params, compose_params, parse_params
+from glioseg.data.build import build_cache
+from glioseg.data.cache import load_cache, save_cache
 from glioseg.data.lgg import list_pairs, read_mask
 from glioseg.data.synthetic import generate_lgg
 from glioseg.errors import ConfigError, GliosegError
@@ -60,7 +61,7 @@ SEED_PROTOCOL = {
 class Profile:
     name: str
     description: str
-    overrides: dict[str, Any] = field(default_factory=dict)  # applied on top of the --params file
+    overrides: dict[str, Any] = field(default_factory=dict)  # composed on top of the --params profile
     steps: int = 10  # timed optimiser steps per loop...
     warmup: int = 1  # ...after this many untimed ones
     rounds: int = 3  # timed steps are split into this many rounds, the loops taking turns
@@ -93,20 +94,11 @@ PROFILE_SETS = {
 REAL_TRAIN_SLICES = 2193
 
 
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = deep_merge(merged[key], value) if nested else value
-    return merged
-
-
-def profile_params(profile: Profile, base: Params, device: str | None = None) -> Params:
-    raw = deep_merge(base.model_dump(mode="json"), profile.overrides)
+def profile_params(profile: Profile, base: Mapping[str, Any], device: str | None = None) -> Params:
+    """``base`` (the composed --params tree) with the benchmark profile's overrides and device composed on."""
     device = profile.device or device
-    if device is not None:
-        raw = deep_merge(raw, {"train": {"device": device}})
-    return parse_params(raw, f"benchmark profile '{profile.name}'")
+    overrides = [f"run.device={device}"] if device is not None else []
+    return parse_params(compose_params(base, profile.overrides, overrides=overrides))
 
 
 def selected_profiles(choice: str, cuda: bool) -> tuple[list[str], str | None]:
@@ -121,7 +113,8 @@ def selected_profiles(choice: str, cuda: bool) -> tuple[list[str], str | None]:
         return names, None
     if choice != "all":
         raise ConfigError(f"--profile {choice}: needs a CUDA device, and torch sees none")
-    return [name for name in names if name not in gpu], "no CUDA device: the GPU table (" + ", ".join(gpu) + ") is left out"
+    note = "no CUDA device: the GPU table (" + ", ".join(gpu) + ") is left out"
+    return [name for name in names if name not in gpu], note
 
 
 class Loop:
@@ -309,7 +302,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {result['profile']} | {LOOP_NAMES[key]} | {r['device_name']} | {r['torch']} | {r['image_size']} "
                 f"| {r['batch_size']} | {r['precision']}, {r['memory_format']} | {r['images']} ({r['steps']} x "
                 f"{r['batch_size']}) | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {per_round} | {speed} "
-                f"| {result['epoch_s_projected'][key]:.1f} | {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
+                f"| {result['epoch_s_projected'][key]:.1f} "
+                f"| {_fmt(r['peak_rss_mib'], 0)} (+{_fmt(r['peak_rss_over_start_mib'], 0)}) "
                 f"| {_fmt(r['cuda_max_allocated_mib'], 0)} |"
             )
     lines.append("")
@@ -342,8 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-slices", type=int, default=120,
                         help="use the first N slices of --data (synthetic gives 120)")
     parser.add_argument("--params", type=Path, default=Path("profiles/cpu-real.yaml"),
-                        help="the cpu profile's params, and the base the default profile's overrides go on "
-                        "(default: the real-data CPU profile; its data.source is not read)")
+                        help="a profile composed onto the defaults: the cpu profile's params, and the base the "
+                        "default profile's overrides go on (default: the real-data CPU profile; its data.source "
+                        "is not read)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
                         help="device of the default and cpu profiles (default cpu: the CPU table); "
                         "the gpu profiles always run on CUDA")
@@ -375,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
-    base = load_params(args.params)
+    base = compose_params(args.params)
     device = select_device(args.device)  # fail now if 'cuda' is not there
     names, note = selected_profiles(args.profile, torch.cuda.is_available())
     if any(PROFILES[name].device == "cuda" for name in names):
@@ -395,7 +390,7 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
             results.append(run_profile(profile, params, pairs, Path(tmp), steps=args.steps, warmup=args.warmup,
                                        rounds=args.rounds, isolate=args.isolate, log=log))
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(device, load_start),
         **({"note": note} if note else {}),

@@ -13,8 +13,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED="$ROOT/../shared"
 export PATH="$ROOT/.venv/bin:$PATH"
 
-# gate KIND SOURCE: params from ci/profile-KIND.yaml with data.source SOURCE, `dvc repro evaluate`,
-# then check metrics/test.json against ci/baseline-KIND.json with ci/floors-KIND.yaml (or ci/floors.yaml).
+# gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and
+# data.source SOURCE, `dvc repro evaluate`, then check metrics/test.json against ci/baseline-KIND.json
+# with ci/floors-KIND.yaml (or ci/floors.yaml).
 gate() {
     local kind=$1 source_path=$2 work start
     work=$(mktemp -d)
@@ -22,15 +23,9 @@ gate() {
     (
         cd "$work"
         git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm "ci snapshot"
-        profile="$ROOT/ci/profile-$kind.yaml"
-        [ -f "$profile" ] || profile="$ROOT/params.yaml"
-        python - "$profile" "$source_path" <<'PY'
-import sys, yaml
-params = yaml.safe_load(open(sys.argv[1]))
-params["data"]["source"] = sys.argv[2]
-yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
-PY
-        glioseg check-params params.yaml >/dev/null
+        profile=()
+        if [ -f "$ROOT/ci/profile-$kind.yaml" ]; then profile=("$ROOT/ci/profile-$kind.yaml"); fi
+        glioseg params "${profile[@]}" --set "data.source=$source_path" --out params.yaml
         start=$(date +%s)
         dvc repro evaluate
         echo "ci: $kind-data run took $(( $(date +%s) - start )) s"

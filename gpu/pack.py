@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.config import load_params
+from glioseg.config import compose_params, parse_params
 from glioseg.data.clean import mean_intensity
 from glioseg.data.lgg import list_pairs, read_image, read_mask
 from glioseg.errors import GliosegError
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
-            params = load_params(args.params)
+            params = parse_params(compose_params(args.params))
             lgg = pack_lgg(args.lgg, tmp / "lgg.zip", params.augment.image_size, params.clean.min_mean_intensity)
             manifest = {"params": str(args.params), "lgg": lgg, "lgg_mib": mib(tmp / "lgg.zip")}
             if args.wheels:

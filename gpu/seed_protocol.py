@@ -1,11 +1,12 @@
 """One seeded training on a GPU without DVC or MLflow: ``python -m gpu.seed_protocol``.
 
 The lent GPU machine has neither DVC nor MLflow. This runs what ``dvc repro evaluate`` runs for a
-params file, through the same functions: the data stages (``glioseg.steps``, in a scratch
-working folder), :class:`glioseg.train.Trainer` and :func:`glioseg.evaluate.evaluate`, and
-writes one JSON: data counts, device, seconds per epoch and in all, training images/s, CUDA
-peak memory, and the test and train metrics (``metrics/test.json``'s definitions).
-``--data`` replaces the params' ``data.source`` (an unpacked kit: gpu/unpack.py).
+params profile (composed onto the defaults, as ``glioseg params`` does), through the same
+functions: the data stages (``glioseg.steps``, in a scratch working folder),
+:class:`glioseg.train.Trainer` and :func:`glioseg.evaluate.evaluate`, and writes one JSON: data
+counts, device, seconds per epoch and in all, training images/s, CUDA peak memory, and the test
+and train metrics (``metrics/test.json``'s definitions). ``--data`` replaces the params'
+``data.source`` (an unpacked kit: gpu/unpack.py).
 """
 
 from __future__ import annotations
@@ -22,25 +23,26 @@ from typing import Any
 
 import torch
 
-from glioseg import paths, steps
-from glioseg.cli import DATA_STAGES
-from glioseg.config import load_params, parse_params
+from glioseg import paths
+from glioseg.config import compose_params, parse_params
 from glioseg.data.cache import load_cache
 from glioseg.errors import GliosegError
 from glioseg.evaluate import evaluate
 from glioseg.experiment import load_pipelines
 from glioseg.model import load_model, save_checkpoint
+from glioseg.runner import DATA_STAGES, stage_function
 from glioseg.train import Trainer
 
 
 def run(params_file: Path, data: Path, epochs: int | None, device: str | None, workdir: Path) -> dict[str, Any]:
-    raw = load_params(params_file).model_dump(mode="json")
-    raw["data"]["source"] = str(Path(data).resolve())
-    raw["epochs"] = epochs or raw["epochs"]
-    raw["train"]["device"] = device or raw["train"]["device"]
-    params = parse_params(raw, str(params_file))
+    given: dict[str, Any] = {"data": {"source": str(Path(data).resolve())}}
+    if epochs:
+        given["epochs"] = epochs
+    if device:
+        given["run"] = {"device": device}
+    params = parse_params(compose_params(params_file, given))
     with contextlib.chdir(workdir):
-        stages = {stage: getattr(steps, stage)(params) for stage in DATA_STAGES}
+        stages = {stage: stage_function(stage)(params) for stage in DATA_STAGES}
         arrays = load_cache(paths.CACHE)
         pipelines = load_pipelines()
     train, val = arrays.select("train"), arrays.select("val")
@@ -54,7 +56,7 @@ def run(params_file: Path, data: Path, epochs: int | None, device: str | None, w
     loaded = load_model(workdir / "model.pt")
     history = outcome.history
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "params": str(params_file),
         "device": str(trainer.device),
         "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
@@ -72,17 +74,18 @@ def run(params_file: Path, data: Path, epochs: int | None, device: str | None, w
                                    if trainer.device.type == "cuda" else None),
         "best_epoch": outcome.best_epoch,
         "history": history.to_dict("records"),
-        "test": evaluate(loaded, arrays.select("test"), params.train.device).summary,
-        "train": evaluate(loaded, train, params.train.device).summary,
+        "test": evaluate(loaded, arrays.select("test"), params.run.device).summary,
+        "train": evaluate(loaded, train, params.run.device).summary,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu.seed_protocol", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("profiles/seed-gpu.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("profiles/seed-gpu.yaml"),
+                        help="a profile: its differences from the defaults")
     parser.add_argument("--data", type=Path, required=True, help="a kaggle_3m folder")
     parser.add_argument("--epochs", type=int, default=None, help="instead of the params' epochs (smoke runs)")
-    parser.add_argument("--device", default=None, help="instead of the params' train.device")
+    parser.add_argument("--device", default=None, help="instead of the params' run.device")
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     args = parser.parse_args(argv)
     out = args.json.resolve()

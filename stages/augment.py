@@ -1,5 +1,6 @@
-"""DVC stage 'augment': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'augment' (glioseg.steps.augment): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import augment
 
-app(["stage", "augment"])
+main(augment.run)

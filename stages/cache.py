@@ -1,5 +1,6 @@
-"""DVC stage 'cache': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'cache' (glioseg.steps.cache): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import cache
 
-app(["stage", "cache"])
+main(cache.run)

@@ -1,5 +1,6 @@
-"""DVC stage 'clean': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'clean' (glioseg.steps.clean): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import clean
 
-app(["stage", "clean"])
+main(clean.run)

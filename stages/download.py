@@ -1,5 +1,6 @@
-"""DVC stage 'download': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'download' (glioseg.steps.download): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import download
 
-app(["stage", "download"])
+main(download.run)

@@ -1,5 +1,6 @@
-"""DVC stage 'evaluate': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'evaluate': validate params.yaml and score the main model on the test patients (glioseg.scoring)."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.scoring import evaluate_stage
 
-app(["stage", "evaluate"])
+main(evaluate_stage)

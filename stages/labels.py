@@ -1,5 +1,6 @@
-"""DVC stage 'labels': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'labels' (glioseg.steps.labels): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import labels
 
-app(["stage", "labels"])
+main(labels.run)

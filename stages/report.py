@@ -1,5 +1,6 @@
-"""DVC stage 'report': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'report': validate params.yaml and write reports/report.md (glioseg.report)."""
 
-from glioseg.cli import app
+from glioseg.report import report_stage
+from glioseg.runner import main
 
-app(["stage", "report"])
+main(report_stage)

@@ -1,5 +1,6 @@
-"""DVC stage 'split': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'split' (glioseg.steps.split): validate params.yaml and run the stage."""
 
-from glioseg.cli import app
+from glioseg.runner import main
+from glioseg.steps import split
 
-app(["stage", "split"])
+main(split.run)

@@ -1,5 +1,6 @@
-"""DVC stage 'train': validate params.yaml and run the stage (see `glioseg stage --help`)."""
+"""DVC stage 'train': validate params.yaml and train the main model (glioseg.experiment)."""
 
-from glioseg.cli import app
+from glioseg.experiment import train_stage
+from glioseg.runner import main
 
-app(["stage", "train"])
+main(train_stage)

@@ -13,7 +13,8 @@ TINY_PARAMS = {
     "batch_size": 4,
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "train": {"device": "cpu", "threads": 1},
+    "train": {},
+    "run": {"device": "cpu", "threads": 1},
 }
 
 

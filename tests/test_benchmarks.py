@@ -18,7 +18,7 @@ TINY = {
     "batch_size": 4,
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "train": {"device": "cpu", "threads": 1},
+    "run": {"device": "cpu", "threads": 1},
 }
 
 
@@ -85,14 +85,14 @@ def test_asking_for_the_gpu_table_without_cuda_is_one_line(tmp_path, capsys):
 
 def test_gpu_profiles_are_the_seed_protocol_at_batch_10_and_64_on_cuda():
     from benchmarks.run import PROFILES, SEED_PROTOCOL, profile_params
-    from glioseg.config import load_params
+    from glioseg.config import compose_params
 
-    base = load_params(REPO / "profiles/cpu-real.yaml")
+    base = compose_params(REPO / "profiles/cpu-real.yaml")
     for name, batch in (("gpu-10", 10), ("gpu-64", 64)):
         params = profile_params(PROFILES[name], base, device="cpu")
-        assert params.train.device == "cuda" and params.batch_size == batch
+        assert params.run.device == "cuda" and params.batch_size == batch
         assert params.augment.image_size == 128 and params.model.encoder == SEED_PROTOCOL["model"]["encoder"]
-    assert profile_params(PROFILES["cpu"], base, device="cpu").train.device == "cpu"
+    assert profile_params(PROFILES["cpu"], base, device="cpu").run.device == "cpu"
 
 
 def test_cli_writes_json(tmp_path, monkeypatch):

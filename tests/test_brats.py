@@ -76,7 +76,7 @@ def test_orientation_is_canonical_whatever_the_storage_order(cases, tmp_path):
     again = brats.read_case(moved, PARAMS)
     np.testing.assert_array_equal(again.images, reference.images)
     np.testing.assert_array_equal(again.labels, reference.labels)
-    assert brats.case_depth(moved, PARAMS) == 12
+    assert brats.validate_case(moved, PARAMS) == 12
 
 
 def test_slices_show_anterior_at_the_top():
@@ -111,7 +111,8 @@ def test_label_outside_the_map_is_an_error_naming_the_file(cases):
     data = np.asarray(image.dataobj).copy()
     data[0, 0, 0] = 3
     resave(seg, data, image.affine)
-    with pytest.raises(DataError, match=r"_seg\.nii\.gz: label value 3 is not in data.brats.label_map \(keys 0, 1, 2, 4\)"):
+    expected = r"_seg\.nii\.gz: label value 3 is not in data.brats.label_map \(keys 0, 1, 2, 4\)"
+    with pytest.raises(DataError, match=expected):
         brats.read_case(folder, PARAMS)
     with pytest.raises(DataError, match="label value 3"):
         brats.validate_case(folder, PARAMS)
@@ -154,7 +155,8 @@ def test_prediction_written_back_has_the_input_affine_shape_and_values(cases, tm
     folder = case(cases)
     reference = nib.load(volume_file(folder, "flair"))
     classes = brats.read_case(folder, PARAMS).labels
-    written = brats.write_label_volume(brats.source_labels(PARAMS.label_map)[classes], reference, tmp_path / "pred.nii.gz")
+    source_labels = brats.source_labels(PARAMS.label_map)[classes]
+    written = brats.write_label_volume(source_labels, reference, tmp_path / "pred.nii.gz")
     loaded = nib.load(tmp_path / "pred.nii.gz")
     assert loaded.shape == reference.shape and written.shape == reference.shape
     np.testing.assert_allclose(loaded.affine, reference.affine)

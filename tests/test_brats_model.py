@@ -7,13 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glioseg import paths, steps
+from glioseg import paths
 from glioseg.config import parse_params
 from glioseg.data.cache import load_cache
 from glioseg.evaluate import evaluate
 from glioseg.experiment import load_pipelines
 from glioseg.model import load_model, save_checkpoint
 from glioseg.predict import predict
+from glioseg.runner import DATA_STAGES, stage_function
 from glioseg.train import Trainer
 
 PARAMS = {
@@ -26,7 +27,7 @@ PARAMS = {
     "split": {"train": 0.5, "val": 0.25, "test": 0.25},
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
-    "train": {"device": "cpu", "threads": 1},
+    "run": {"device": "cpu", "threads": 1},
 }
 
 
@@ -37,8 +38,8 @@ def pipeline(tmp_path_factory):
     params = parse_params(PARAMS)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        for stage in ("download", "clean", "labels", "split", "cache", "augment"):
-            getattr(steps, stage)(params)
+        for stage in DATA_STAGES:
+            stage_function(stage)(params)
         arrays = load_cache(paths.CACHE)
         pipelines = load_pipelines()
         outcome = Trainer(params, arrays.select("train"), arrays.select("val"), pipelines, "f").fit(root / "ckpt")

@@ -24,7 +24,7 @@ TINY = {
     "batch_size": 2,
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "train": {"device": "cpu", "threads": 1},
+    "run": {"device": "cpu", "threads": 1},
 }
 
 

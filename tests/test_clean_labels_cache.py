@@ -8,7 +8,8 @@ import pytest
 import tifffile
 
 from glioseg.config import Params, parse_params
-from glioseg.data.cache import build_cache, load_cache, save_cache
+from glioseg.data.build import build_cache
+from glioseg.data.cache import load_cache, save_cache
 from glioseg.data.clean import find_dark, measure_slices
 from glioseg.data.labels import build_labels, count_components, summarise_labels
 from glioseg.errors import DataError

@@ -1,15 +1,20 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from glioseg.config import load_params, parse_params
+from glioseg.config import compose_params, load_params, params_yaml, parse_params, schema_defaults
 from glioseg.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = sorted([*REPO.glob("profiles/*.yaml"), *REPO.glob("ci/profile-*.yaml")])
 
 
 def test_defaults_validate():
     params = parse_params({})
-    assert params.lr == pytest.approx(1e-4)
+    assert params.lr == pytest.approx(1e-3)
     assert params.batch_size == 10
-    assert params.train.threshold == pytest.approx(0.3)
+    assert params.inference.threshold == pytest.approx(0.3)
 
 
 def test_dvc_written_float_string_is_coerced(tmp_path):
@@ -27,7 +32,7 @@ def test_dvc_written_float_string_is_coerced(tmp_path):
     [
         ({"loss": "focal"}, "'loss'"),
         ({"lr": -1}, "'lr'"),
-        ({"train": {"threshold": 1.5}}, "'train.threshold'"),
+        ({"inference": {"threshold": 1.5}}, "'inference.threshold'"),
         ({"augment": {"image_size": 100}}, "'augment.image_size'"),
         ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
         ({"model": {"encoder_depth": 4}}, "model.decoder_channels"),
@@ -61,7 +66,120 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_project_params_file_is_valid():
-    from pathlib import Path
-
-    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    params = load_params(REPO / "params.yaml")
     assert set(params.sweeps) == {"wbce", "dice", "lr_5e-4", "lr_5e-3"}
+
+
+def test_params_yaml_is_the_schema_defaults():
+    # Compared as read: params.yaml writes floats with a dot (0.0005), as YAML 1.1 reads 5e-4 as a string.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert raw == schema_defaults()
+    assert compose_params() == raw
+
+
+def test_composed_params_read_back_the_same():
+    tree = compose_params(REPO / "profiles/seed-gpu.yaml", overrides=["lr=5e-5"])
+    assert yaml.safe_load(params_yaml(tree)) == tree
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_profile_composes_and_validates(profile):
+    tree = compose_params(profile)
+    assert parse_params(tree) == load_params(profile)
+    assert set(tree) == set(schema_defaults())
+
+
+def _keys(tree: dict, prefix: tuple = ()) -> list[tuple]:
+    """Every key path of a nested mapping, outer keys first."""
+    paths = []
+    for key, value in tree.items():
+        paths.append((*prefix, key))
+        if isinstance(value, dict):
+            paths += _keys(value, (*prefix, key))
+    return paths
+
+
+def _without(tree: dict, path: tuple) -> dict:
+    if len(path) == 1:
+        return {key: value for key, value in tree.items() if key != path[0]}
+    return {**tree, path[0]: _without(tree[path[0]], path[1:])}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_profile_holds_only_differences_from_the_defaults(profile):
+    """Leaving out any one key of a profile changes what it composes to: it repeats no default."""
+    overlay = yaml.safe_load(profile.read_text())
+    composed = compose_params(overlay)
+    for path in _keys(overlay):
+        try:
+            changed = compose_params(_without(overlay, path)) != composed
+        except ConfigError:
+            changed = True
+        assert changed, f"{profile.name}: '{'.'.join(map(str, path))}' repeats the default"
+
+
+def test_overlays_apply_in_order_and_set_wins(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("epochs: 3\ntrain:\n  keep: last\n  weight_map: {w0: 2.0}\n")
+    second.write_text("epochs: 4\ntrain:\n  weight_map: {sigma: 1.5}\n")
+    tree = compose_params(first, second, overrides=["epochs=9", "lr=5e-5", "data.source=/data/kaggle_3m"])
+    assert tree["epochs"] == 9 and tree["lr"] == 5e-5 and tree["data"]["source"] == "/data/kaggle_3m"
+    assert tree["train"]["keep"] == "last"  # sections merge key by key
+    assert tree["train"]["weight_map"] == {"w0": 2.0, "sigma": 1.5, "class_balance": False}
+    assert compose_params(second, first)["epochs"] == 3
+
+
+def test_a_profiles_sweeps_replace_the_defaults_and_set_changes_one_entry():
+    tree = compose_params({"sweeps": {"fast": {"lr": 0.01}}}, overrides=["sweeps.fast.epochs=2"])
+    assert tree["sweeps"] == {"fast": {"lr": 0.01, "epochs": 2}}
+    assert compose_params({"sweeps": {}})["sweeps"] == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("train:\n  threshold: 0.5\n", [], "{profile}: unknown key 'train.threshold'"),
+        ("inference:\n  threshold: 1.5\n", [], "{profile}: key 'inference.threshold': Input should be less "
+         "than or equal to 1 (got 1.5)"),
+        ("sweeps:\n  fast: {lrr: 0.1}\n", [], "{profile}: unknown key 'sweeps.fast.lrr'"),
+        ("[1, 2]\n", [], "{profile}: expected a mapping of params at the top level"),
+        ("epochs: 3\n", ["train.tresh=0.5"], "--set train.tresh=0.5: unknown key 'train.tresh'"),
+        ("epochs: 3\n", ["epochs"], "--set epochs: expected key=value, e.g. --set lr=0.0005"),
+        ("epochs: 3\n", ["split.train=0.5"], "--set split.train=0.5: key 'split': split.train + split.val + "
+         "split.test must be 1, got 0.78"),
+    ],
+)
+def test_composition_errors_name_the_profile_or_set_item_and_the_key(tmp_path, text, overrides, message):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        compose_params(profile, overrides=overrides)
+    assert str(info.value) == message.format(profile=profile)
+
+
+def test_cli_writes_the_composed_params_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    out = tmp_path / "params.yaml"
+    args = ["params", str(REPO / "profiles/cpu-real.yaml"), "--set", "data.source=/data/kaggle_3m", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load(out.read_text())
+    assert written == compose_params(REPO / "profiles/cpu-real.yaml", overrides=["data.source=/data/kaggle_3m"])
+    assert out.read_text().startswith("# Written by `glioseg params ")
+    assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]
+
+
+def test_cli_reports_a_bad_profile_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("train:\n  device: cuda\n")
+    result = CliRunner().invoke(app, ["params", str(profile), "--out", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {profile}: unknown key 'train.device'"
+    assert not (tmp_path / "params.yaml").exists()

@@ -94,24 +94,25 @@ def test_two_gloo_ranks_train_the_model_of_one_process(tmp_path, monkeypatch):
     assert [r["resumed_from"] for r in results] == [1, 1]
 
 
-def test_under_torchrun_only_rank_0_evaluates(monkeypatch, tmp_path):
-    from glioseg import experiment
+@pytest.mark.parametrize("stage", ["evaluate", "sweep_evaluate"])
+def test_under_torchrun_only_rank_0_evaluates(monkeypatch, tmp_path, stage):
+    from glioseg import scoring
 
     monkeypatch.chdir(tmp_path)  # nothing to evaluate here: a rank that tried would fail on the missing model
     monkeypatch.setenv("RANK", "1")
-    assert experiment.evaluate_stage(parse_params(TINY_PARAMS)) == {"rank": 1}
+    params = parse_params({**TINY_PARAMS, "sweeps": {"dice": {"loss": "dice"}}})
+    if stage == "evaluate":
+        assert scoring.evaluate_stage(params) == {"rank": 1}
+    else:
+        assert scoring.sweep_evaluate_stage(params, "dice") == {"rank": 1}
     assert not any(tmp_path.iterdir())
 
 
-def test_a_sweep_rank_other_than_0_trains_its_share_and_leaves_evaluation_to_rank_0(monkeypatch, tmp_path):
+def test_a_sweep_rank_other_than_0_trains_its_share_and_writes_nothing(monkeypatch, tmp_path):
     from glioseg import experiment
-
-    def evaluate_run(*args, **kwargs):
-        raise AssertionError("only rank 0 evaluates")
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(experiment, "train_run", lambda config, run_name, out_dir, tags: {"rank": 1})
-    monkeypatch.setattr(experiment, "evaluate_run", evaluate_run)
     params = parse_params({**TINY_PARAMS, "sweeps": {"dice": {"loss": "dice"}}})
-    assert experiment.sweep_run(params, "dice") == {"rank": 1}
+    assert experiment.sweep_train_stage(params, "dice") == {"rank": 1}
     assert not any(tmp_path.iterdir())

@@ -1,9 +1,9 @@
 import numpy as np
 
-from glioseg.experiment import overlay_rows
-from glioseg.steps import preview
-from glioseg.transforms import build_pipelines
 from glioseg.config import AugmentParams
+from glioseg.experiment import overlay_rows
+from glioseg.steps.augment import preview
+from glioseg.transforms import build_pipelines
 from tests.conftest import square_slices
 
 

@@ -1,13 +1,14 @@
-"""Flip test-time augmentation: averaged probabilities, and the setting carried by the model file."""
+"""Flip test-time augmentation (the Predictor's): averaged probabilities, and the setting carried by the model file."""
 
 import numpy as np
 import pytest
 import torch
 
-from glioseg.config import parse_params
+from glioseg.config import InferenceParams, parse_params
 from glioseg.evaluate import predict_masks
-from glioseg.inference import flip_averaged_logits, labels_from_logits
+from glioseg.inference import labels_from_logits
 from glioseg.model import load_model
+from glioseg.predictor import FLIPS, Predictor, flip_averaged_logits
 from glioseg.train import Trainer
 from tests.conftest import TINY_PARAMS
 
@@ -46,10 +47,38 @@ def test_flip_average_of_softmax_output_keeps_an_equivariant_prediction():
 @pytest.mark.parametrize("tta", [False, True])
 def test_tta_setting_travels_with_the_model(tta, tiny_data, tmp_path):
     train, val, pipelines = tiny_data
-    params = parse_params({**TINY_PARAMS, "epochs": 1, "train": {**TINY_PARAMS["train"], "tta": tta}})
+    params = parse_params({**TINY_PARAMS, "epochs": 1, "inference": {"tta": tta}})
     outcome = Trainer(params, train, val, pipelines, fingerprint="f").fit(tmp_path / "ckpt")
     torch.save(outcome.best, tmp_path / "model.pt")
     loaded = load_model(tmp_path / "model.pt")
-    assert loaded.tta is tta
+    assert loaded.inference.tta is tta
     predictions = predict_masks(loaded, val, device="cpu")
     assert predictions.shape == val.masks.shape and set(np.unique(predictions)) <= {0, 1}
+    # the file's setting is the default; a setting given to the Predictor wins
+    assert Predictor(loaded, "cpu").inference.tta is tta
+    assert Predictor(loaded, "cpu", InferenceParams(tta=not tta)).inference.tta is (not tta)
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        self.calls = 0
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.conv(batch)
+
+
+def test_predictor_runs_the_flips_only_with_tta(tiny_data):
+    """TTA costs one forward per flip; without it the model runs once per batch, as training's predict_labels."""
+    from glioseg.config import ModelParams
+    from glioseg.model import LGG_CARD, LoadedModel
+
+    _, val, pipelines = tiny_data
+    for tta, calls in ((False, 1), (True, len(FLIPS))):
+        model = CountingModel()
+        loaded = LoadedModel(model, ModelParams(in_channels=3, classes=1), pipelines, InferenceParams(tta=tta), {},
+                             LGG_CARD)
+        labels = Predictor(loaded, "cpu").labels(val.images)
+        assert labels.shape == val.masks.shape and model.calls == calls

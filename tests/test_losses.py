@@ -10,7 +10,6 @@ from glioseg.losses import (
     SegmentationLoss,
     border_distance_sum,
     border_weights,
-    class_balance_weights,
     class_frequency_weights,
     multiclass_soft_dice_loss,
     soft_dice_loss,
@@ -81,7 +80,7 @@ def test_border_distance_sum_fewer_than_two_regions_is_inf_and_weights_zero(mask
     np.testing.assert_array_equal(border_weights(result, w0=10.0, sigma=5.0), 0.0)
 
 
-# --- border_weights / class_balance_weights / weight_map -------------------------------------
+# --- border_weights / class_frequency_weights / weight_map -------------------------------------
 
 
 def test_border_weights_numpy_and_torch_agree_with_formula():
@@ -93,21 +92,21 @@ def test_border_weights_numpy_and_torch_agree_with_formula():
     np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
 
 
-def test_class_balance_weights_quarter_positive():
-    w_negative, w_positive = class_balance_weights(0.25)
+def test_class_frequency_weights_quarter_positive():
+    w_negative, w_positive = class_frequency_weights([0.75, 0.25])
     assert w_negative == pytest.approx(2 / 3)
     assert w_positive == pytest.approx(2.0)
     assert w_negative * 0.75 + w_positive * 0.25 == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0])
-def test_class_balance_weights_single_class_is_unweighted(fraction):
-    assert class_balance_weights(fraction) == (1.0, 1.0)
+def test_class_frequency_weights_single_class_is_unweighted(fraction):
+    assert class_frequency_weights([1.0 - fraction, fraction]) == (1.0, 1.0)
 
 
-def test_class_balance_weights_rejects_out_of_range():
-    with pytest.raises(ValueError, match="within"):
-        class_balance_weights(1.5)
+def test_class_frequency_weights_rejects_out_of_range():
+    with pytest.raises(ValueError, match="must lie in"):
+        class_frequency_weights([-0.5, 1.5])
 
 
 def test_weight_map_adds_class_and_border_terms():
@@ -253,7 +252,6 @@ def test_class_frequency_weights_balance_every_class():
     assert weights == pytest.approx((2 / 3, 4 / 3, 4 / 3))
     assert sum(w * f for w, f in zip(weights, [0.5, 0.25, 0.25])) == pytest.approx(1.0)
     assert class_frequency_weights([1.0, 0.0, 0.0]) == (1.0, 1.0, 1.0)
-    assert class_balance_weights(0.25) == pytest.approx((2 / 3, 2.0))
 
 
 def test_multiclass_cross_entropy_of_uniform_logits_is_log_c():

@@ -8,9 +8,7 @@ import torch
 
 from glioseg import metrics
 from glioseg.metrics import (
-    Counts,
     accuracy,
-    confusion,
     confusion_per_item,
     dice,
     hausdorff95,
@@ -20,6 +18,15 @@ from glioseg.metrics import (
     specificity,
     summarise,
 )
+
+
+def Counts(tp, fp, fn, tn):  # noqa: N802 - reads as the (tp, fp, fn, tn) record it builds
+    return np.array([tp, fp, fn, tn])
+
+
+def confusion(pred, truth):
+    """Counts of one prediction over all its pixels."""
+    return metrics.confusion_per_item(np.asarray(pred)[None], np.asarray(truth)[None])[0]
 
 
 def masks(truth_pixels, pred_pixels, shape=(4, 4)):
@@ -37,15 +44,15 @@ def masks(truth_pixels, pred_pixels, shape=(4, 4)):
 def test_confusion_counts_known_masks():
     # Truth 4 px, prediction 2 px, both inside the truth: tp 2, fp 0, fn 2, tn 16 - 4 = 12.
     pred, truth = masks([(0, 0), (0, 1), (1, 0), (1, 1)], [(0, 0), (0, 1)])
-    assert confusion(pred, truth) == Counts(tp=2, fp=0, fn=2, tn=12)
+    np.testing.assert_array_equal(confusion(pred, truth), Counts(tp=2, fp=0, fn=2, tn=12))
 
 
 def test_confusion_accepts_tensors_and_any_nonzero_as_positive():
     pred = torch.tensor([[True, False], [True, False]])
     truth = torch.tensor([[255, 255], [0, 0]], dtype=torch.uint8)
-    counts = confusion(pred, truth)
-    assert counts == Counts(tp=1, fp=1, fn=1, tn=1)
-    assert all(type(value) is int for value in (counts.tp, counts.fp, counts.fn, counts.tn))
+    counts = metrics.confusion_per_item(pred[None], truth[None])[0]
+    np.testing.assert_array_equal(counts, Counts(tp=1, fp=1, fn=1, tn=1))
+    assert counts.dtype == np.int64
 
 
 def test_confusion_per_item_sums_all_but_first_axis():
@@ -246,10 +253,91 @@ def test_hausdorff95_ignores_a_rare_outlier():
 
 
 def test_hausdorff95_empty_masks():
+    # The raw distance: undefined (inf) when one mask is empty; means use penalised_hausdorff95.
     empty, full = np.zeros((4, 4, 4), dtype=bool), np.ones((4, 4, 4), dtype=bool)
     assert hausdorff95(empty, empty) == 0.0
     assert hausdorff95(empty, full) == math.inf
     assert hausdorff95(full, empty) == math.inf
+
+
+def test_hausdorff95_squares_apart_by_a_known_distance():
+    # Two 2x2 squares, columns 2-3 (truth) and 12-13 (prediction): every pixel is on the surface;
+    # from each square two pixels are 9 from the other, two are 10. Sorted [9]*4 + [10]*4: the
+    # 95th percentile (position 6.65) is 10.
+    truth, pred = np.zeros((6, 16), dtype=bool), np.zeros((6, 16), dtype=bool)
+    truth[2:4, 2:4] = True
+    pred[2:4, 12:14] = True
+    assert hausdorff95(pred, truth) == pytest.approx(10.0)
+    assert metrics.penalised_hausdorff95(pred, truth) == (pytest.approx(10.0), metrics.HD95_DEFINED)
+
+
+def test_hd95_penalty_is_the_grid_diagonal():
+    assert metrics.hd95_penalty((2, 3, 6)) == pytest.approx(7.0)  # sqrt(4 + 9 + 36)
+    assert metrics.hd95_penalty((2, 3, 6), spacing=(3.0, 1.0, 1.0)) == pytest.approx(9.0)  # sqrt(36 + 9 + 36)
+    assert metrics.hd95_penalty((3, 4), spacing=2.0) == pytest.approx(10.0)
+
+
+def one_voxel(shape, voxel) -> np.ndarray:
+    volume = np.zeros(shape, dtype=bool)
+    volume[voxel] = True
+    return volume
+
+
+def test_penalised_hausdorff95_of_a_missed_tumour_is_the_grid_diagonal():
+    truth, empty = one_voxel((2, 3, 6), (1, 1, 1)), np.zeros((2, 3, 6), dtype=bool)
+    assert metrics.hd95_status(empty, truth) == metrics.HD95_MISSED_TUMOUR
+    value, status = metrics.penalised_hausdorff95(empty, truth)
+    assert (value, status) == (pytest.approx(7.0), "missed_tumour")
+    spaced, _ = metrics.penalised_hausdorff95(empty, truth, spacing=(3.0, 1.0, 1.0))
+    assert spaced == pytest.approx(9.0)
+
+
+def test_penalised_hausdorff95_of_a_false_positive_on_an_empty_case_is_the_grid_diagonal():
+    pred, empty = one_voxel((2, 3, 6), (0, 2, 5)), np.zeros((2, 3, 6), dtype=bool)
+    assert metrics.penalised_hausdorff95(pred, empty) == (pytest.approx(7.0), "false_positive")
+    assert metrics.penalised_hausdorff95(torch.from_numpy(pred), torch.from_numpy(empty))[1] == "false_positive"
+
+
+def test_penalised_hausdorff95_both_empty_is_zero_and_defined_is_the_distance():
+    empty = np.zeros((2, 3, 6), dtype=bool)
+    assert metrics.penalised_hausdorff95(empty, empty) == (0.0, "both_empty")
+    # Single voxels at (0, 0, 0) and (1, 2, 2): sqrt(1 + 4 + 4) = 3 apart.
+    truth, pred = one_voxel((2, 3, 6), (0, 0, 0)), one_voxel((2, 3, 6), (1, 2, 2))
+    assert metrics.penalised_hausdorff95(pred, truth) == (pytest.approx(3.0), "defined")
+
+
+def test_the_penalty_exceeds_any_defined_hd95_on_the_grid():
+    # Opposite corners are as far apart as two voxels of the grid can be: sqrt(1 + 4 + 25) < 7.
+    far = metrics.hausdorff95(one_voxel((2, 3, 6), (0, 0, 0)), one_voxel((2, 3, 6), (1, 2, 5)))
+    assert far == pytest.approx(math.sqrt(30)) and far < metrics.hd95_penalty((2, 3, 6))
+
+
+def test_hd95_status_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.penalised_hausdorff95(np.zeros((2, 2)), np.ones((2, 3)))
+
+
+def test_summarise_hd95_counts_every_case_and_says_which_were_penalised():
+    values = [3.0, 0.0, 7.0, 7.0, 2.0]
+    statuses = ["defined", "both_empty", "missed_tumour", "false_positive", "defined"]
+    summary = metrics.summarise_hd95(values, statuses)
+    assert summary == {
+        "hd95_patient_mean": pytest.approx(19 / 5),
+        "hd95_defined_mean": pytest.approx(5 / 3),
+        "hd95_defined_patients": 3,
+        "hd95_missed_tumour": 1,
+        "hd95_false_positive": 1,
+    }
+    assert all(type(summary[key]) is int for key in metrics.HD95_COUNT_KEYS)
+
+
+def test_summarise_hd95_leaves_out_means_over_nothing_and_refuses_inf():
+    assert metrics.summarise_hd95([7.0], ["missed_tumour"]) == {
+        "hd95_patient_mean": 7.0, "hd95_defined_patients": 0, "hd95_missed_tumour": 1, "hd95_false_positive": 0}
+    assert metrics.summarise_hd95([], []) == {
+        "hd95_defined_patients": 0, "hd95_missed_tumour": 0, "hd95_false_positive": 0}
+    with pytest.raises(ValueError, match="finite"):
+        metrics.summarise_hd95([math.inf], ["missed_tumour"])
 
 
 BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glioseg.config import compose_params
+
 PROJECT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore"]
 pytestmark = pytest.mark.slow
@@ -33,7 +35,7 @@ TINY = {
     "data": {"source": "synthetic", "synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "train": {"overlay_every": 1, "overlay_slices": 2, "threads": 1},
+    "run": {"overlay_every": 1, "overlay_slices": 2, "threads": 1},
     "sweeps": {
         "wbce": {"loss": "wbce"},
         "dice": {"loss": "dice"},
@@ -43,13 +45,8 @@ TINY = {
 
 
 def tiny_params() -> dict:
-    """The project's params.yaml (DVC needs every key it tracks) with the tiny overrides merged in."""
-
-    def merge(base: dict, update: dict) -> dict:
-        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) and k != "sweeps" else v
-                           for k, v in update.items()}}
-
-    return merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY)
+    """A full params file (DVC needs every key it tracks): the defaults with TINY composed on."""
+    return compose_params(TINY)
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -120,6 +117,60 @@ def test_repro_writes_every_output(project):
 
 def test_second_repro_does_nothing(project):
     assert "up to date" in project["second"].stdout.lower() or "didn't change" in project["second"].stdout
+
+
+def changed_stages(root: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout or "{}"))
+
+
+SWEEPS = sorted(TINY["sweeps"])
+
+
+@pytest.mark.parametrize(("module", "expected"), [
+    ("data/sources.py", {"download"}),
+    ("data/clean.py", {"clean"}),
+    ("data/labels.py", {"labels"}),
+    ("data/split.py", {"split"}),
+    ("data/build.py", {"cache"}),
+    ("steps/augment.py", {"augment"}),
+    ("train.py", {"train", *(f"sweep_train@{name}" for name in SWEEPS)}),
+    ("postprocess.py", {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}),
+    ("report.py", {"report"}),
+])
+def test_editing_a_module_changes_exactly_the_stages_that_import_it(project, module, expected):
+    root, env = project["root"], project["env"]
+    path = root / "src/glioseg" / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited\n")
+        assert changed_stages(root, env) == expected
+    finally:
+        path.write_bytes(original)
+    assert changed_stages(root, env) == set()
+
+
+def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(project):
+    root, env = project["root"], project["env"]
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    try:
+        params["run"] = {**params["run"], "overlay_every": 7, "threads": 2}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(root, env) == set()
+        params["inference"] = {**params["inference"], "tta": True}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(root, env) == {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+        output = run(["dvc", "repro"], root, env).stdout
+        ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+        assert ran == {"evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+        metrics = json.loads((root / "metrics/test.json").read_text())
+        assert metrics["test"]["protocol"]["inference"]["tta"] is True
+    finally:
+        params_file.write_text(original)
+        run(["dvc", "repro"], root, env)
+    assert changed_stages(root, env) == set()
 
 
 def test_report_tables_name_their_runs(project):

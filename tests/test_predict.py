@@ -6,11 +6,12 @@ import pytest
 import tifffile
 import torch
 
+from glioseg.config import InferenceParams
 from glioseg.data.cache import SliceArrays
-from glioseg.errors import DataError
-from glioseg.evaluate import predict_masks
+from glioseg.errors import ConfigError, DataError
+from glioseg.evaluate import evaluate, predict_masks
 from glioseg.model import load_model
-from glioseg.predict import find_inputs, predict
+from glioseg.predict import find_inputs, inference_options, inference_settings, predict
 from glioseg.transforms import preprocess_pipeline
 
 
@@ -26,7 +27,7 @@ def postprocessing_model_file(model_file, tmp_path_factory):
     """The same weights with flip TTA and largest-component post-processing switched on."""
     payload = torch.load(model_file, weights_only=True)
     path = tmp_path_factory.mktemp("model-pp") / "model.pt"
-    torch.save(payload | {"tta": True, "postprocess": "largest_component"}, path)
+    torch.save(payload | {"inference": {**payload["inference"], "tta": True, "postprocess": "largest_component"}}, path)
     return path
 
 
@@ -66,17 +67,89 @@ def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model, pati
 
     # the same slices through the evaluation path (cache-style resize, model-size masks)
     loaded = load_model(model_file)
-    assert (loaded.tta, loaded.postprocess) == ((True, "largest_component") if model != "model_file" else (False, "none"))
-    resize = preprocess_pipeline(32)
-    images = np.stack([resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"]
-                       for n in (1, 2, 10)])
-    arrays = SliceArrays(images, np.zeros((3, 32, 32), np.uint8), np.zeros((3, 32, 32), np.float16),
-                         np.array(["p"] * 3), np.array([1, 2, 10]), np.array(["test"] * 3))
-    expected = predict_masks(loaded, arrays, "cpu")
+    settings = (loaded.inference.tta, loaded.inference.postprocess)
+    assert settings == ((True, "largest_component") if model != "model_file" else (False, "none"))
+    expected = predict_masks(loaded, cached_case(patient_folder), "cpu")
     for row, n in enumerate((1, 2, 10)):
         written = tifffile.imread(case / f"TCGA_XX_0001_20000101_{n}_mask.tif") > 0
         np.testing.assert_array_equal(written[::4, ::4], expected[row])
     assert table["model_pixels"].tolist() == [int(m.sum()) for m in expected]
+
+
+def cached_case(patient_folder) -> SliceArrays:
+    """The patient's slices as the cache stage stores them (model size), for the evaluation path."""
+    resize = preprocess_pipeline(32)
+    images = np.stack([resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"]
+                       for n in (1, 2, 10)])
+    return SliceArrays(images, np.zeros((3, 32, 32), np.uint8), np.zeros((3, 32, 32), np.float16),
+                       np.array(["p"] * 3), np.array([1, 2, 10]), np.array(["test"] * 3))
+
+
+def test_overridden_inference_settings_give_what_evaluate_gives_with_them(model_file, patient_folder, tmp_path):
+    """predict's overrides (TTA, post-processing, a threshold) = evaluate's labels at model size, same settings."""
+    loaded = load_model(model_file)
+    assert loaded.inference == InferenceParams()  # the file's: no TTA, no post-processing
+    arrays = cached_case(patient_folder)
+    for threshold in (0.05, 0.3):
+        settings = InferenceParams(threshold=threshold, tta=True, postprocess="largest_component")
+        table = predict(patient_folder, model_file, tmp_path / f"out-{threshold}", "cpu", settings)
+        expected = evaluate(loaded, arrays, "cpu", settings).predictions
+        for row, n in enumerate((1, 2, 10)):
+            written = tifffile.imread(tmp_path / f"out-{threshold}" / "TCGA_XX_0001_20000101"
+                                      / f"TCGA_XX_0001_20000101_{n}_mask.tif") > 0
+            np.testing.assert_array_equal(written[::4, ::4], expected[row])
+        assert table["model_pixels"].tolist() == [int(m.sum()) for m in expected]
+    # the settings differ from the file's: TTA and post-processing change the labels of this model
+    assert not np.array_equal(expected, predict_masks(loaded, arrays, "cpu", InferenceParams(threshold=0.3)))
+
+
+def test_options_replace_only_the_settings_they_give(postprocessing_model_file):
+    loaded = load_model(postprocessing_model_file)
+    assert inference_settings(loaded, None) == loaded.inference
+    assert inference_settings(loaded, {"threshold": 0.6}) == InferenceParams(
+        threshold=0.6, tta=True, postprocess="largest_component")
+    assert inference_settings(loaded, {"tta": False, "postprocess": None}).model_dump() == {
+        "threshold": 0.3, "tta": False, "postprocess": "largest_component"}
+    assert inference_settings(loaded, InferenceParams()) == InferenceParams()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"threshold": 1.5}, "--threshold: Input should be less than or equal to 1 (got 1.5)"),
+    ({"postprocess": "largest"}, "--postprocess: Input should be 'none' or 'largest_component' (got 'largest')"),
+    ({"smooth": True}, "--smooth: no such inference setting"),
+])
+def test_bad_inference_options_are_one_line_errors_naming_the_option(options, message):
+    with pytest.raises(ConfigError) as raised:
+        inference_options(**options)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_predict_command_overrides_the_model_files_settings(model_file, patient_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    base = ["predict", str(patient_folder), "--model", str(model_file), "--device", "cpu"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "cli"), "--threshold", "0.05", "--tta",
+                                 "--postprocess", "largest_component"])
+    assert result.exit_code == 0, result.output
+    settings = InferenceParams(threshold=0.05, tta=True, postprocess="largest_component")
+    expected = predict_masks(load_model(model_file), cached_case(patient_folder), "cpu", settings)
+    written = tifffile.imread(tmp_path / "cli" / "TCGA_XX_0001_20000101" / "TCGA_XX_0001_20000101_1_mask.tif") > 0
+    np.testing.assert_array_equal(written[::4, ::4], expected[0])
+
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--threshold", "1.5"])
+    assert bad.exit_code == 2 and "error: --threshold: Input should be less than or equal to 1" in bad.output
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--postprocess", "blur"])
+    assert bad.exit_code == 2 and "error: --postprocess: Input should be 'none' or 'largest_component'" in bad.output
+    bad = runner.invoke(app, [*base[:-1], "tpu", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "error: --device: expected one of auto, cpu, cuda (got 'tpu')" in bad.output
+    if not torch.cuda.is_available():
+        bad = runner.invoke(app, [*base[:-1], "cuda", "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and "error: --device: 'cuda' requested but no CUDA device" in bad.output
+        assert "params.yaml" not in bad.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):

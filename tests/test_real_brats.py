@@ -64,7 +64,8 @@ def test_the_2020_map_refuses_the_2015_label_3(tmp_path):
 def test_a_missing_modality_is_named(tmp_path):
     from glioseg.errors import DataError
 
-    params = parse_params({"dataset": "brats", "data": {"brats": {"modalities": ["t1", "flair"], "label_map": BRATS_2015}}})
+    brats_params = {"modalities": ["t1", "flair"], "label_map": BRATS_2015}
+    params = parse_params({"dataset": "brats", "data": {"brats": brats_params}})
     with pytest.raises(DataError, match=r"case BraTS2015_pat0001 has no t1 volume \(BraTS2015_pat0001_t1.nii.gz\)"):
         fetch_brats(str(SHARED_BRATS), tmp_path / "b", tmp_path / "m.csv", patients=1,
                     synthetic=params.data.synthetic, params=params.data.brats)
@@ -106,7 +107,8 @@ def test_the_viewer_reads_a_real_case_with_its_truth_per_region(fetched, params,
     torch.manual_seed(0)
     images = brats.read_case(folder, small.data.brats, with_labels=False).images[::10]
     payload = model_payload(build_model(small.model), small.model,
-                            pipelines_to_dict(build_pipelines(small.augment, images)), 0.5, small.data_card())
+                            pipelines_to_dict(build_pipelines(small.augment, images)), small.inference,
+                            small.data_card())
     save_checkpoint(tmp_path / "model.pt", payload)
     result = logic.predict_case(logic.load(str(tmp_path / "model.pt")), logic.load_case(folder), "cpu")
     assert len(result.slices) == 155 and result.predictions[0].shape == (240, 240)

@@ -125,7 +125,7 @@ def test_tumour_sizes_vary(volumes):
 
 
 def test_tumours_lie_on_a_contiguous_run_of_middle_slices(volumes):
-    for images, masks in volumes.values():
+    for _, masks in volumes.values():
         positive = np.flatnonzero(masks.reshape(SLICES, -1).any(axis=1))
         if positive.size == 0:
             continue

@@ -72,7 +72,7 @@ def test_best_model_round_trips_with_weights_only(tiny_params, tiny_data, tmp_pa
     outcome = fit(tiny_params, tiny_data, tmp_path)
     save_checkpoint(tmp_path / "model.pt", outcome.best)
     loaded = load_model(tmp_path / "model.pt")
-    assert loaded.threshold == pytest.approx(0.3)
+    assert loaded.inference.threshold == pytest.approx(0.3)
     assert set(loaded.pipelines) == {"preprocess", "train", "eval"}
     x = torch.zeros(1, 3, 32, 32)
     assert loaded.model(x).shape == (1, 1, 32, 32)
@@ -213,7 +213,7 @@ def test_a_cuda_epoch_synchronises_a_fixed_number_of_times_not_per_step(tiny_dat
     import warnings
 
     train, val, pipelines = tiny_data
-    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "device": "cuda", "clip_grad_norm": 1.0}})
+    params = parse_params({**TINY_PARAMS, "train": {"clip_grad_norm": 1.0}, "run": {"device": "cuda", "threads": 1}})
     trainer = Trainer(params, train, val, pipelines, fingerprint="f")
     trainer.train_epoch()  # warm-up: lazy CUDA initialisation synchronises too
     syncs = []

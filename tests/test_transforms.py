@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from glioseg.config import AugmentParams
+from glioseg.errors import DataError
 from glioseg.transforms import (
     BatchAugment,
     build_pipelines,
@@ -40,6 +41,41 @@ def test_disabled_augmentation_keeps_only_normalisation(images):
     pipelines = build_pipelines(AugmentParams(image_size=32, enabled=False), images)
     augment = BatchAugment.from_pipeline(pipelines["train"])
     assert (augment.hflip, augment.vflip, augment.rotate90) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (A.GaussianBlur(p=0.5), "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
+                                "batched training augmentation (supported: HorizontalFlip, VerticalFlip, "
+                                "RandomRotate90, Normalize)"),
+        (A.HorizontalFlip(p=0.5), "step HorizontalFlip appears twice"),
+    ],
+)
+def test_a_train_step_the_batched_augmentation_does_not_reproduce_is_refused(images, step, message):
+    pipeline = build_pipelines(AugmentParams(image_size=32), images)["train"]
+    extended = A.Compose([step, *pipeline.transforms])
+    # ... also after a round trip through augment.json, where an edited pipeline would come from
+    restored = pipelines_from_dict(pipelines_to_dict({"preprocess": extended, "train": extended, "eval": extended}))
+    for candidate in (extended, restored["train"]):
+        with pytest.raises(DataError) as raised:
+            BatchAugment.from_pipeline(candidate)
+        assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"max_pixel_value": 1.0}, "max_pixel_value=1.0"),
+        ({"normalization": "image"}, "normalization='image'"),
+        ({"p": 0.5}, "p=0.5"),
+    ],
+)
+def test_a_normalize_the_batched_augmentation_does_not_reproduce_is_refused(settings, named):
+    normalize = A.Normalize(**{"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2), "max_pixel_value": 255.0, **settings})
+    with pytest.raises(DataError, match=f"the train pipeline's Normalize has {named}; the batched training "
+                                        "augmentation reproduces only max_pixel_value=255.0"):
+        BatchAugment.from_pipeline(A.Compose([A.HorizontalFlip(p=0.5), normalize]))
 
 
 def test_batch_normalise_equals_albumentations(images):

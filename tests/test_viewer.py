@@ -254,7 +254,8 @@ class Page:
         self.find('[data-testid="stSelectbox"] input')[0].click()
         self.wait.until(lambda _: [o for o in self.find('[role="option"]') if o.text == name])
         next(o for o in self.find('[role="option"]') if o.text == name).click()
-        self.wait.until(lambda _: any(f"case {name} ·" in c.text for c in self.find('[data-testid="stCaptionContainer"]')))
+        captions = '[data-testid="stCaptionContainer"]'
+        self.wait.until(lambda _: any(f"case {name} ·" in c.text for c in self.find(captions)))
 
     def upload(self, files: list[Path]) -> None:
         next(label for label in self.find('[data-testid="stRadio"] label') if label.text == "upload").click()
@@ -322,7 +323,8 @@ def test_page_predicts_uploaded_slices_and_downloads_their_masks(model_file, cas
     browser.get(server)
     page.wait.until(lambda _: page.find('[data-testid="stRadio"] label'))
     page.upload(files)
-    page.wait.until(lambda _: any(f"case {name} · 3 slices" in c.text for c in page.find('[data-testid="stCaptionContainer"]')))
+    captions = '[data-testid="stCaptionContainer"]'
+    page.wait.until(lambda _: any(f"case {name} · 3 slices" in c.text for c in page.find(captions)))
     page.wait.until(lambda _: "Dice" in page.summary().get("case", {}))
 
     page.wait.until(lambda _: page.find('[data-testid="stDownloadButton"] button'))
@@ -340,7 +342,9 @@ BRATS_PARAMS = {
     "dataset": "brats",
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
-    "train": {"device": "cpu", "threads": 1},
+    "run": {"device": "cpu", "threads": 1},
+    # flip TTA and largest-component post-processing on, so the viewer = predict tests cover both
+    "inference": {"tta": True, "postprocess": "largest_component"},
 }
 BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
 
@@ -361,7 +365,8 @@ def brats_cases(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def brats_model(brats_cases, tmp_path_factory):
-    """An untrained BraTS U-Net saved as a glioseg checkpoint: predict and the viewer must agree on it all the same."""
+    """An untrained BraTS U-Net saved as a glioseg checkpoint (TTA and post-processing on): predict and the
+    viewer must agree on it all the same."""
     import torch
 
     from glioseg.config import parse_params
@@ -373,7 +378,7 @@ def brats_model(brats_cases, tmp_path_factory):
     images = brats.read_case(brats_cases / logic.list_cases(brats_cases)[0], params.data.brats).images
     torch.manual_seed(params.seed)
     payload = model_payload(build_model(params.model), params.model,
-                            pipelines_to_dict(build_pipelines(params.augment, images)), params.train.threshold,
+                            pipelines_to_dict(build_pipelines(params.augment, images)), params.inference,
                             params.data_card())
     path = tmp_path_factory.mktemp("brats-model") / "model.pt"
     save_checkpoint(path, payload)
@@ -447,6 +452,20 @@ def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_m
     np.testing.assert_allclose(downloaded.affine, written.affine)
     table = logic.slice_table(result)
     assert table["whole_tumour_truth_pixels"].sum() > 0  # the phantom has a tumour
+    # ... and what evaluate scores for the same case (input size = model size here), TTA and post-processing on
+    from scipy import ndimage
+
+    from glioseg.data.cache import SliceArrays
+    from glioseg.evaluate import predict_masks
+
+    loaded = logic.load(str(brats_model))
+    assert (loaded.inference.tta, loaded.inference.postprocess) == (True, "largest_component")
+    images = np.stack(result.images)
+    zeros = np.zeros(images.shape[:3], np.uint8)
+    arrays = SliceArrays(images, zeros, zeros.astype(np.float16), np.array([name] * len(images)),
+                         np.arange(len(images)), np.array(["test"] * len(images)))
+    np.testing.assert_array_equal(predict_masks(loaded, arrays, "cpu"), np.stack(result.predictions))
+    assert ndimage.label(np.stack(result.predictions) > 0)[1] <= 1  # one connected tumour kept per case
 
 
 def test_brats_case_without_its_seg_file_is_shown_without_truth(brats_model, brats_cases):

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from glioseg import runner
 from glioseg.errors import GliosegError
 
 app = typer.Typer(
@@ -25,20 +26,10 @@ app = typer.Typer(
 )
 
 
-class Stage(str, Enum):
-    download = "download"
-    clean = "clean"
-    labels = "labels"
-    split = "split"
-    cache = "cache"
-    augment = "augment"
-    train = "train"
-    evaluate = "evaluate"
-    sweep = "sweep"
-    report = "report"
+Stage = Enum("Stage", {name: name for name in runner.STAGE_FUNCTIONS}, type=str)
 
 
-DATA_STAGES = ("download", "clean", "labels", "split", "cache", "augment")
+MODEL_HELP = "model file, runs:/<run id> or models:/<name>/<version>"
 
 
 def user_errors(command):
@@ -56,37 +47,21 @@ def user_errors(command):
 
 
 def run_stage(stage: str, sweep: str | None = None, params_file: Path | None = None) -> dict:
-    """Load and validate params, run one pipeline stage, return its summary.
-
-    Modules are imported per stage: the data stages should not pay for importing MLflow.
-    """
-    from glioseg.config import load_params
-
-    params = load_params(params_file)
-    if stage in DATA_STAGES:
-        from glioseg import steps
-
-        return getattr(steps, stage)(params)
-    if stage == "report":
-        from glioseg.report import build_report
-
-        return {"report": str(build_report(params))}
-    from glioseg import experiment, paths
-
-    if stage == "train":
-        return experiment.train_run(params, "train", paths.MODELS)
-    if stage == "evaluate":
-        return experiment.evaluate_stage(params)
-    if not sweep:
-        raise GliosegError("the sweep stage needs a sweep name: glioseg stage sweep NAME")
-    return experiment.sweep_run(params, sweep)
+    """Validate params, run one pipeline stage (its function in ``runner.STAGE_FUNCTIONS``), return its summary."""
+    function = runner.stage_function(stage)
+    if stage in runner.SWEEP_STAGES:
+        if not sweep:
+            raise GliosegError(f"the {stage} stage needs a sweep name: glioseg stage {stage} NAME")
+        return runner.run(function, sweep, params_file=params_file)
+    return runner.run(function, params_file=params_file)
 
 
 @app.command()
 @user_errors
 def stage(
     name: Annotated[Stage, typer.Argument(help="the pipeline stage to run")],
-    sweep: Annotated[str | None, typer.Argument(help="for 'sweep': the name under `sweeps` in params.yaml")] = None,
+    sweep: Annotated[str | None, typer.Argument(help="for sweep_train and sweep_evaluate: the name under "
+                                                 "`sweeps` in params.yaml")] = None,
     params_file: Annotated[Path | None, typer.Option("--params", help="params file (default params.yaml)")] = None,
 ) -> None:
     """Run one pipeline stage (what `dvc repro` calls through stages/*.py)."""
@@ -101,6 +76,35 @@ def check_params(params_file: Annotated[Path, typer.Argument()] = Path("params.y
     from glioseg.config import load_params
 
     typer.echo(json.dumps(load_params(params_file).model_dump(), indent=2))
+
+
+@app.command("params")
+@user_errors
+def params_command(
+    profiles: Annotated[list[Path] | None, typer.Argument(
+        metavar="PROFILE...", help="profiles (differences from the defaults), applied in order",
+        show_default=False)] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="set one dotted key after the profiles; the value is YAML, "
+        "as in dvc exp run -S (repeatable)", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="write the file here (atomically) instead of printing it",
+                                             show_default=False)] = None,
+) -> None:
+    """Compose a full params file: the defaults, then each profile, then the --set values.
+
+    E.g. `glioseg params profiles/cpu-real.yaml --out params.yaml && dvc repro evaluate`.
+    """
+    from glioseg.config import compose_params, params_yaml
+    from glioseg.io import write_text
+
+    tree = compose_params(*(profiles or []), overrides=overrides or [])
+    command = " ".join(["glioseg params", *map(str, profiles or []), *(f"--set {item}" for item in overrides or [])])
+    text = f"# Written by `{command}`.\n" + params_yaml(tree)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text(out, text)
+        typer.echo(f"wrote {out}")
 
 
 @app.command("check-metrics")
@@ -142,20 +146,36 @@ def cv_summary_command(
 def predict_command(
     source: Annotated[Path, typer.Argument(help="a .tif slice, a kaggle_3m patient folder, or a folder of them")],
     out: Annotated[Path, typer.Option(help="output folder (created; replaced if it holds an earlier prediction)")],
-    model: Annotated[str, typer.Option(help="model file, runs:/<run id> or models:/<name>/<version>")] = "models/model.pt",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "models/model.pt",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    threshold: Annotated[float | None, typer.Option(
+        help="sigmoid probability above which a pixel is tumour (one-class models); default: the model file's",
+        show_default=False)] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="average the predictions of each slice's four flips; default: the model file's",
+        show_default=False)] = None,
+    postprocess: Annotated[str | None, typer.Option(
+        metavar="[none|largest_component]",
+        help="largest_component keeps only each case's largest connected tumour; default: the model file's",
+        show_default=False)] = None,
 ) -> None:
-    """Segment new scans: masks (<slice>_mask.tif), overlays and tumour areas (areas.csv, cases.csv)."""
-    from glioseg.predict import predict
+    """Segment new scans: masks (<slice>_mask.tif), overlays and tumour areas (areas.csv, cases.csv).
 
-    table = predict(source, model, out, device)
+    Threshold, TTA and post-processing are the model file's (its training run's) unless given.
+    """
+    from glioseg.inference import select_device
+    from glioseg.predict import DEVICE_OPTION, inference_options, predict
+
+    overrides = inference_options(threshold=threshold, tta=tta, postprocess=postprocess)
+    select_device(device, DEVICE_OPTION)  # a bad --device fails before any model is loaded
+    table = predict(source, model, out, device, overrides)
     typer.echo(f"{len(table)} slices, {int((table['tumour_pixels'] > 0).sum())} with tumour -> {out}")
 
 
 @app.command()
 @user_errors
 def serve(
-    model: Annotated[str, typer.Option(help="model file, runs:/<run id> or models:/<name>/<version>")] = "models/model.pt",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "models/model.pt",
     data: Annotated[Path | None, typer.Option(
         help="folder of cases to choose from [default: data/raw/kaggle_3m, or data/raw/brats for a BraTS model]",
         show_default=False)] = None,

@@ -20,7 +20,7 @@ import pandas as pd
 from glioseg import tracking
 from glioseg.errors import DataError
 
-RUN_SETTINGS = ("split.fold", "train.threads", "train.device", "train.overlay_every", "train.overlay_slices")
+RUN_SETTINGS = ("split.fold", "run.threads", "run.device", "run.overlay_every", "run.overlay_slices")
 HEADLINE = "metrics.test_dice_patient_mean"
 # Logged metric -> column; the per-patient ones also get the mean over all patients.
 FOLD_METRICS = {

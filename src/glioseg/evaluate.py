@@ -3,8 +3,9 @@
 Every table has a ``region`` column: LGG has the one region ``tumour``; BraTS models are scored
 on each of their regions (whole tumour, tumour core, enhancing tumour by default). With one
 region the summary holds its metrics; with several it holds their means, the ``regions``
-themselves and the seeds' one-hot pixel metrics. Overlays and best/worst ranks use the first
-region.
+themselves and the seeds' one-hot pixel metrics. Every summary carries its ``protocol``: how
+each mean aggregates, the empty-mask and HD95 rules, and the number of cases behind the means.
+Overlays and best/worst ranks use the first region.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import numpy as np
 import pandas as pd
 
 from glioseg import metrics
+from glioseg.config import InferenceParams
 from glioseg.data.cache import SliceArrays, volume_indices
-from glioseg.inference import predict_labels, select_device
 from glioseg.io import write_csv
 from glioseg.model import LoadedModel
-from glioseg.postprocess import postprocess_cases
-from glioseg.transforms import BatchAugment, pipelines_from_dict
+from glioseg.predictor import Predictor
 from glioseg.viz import overlay, overlay_grid, save_png
 
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
 
 
-COUNT_KEYS = ("slices", "positive_slices", "patients")
+# Integer counts of one region's cases: never averaged over regions.
+COUNT_KEYS = ("slices", "positive_slices", "patients", *metrics.HD95_COUNT_KEYS)
+HD95_GRID = ("per patient on the volume of its slices stacked in slice order (Z x H x W) at the model's "
+             "input size, one pixel per slice step and per in-plane pixel")
+REGION_MEAN = ("each region is scored as a binary mask; top-level values are the unweighted mean over "
+               "regions, per-region values and HD95 case counts are under 'regions'")
 
 
 @dataclass
@@ -47,13 +52,12 @@ class Evaluation:
         return table[table["region"] == self.first_region].reset_index(drop=True)
 
 
-def predict_masks(loaded: LoadedModel, arrays: SliceArrays, device: str = "auto") -> np.ndarray:
-    """Class labels (N,H,W) for cached slices, with the model's own eval pipeline and post-processing."""
-    normaliser = BatchAugment.from_pipeline(pipelines_from_dict(loaded.pipelines)["eval"])
-    target = select_device(device)
-    model = loaded.model.to(target)
-    labels = predict_labels(model, arrays.images, normaliser, target, loaded.threshold, tta=loaded.tta)
-    return postprocess_cases(labels, arrays.patient, arrays.slice, loaded.postprocess)
+def predict_masks(
+    loaded: LoadedModel, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
+) -> np.ndarray:
+    """Class labels (N,H,W) for cached slices, post-processed per case: the :class:`Predictor` path
+    that predict and the viewer take, with ``inference`` (None: the model file's settings)."""
+    return Predictor(loaded, device, inference).predict_arrays(arrays)
 
 
 def per_slice_table(arrays: SliceArrays, predictions: np.ndarray, regions: metrics.Regions) -> pd.DataFrame:
@@ -84,7 +88,11 @@ def patient_volumes(arrays: SliceArrays, predictions: np.ndarray, members: tuple
 def per_patient_table(
     per_slice: pd.DataFrame, arrays: SliceArrays, predictions: np.ndarray, regions: metrics.Regions
 ) -> pd.DataFrame:
-    """Counts summed per patient and region (Dice of the rebuilt volume) with the volume's HD95."""
+    """Counts summed per patient and region (Dice of the rebuilt volume) with the volume's HD95.
+
+    ``hd95`` is finite, the grid diagonal where it is undefined; ``hd95_status`` says which case
+    each patient is (:func:`metrics.hd95_status`), so means can count the penalised ones.
+    """
     grouped = per_slice.groupby(["region", "patient"], sort=False)
     table = grouped[COUNT_COLUMNS].sum().reset_index()
     counts = table[COUNT_COLUMNS].to_numpy()
@@ -92,43 +100,72 @@ def per_patient_table(
     table["dice"] = metrics.dice(counts)
     table["iou"] = metrics.iou(counts)
     hd95 = {
-        (region, patient): metrics.hausdorff95(pred, truth)
+        (region, patient): metrics.penalised_hausdorff95(pred, truth)
         for region, members in regions.items()
         for patient, truth, pred in patient_volumes(arrays, predictions, members)
     }
-    table["hd95"] = [hd95[key] for key in zip(table["region"], table["patient"])]
+    scored = [hd95[key] for key in zip(table["region"], table["patient"])]
+    table["hd95"] = [value for value, _ in scored]
+    table["hd95_status"] = [status for _, status in scored]
     return table
 
 
-def region_summary(per_slice: pd.DataFrame, per_patient: pd.DataFrame) -> dict[str, float]:
-    summary = metrics.summarise(per_slice)
-    finite = per_patient["hd95"].replace([np.inf, -np.inf], np.nan).dropna()
-    if len(finite):
-        summary["hd95_patient_mean"] = float(finite.mean())
-    return summary
+def region_summary(per_slice: pd.DataFrame, per_patient: pd.DataFrame) -> dict[str, float | int]:
+    """One region's metrics: :func:`metrics.summarise` of its slices and the HD95 of its patients."""
+    return metrics.summarise(per_slice) | metrics.summarise_hd95(per_patient["hd95"], per_patient["hd95_status"])
+
+
+def protocol(by_region: dict[str, dict]) -> dict:
+    """How the summary's numbers were made, and over how many cases (JSON-serialisable).
+
+    Positive slices differ by region, so with several regions they are given per region.
+    """
+    first = next(iter(by_region.values()))
+    positive = {region: s["positive_slices"] for region, s in by_region.items()}
+    aggregation = metrics.AGGREGATION | {"hd95_patient_mean": HD95_GRID}
+    if len(by_region) > 1:
+        aggregation |= {"regions": REGION_MEAN}
+    return {
+        "aggregation": aggregation,
+        "empty_mask_rule": metrics.EMPTY_MASK_RULE,
+        "hd95": metrics.HD95_RULE,
+        "cases": {
+            "slices": first["slices"],
+            "positive_slices": positive if len(by_region) > 1 else first["positive_slices"],
+            "patients": first["patients"],
+        },
+    }
 
 
 def summarise(
     per_slice: pd.DataFrame, per_patient: pd.DataFrame, matrix: np.ndarray | None = None
 ) -> dict:
-    """One region: its metrics. Several: their means, ``regions`` and the seeds' pixel metrics."""
+    """One region: its metrics. Several: their means, ``regions`` and the seeds' pixel metrics.
+
+    Either way with its ``protocol``. Counts (:data:`COUNT_KEYS`) are not averaged over regions:
+    the top level keeps the slices and patients every region shares, each region its own counts.
+    """
     by_region = {
         region: region_summary(rows, per_patient[per_patient["region"] == region])
         for region, rows in per_slice.groupby("region", sort=False)
     }
-    if len(by_region) == 1:
-        return next(iter(by_region.values()))
+    stated = {"protocol": protocol(by_region)}
     first = next(iter(by_region.values()))
+    if len(by_region) == 1:
+        return first | stated
     keys = [k for k in first if k not in COUNT_KEYS and all(k in s for s in by_region.values())]
     summary: dict = {k: float(np.mean([s[k] for s in by_region.values()])) for k in keys}
     summary |= {"slices": first["slices"], "patients": first["patients"]}
     if matrix is not None:
         summary |= metrics.seed_style(matrix)
-    return summary | {"regions": by_region}
+    return summary | {"regions": by_region} | stated
 
 
-def evaluate(loaded: LoadedModel, arrays: SliceArrays, device: str = "auto") -> Evaluation:
-    predictions = predict_masks(loaded, arrays, device)
+def evaluate(
+    loaded: LoadedModel, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
+) -> Evaluation:
+    """Score cached slices predicted with ``inference`` (None: the model file's settings)."""
+    predictions = predict_masks(loaded, arrays, device, inference)
     regions = loaded.regions
     per_slice = per_slice_table(arrays, predictions, regions)
     per_patient = per_patient_table(per_slice, arrays, predictions, regions)
@@ -161,7 +198,8 @@ def slice_panel(arrays: SliceArrays, result: Evaluation, row: int) -> np.ndarray
 
 def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, np.ndarray]:
     """Overlay images keyed by name: best/median/worst slice, and the same for patients (first region)."""
-    per_slice, per_patient, region = result.region_rows(result.per_slice), result.region_rows(result.per_patient), result.first_region
+    per_slice, per_patient = result.region_rows(result.per_slice), result.region_rows(result.per_patient)
+    region = result.first_region
     panels = {}
     for rank, row in ranked_examples(per_slice).items():
         info = per_slice.loc[row]
@@ -175,7 +213,8 @@ def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, np.nd
         dice = float(per_patient.set_index("patient").loc[patient, "dice"])
         panels[f"patient_{rank}"] = (
             slice_panel(arrays, result, largest),
-            f"{rank} patient: {patient} (largest tumour slice #{arrays.slice[largest]}), {region} volume Dice {dice:.3f}",
+            f"{rank} patient: {patient} (largest tumour slice #{arrays.slice[largest]}), "
+            f"{region} volume Dice {dice:.3f}",
         )
     return panels
 

@@ -1,7 +1,8 @@
-"""Stage-level orchestration: a training run with its MLflow run, evaluation, and sweep runs.
+"""The training stages: a training run with its MLflow run, for the main model and each sweep.
 
 Stage scripts and the CLI call these; each function reads the pipeline's inputs from
-:mod:`glioseg.paths`, writes its outputs atomically and returns what it wrote.
+:mod:`glioseg.paths`, writes its outputs atomically and returns what it wrote. Evaluation is
+another stage (:mod:`glioseg.scoring`), so nothing here depends on inference-only code.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from glioseg import distributed, paths, tracking
-from glioseg.config import Params, flatten
+from glioseg import codedeps, paths, tracking
+from glioseg.config import Params
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.errors import DataError
-from glioseg.evaluate import evaluate, write_outputs
 from glioseg.inference import predict_labels
 from glioseg.io import read_json, write_csv, write_json
-from glioseg.model import build_model, load_model, save_checkpoint
-from glioseg.train import CURVE_METRICS, Trainer
-from glioseg.transforms import BatchAugment, pipelines_from_dict
+from glioseg.model import build_model, save_checkpoint
+from glioseg.train import CURVE_METRICS, VALIDATION_THRESHOLD, Trainer
+from glioseg.transforms import eval_normaliser
 from glioseg.viz import figure_to_array, learning_curves, overlay, overlay_grid
 
 
@@ -33,19 +33,17 @@ def load_pipelines(path: Path = paths.AUGMENT) -> dict[str, Any]:
     return read_json(path)
 
 
-TRAINING_CODE = ("train.py", "losses.py", "model.py", "transforms.py", "inference.py", "metrics.py", "distributed.py")
-
-
 def fingerprint(params: Params, cache_path: Path, pipelines: dict) -> str:
-    """What a resumable checkpoint must match: params, pipelines, cached data and the training code.
+    """What a resumable checkpoint must match: training params, pipelines, cached data and the training code.
 
-    A checkpoint left by other code is not resumed: DVC re-runs train when that code changes,
-    and the run must then really train again.
+    The code is this module's import closure, the files DVC tracks for the train stages
+    (:mod:`glioseg.codedeps`): a checkpoint left by other code is not resumed, because DVC
+    re-runs training when that code changes and the run must then really train again. Inference
+    and execution params are left out: changing them never makes a run train again.
     """
-    digest = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True, default=str).encode())
-    package = Path(__file__).parent
-    for name in TRAINING_CODE:
-        digest.update((package / name).read_bytes())
+    digest = hashlib.sha256(json.dumps(params.training(), sort_keys=True).encode())
+    for path in codedeps.module_closure(__name__):
+        digest.update(path.read_bytes())
     digest.update(json.dumps(pipelines, sort_keys=True).encode())
     digest.update(tracking.file_sha256(Path(cache_path)).encode())
     return digest.hexdigest()
@@ -61,23 +59,23 @@ class RunLogger:
     """The training loop's epoch callback: metrics every epoch, overlays every few epochs.
 
     The overlays always show the same validation slices (those with the most tumour), predicted
-    with the run's own eval normalisation and threshold.
+    as validation predicts (the run's eval normalisation, probability 0.5, no TTA).
     """
 
     def __init__(self, params: Params, val: SliceArrays, pipelines: dict[str, Any]):
         self.params = params
-        self.watched = val.take(overlay_rows(val, params.train.overlay_slices))
-        self.normaliser = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["eval"])
+        self.watched = val.take(overlay_rows(val, params.run.overlay_slices))
+        self.normaliser = eval_normaliser(pipelines)
 
     def __call__(self, epoch: int, row: dict[str, float], model: torch.nn.Module) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if epoch % self.params.train.overlay_every == 0 or epoch == self.params.epochs:
+        if epoch % self.params.run.overlay_every == 0 or epoch == self.params.epochs:
             tracking.log_image(self.overlays(model), f"overlays/val_epoch_{epoch:03d}.png")
 
     def overlays(self, model: torch.nn.Module) -> np.ndarray:
         watched = self.watched
         device = next(model.parameters()).device
-        predictions = predict_labels(model, watched.images, self.normaliser, device, self.params.train.threshold)
+        predictions = predict_labels(model, watched.images, self.normaliser, device, VALIDATION_THRESHOLD)
         classes = self.params.output_channels
         panels = [overlay(watched.images[i], watched.masks[i], predictions[i], classes) for i in range(len(watched))]
         titles = [f"{watched.patient[i]} #{watched.slice[i]}" for i in range(len(watched))]
@@ -126,63 +124,14 @@ def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str]
     return summary
 
 
-def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, device: str) -> dict[str, Any]:
-    """Evaluate a model on cached subsets; log the results to the model's own MLflow run.
+def train_stage(params: Params) -> dict[str, Any]:
+    """The train stage: the main model -> models/model.pt, train.json, history.csv."""
+    return train_run(params, "train", paths.MODELS)
 
-    Returns ``{subset: summary}``; with ``out_dir`` the first subset's CSVs and overlays are
-    written there too.
+
+def sweep_train_stage(params: Params, name: str) -> dict[str, Any]:
+    """The sweep_train@NAME stage: the configuration ``sweeps.NAME`` trained -> runs/NAME/.
+
+    Under torchrun every rank trains; rank 0 alone writes, the others return ``{"rank": r}``.
     """
-    loaded = load_model(model_path)
-    arrays = load_cache(paths.CACHE)
-    results: dict[str, Any] = {}
-    images: dict[str, np.ndarray] = {}
-    for subset in subsets:
-        part = arrays.select(subset)
-        if len(part) == 0:
-            raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
-        result = evaluate(loaded, part, device)
-        results[subset] = result.summary
-        if out_dir is not None and subset == subsets[0]:
-            images = write_outputs(result, part, out_dir)
-    run_id = loaded.meta.get("mlflow_run_id")
-    if run_id:
-        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()}
-        tracking.log_to_run(run_id, flat, images)
-    return {"mlflow_run_id": run_id, **results}
-
-
-def evaluate_stage(params: Params) -> dict[str, Any]:
-    """The evaluate stage: the main model on the test (and train) patients -> metrics/test.json.
-
-    Under torchrun rank 0 evaluates alone; the other ranks return ``{"rank": r}`` at once.
-    """
-    if distributed.launched_rank() != 0:
-        return {"rank": distributed.launched_rank()}
-    result = evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params.train.device)
-    write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
-    return result
-
-
-def sweep_run(params: Params, name: str) -> dict[str, Any]:
-    """Train and evaluate one configuration of the report's comparison tables.
-
-    Under torchrun every rank trains; rank 0 alone evaluates and writes, the others return ``{"rank": r}``.
-    """
-    config = params.for_sweep(name)
-    out_dir = paths.sweep_dir(name)
-    trained = train_run(config, f"sweep-{name}", out_dir, {"sweep": name})
-    if "rank" in trained:
-        return trained
-    evaluated = evaluate_run(out_dir / "model.pt", ("train", "test"), None, config.train.device)
-    result = {
-        "name": name,
-        "loss": config.loss,
-        "lr": config.lr,
-        "epochs": config.epochs,
-        "mlflow_run_id": trained["mlflow_run_id"],
-        "train": evaluated["train"],
-        "test": evaluated["test"],
-    }
-    write_json(out_dir / "metrics.json", result)
-    return result
-
+    return train_run(params.for_sweep(name), f"sweep-{name}", paths.sweep_dir(name), {"sweep": name})

@@ -1,4 +1,8 @@
-"""Running a model over arrays of slices: devices, mixed precision and batched prediction."""
+"""Running a model over arrays of slices: devices, mixed precision and batched prediction.
+
+Training imports this module; test-time augmentation and post-processing live in
+:mod:`glioseg.predictor`, which training does not import.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,19 @@ import torch
 from glioseg.errors import ConfigError
 from glioseg.transforms import BatchAugment
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def select_device(choice: str = "auto", setting: str = "run.device") -> torch.device:
-    """The torch device for ``choice``; ``setting`` names where the choice came from, for the error."""
+    """The torch device for ``choice``; ``setting`` names where the choice came from, for the error.
+
+    A dotted setting is a params.yaml key (``run.device``), anything else is named as it is
+    (``--device``).
+    """
+    where = f"params.yaml: key '{setting}'" if "." in setting else setting
+    if choice not in DEVICES:
+        raise ConfigError(f"{where}: expected one of {', '.join(DEVICES)} (got {choice!r})")
     if choice == "cuda" and not torch.cuda.is_available():
-        where = f"params.yaml: key '{setting}'" if "." in setting else setting
         raise ConfigError(f"{where}: 'cuda' requested but no CUDA device is available")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,26 +79,6 @@ def labels_from_logits(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return logits.argmax(dim=1).to(torch.uint8)
 
 
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-
-def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of the class probabilities averaged over the four flips of ``batch`` (nnU-Net's mirroring).
-
-    Sigmoid (one channel) or softmax probabilities of each flipped copy are flipped back and
-    averaged; the result is returned as logits (log-odds or log-probabilities), so
-    ``labels_from_logits`` applies unchanged.
-    """
-    total = None
-    for dims in FLIPS:
-        logits = model(batch.flip(dims) if dims else batch).float()
-        logits = logits.flip(dims) if dims else logits
-        probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        total = probabilities if total is None else total + probabilities
-    mean = (total / len(FLIPS)).clamp(1e-7, 1 - 1e-7)
-    return torch.logit(mean) if mean.shape[1] == 1 else torch.log(mean)
-
-
 @torch.no_grad()
 def predict_labels(
     model: torch.nn.Module,
@@ -96,11 +88,12 @@ def predict_labels(
     threshold: float,
     batch_size: int = 32,
     amp: bool = True,
-    tta: bool = False,
 ) -> np.ndarray:
     """Class labels (N,H,W) uint8 for uint8 images (N,H,W,C) already at model size (LGG: 0/1).
 
-    ``tta`` averages the predictions of the four flips of each slice (4x the compute).
+    ``model`` is called as it is, with no post-processing: training's validation overlays pass
+    the bare U-Net; :class:`glioseg.predictor.Predictor` (evaluate, predict, the viewer) passes
+    its flip-averaged one for test-time augmentation and post-processes the result per case.
     """
     model.eval()
     out = np.empty(images.shape[:3], np.uint8)
@@ -108,6 +101,6 @@ def predict_labels(
         batch = normaliser.normalise(to_tensor(images[start : start + batch_size], device))
         batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(device, autocast_dtype(device, amp)):
-            logits = flip_averaged_logits(model, batch) if tta else model(batch)
+            logits = model(batch)
         out[start : start + batch_size] = labels_from_logits(logits, threshold).cpu().numpy()
     return out

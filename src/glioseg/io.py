@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from glioseg.errors import ConfigError
+from glioseg.errors import ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -54,6 +54,13 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 
 def read_json(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_stage_csv(path: str | os.PathLike, stage: str) -> pd.DataFrame:
+    """A CSV another stage writes; missing, it names the stage that makes it."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: not found (run `dvc repro {stage}`)")
+    return pd.read_csv(path)
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> object:

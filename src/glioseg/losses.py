@@ -7,8 +7,9 @@ The weighted BCE follows Ronneberger et al. (2015), U-Net, eq. 2::
 ``w_c`` balances class frequencies and the second term stresses the thin background gaps
 between neighbouring tumour regions; ``d1``/``d2`` are the distances to the nearest and
 second-nearest region (of any tumour class). With C > 1 output channels the weighted term is the
-pixel-wise softmax cross-entropy of the paper itself, and Dice is averaged over tumour classes. ``d1 + d2`` depends only on the mask, so the cache stage computes it once
-per slice (:func:`border_distance_sum`) and training only evaluates the exponential.
+pixel-wise softmax cross-entropy of the paper itself, and Dice is averaged over tumour classes.
+``d1 + d2`` depends only on the mask, so the cache stage computes it once per slice
+(:func:`border_distance_sum`) and training only evaluates the exponential.
 
 Every loss casts logits to float32 first, so it is safe inside ``torch.autocast``.
 """
@@ -69,16 +70,6 @@ def class_frequency_weights(fractions: list[float]) -> tuple[float, ...]:
     if min(fractions) == 0.0:
         return tuple(1.0 for _ in fractions)
     return tuple(1.0 / (len(fractions) * f) for f in fractions)
-
-
-def class_balance_weights(positive_fraction: float) -> tuple[float, float]:
-    """``(w_negative, w_positive)`` for binary masks: ``1 / (2 (1 - p))`` and ``1 / (2 p)``.
-
-    A fraction of 0 or 1 (one class absent) gives ``(1.0, 1.0)``.
-    """
-    if not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError(f"positive_fraction must be within [0, 1], got {positive_fraction}")
-    return class_frequency_weights([1.0 - positive_fraction, positive_fraction])
 
 
 def weight_map(

@@ -15,12 +15,15 @@ The empty-mask rule, for a ratio whose denominator is zero:
 * Precision with no predicted positives gives ``empty`` when the truth is empty too, else 0.
 * Sensitivity with empty truth gives ``empty``; specificity with no true negatives in the truth
   gives ``empty``; accuracy over zero pixels gives ``empty``.
+
+HD95 has its own rule (:func:`penalised_hausdorff95`): both masks empty scores 0; a missed tumour
+or a false positive on an empty case has no surface to measure to and scores a fixed worst case,
+the diagonal of the evaluation grid, and is counted by kind so that no case drops out of a mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,18 +33,8 @@ from scipy import ndimage
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Pixel counts of a binary prediction against its truth."""
-
-    tp: int
-    fp: int
-    fn: int
-    tn: int
-
-
 MaskLike = np.ndarray | torch.Tensor
-CountsLike = Counts | np.ndarray
+CountsLike = np.ndarray | Sequence[int]  # (..., 4): tp, fp, fn, tn
 
 
 def _as_bool(mask: MaskLike) -> np.ndarray:
@@ -50,11 +43,17 @@ def _as_bool(mask: MaskLike) -> np.ndarray:
     return np.asarray(mask) != 0
 
 
-def confusion_per_item(pred: MaskLike, truth: MaskLike) -> np.ndarray:
-    """(N, 4) int64 counts ``tp, fp, fn, tn`` for batched masks, summed over all axes but the first."""
+def _as_bool_pair(pred: MaskLike, truth: MaskLike) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as boolean arrays, refused when their shapes differ (no metric compares those)."""
     pred, truth = _as_bool(pred), _as_bool(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    return pred, truth
+
+
+def confusion_per_item(pred: MaskLike, truth: MaskLike) -> np.ndarray:
+    """(N, 4) int64 counts ``tp, fp, fn, tn`` for batched masks, summed over all axes but the first."""
+    pred, truth = _as_bool_pair(pred, truth)
     return _counts_by_item(pred, truth, np.stack).astype(np.int64)
 
 
@@ -65,14 +64,8 @@ def _counts_by_item(pred, truth, stack):
                   (~pred & truth).sum(pixel_axes), (~pred & ~truth).sum(pixel_axes)], -1)
 
 
-def confusion(pred: MaskLike, truth: MaskLike) -> Counts:
-    """Confusion counts of one prediction against its truth, over all pixels."""
-    pred, truth = _as_bool(pred), _as_bool(truth)
-    return Counts(*(int(value) for value in confusion_per_item(pred[None], truth[None])[0]))
-
-
 def _unpack(counts: CountsLike) -> tuple[np.ndarray, ...]:
-    values = np.asarray(astuple(counts) if isinstance(counts, Counts) else counts, dtype=np.float64)
+    values = np.asarray(counts, dtype=np.float64)
     if values.shape[-1:] != (4,):
         raise ValueError(f"counts need a last axis of 4 (tp, fp, fn, tn), got shape {values.shape}")
     return tuple(values[..., column] for column in range(4))
@@ -194,6 +187,24 @@ def seed_style(matrix: np.ndarray) -> dict[str, float]:
     }
 
 
+# What :func:`summarise` does, in words for a metrics file's protocol; kept next to the code it describes.
+EMPTY_MASK_RULE = (
+    "Dice and IoU of a slice or patient whose truth and prediction are both empty are 1 (a correct "
+    "'no tumour', as MONAI's DiceMetric(ignore_empty=False)); empty truth with a non-empty prediction "
+    "scores 0. Pooled precision with no predicted positives is 1 when the truth is empty too, else 0; "
+    "sensitivity with empty truth is 1; specificity with no true negatives is 1. A mean over no cases "
+    "is left out of the summary."
+)
+AGGREGATION = {
+    "slice_mean": "Dice/IoU of each slice, averaged over all slices (every slice weighs the same)",
+    "positive_slice_mean": "Dice/IoU of each slice whose truth has tumour pixels, averaged over those slices",
+    "patient_mean": "counts summed over each patient's slices (Dice/IoU of the volume rebuilt from its "
+                    "slices), averaged over patients",
+    "pooled": "counts summed over all pixels of all slices (dice_pooled, iou_pooled, pixel_accuracy, "
+              "precision, sensitivity, specificity)",
+}
+
+
 def summarise(per_slice: pd.DataFrame) -> dict[str, float | int]:
     """Test-set summary from per-slice counts (columns ``patient, tp, fp, fn, tn``).
 
@@ -241,11 +252,10 @@ def hausdorff95(pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float
 
     The distances from each surface voxel of one mask to the nearest surface voxel of the other,
     both directions pooled (as MedPy's ``hd95``). Both masks empty gives 0.0; exactly one empty
-    gives ``inf`` (no surface to measure to), which callers may skip.
+    gives ``inf`` (no surface to measure to): means must not use it raw, but
+    :func:`penalised_hausdorff95`, which replaces it with a stated penalty.
     """
-    pred, truth = _as_bool(pred), _as_bool(truth)
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    pred, truth = _as_bool_pair(pred, truth)
     if not pred.any() and not truth.any():
         return 0.0
     if not pred.any() or not truth.any():
@@ -254,3 +264,80 @@ def hausdorff95(pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float
     to_truth = ndimage.distance_transform_edt(~truth_surface, sampling=spacing)[pred_surface]
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[truth_surface]
     return float(np.percentile(np.concatenate([to_truth, to_pred]), 95))
+
+
+# How a case's HD95 came about; the last two have no surface to measure to and score the penalty.
+HD95_DEFINED = "defined"
+HD95_BOTH_EMPTY = "both_empty"
+HD95_MISSED_TUMOUR = "missed_tumour"
+HD95_FALSE_POSITIVE = "false_positive"
+HD95_UNDEFINED = (HD95_MISSED_TUMOUR, HD95_FALSE_POSITIVE)
+HD95_COUNT_KEYS = ("hd95_defined_patients", "hd95_missed_tumour", "hd95_false_positive")
+
+HD95_RULE = (
+    "HD95 per patient, in pixels of the evaluation grid. Truth and prediction both empty scores 0 "
+    "(BraTS convention). A missed tumour (truth, empty prediction) or a false positive on an empty "
+    "case (prediction, empty truth) has no surface to measure to and scores a fixed worst-case "
+    "distance (BraTS convention): the diagonal of the patient's evaluation grid, "
+    "sqrt(sum((n_i * spacing_i)^2)) over its axes. hd95_patient_mean averages over all patients, "
+    "penalties included; hd95_defined_mean over the hd95_defined_patients only; hd95_missed_tumour "
+    "and hd95_false_positive count the penalised patients."
+)
+
+
+def hd95_penalty(shape: Sequence[int], spacing: float | Sequence[float] = 1.0) -> float:
+    """The worst-case distance an undefined HD95 scores: the diagonal of a grid of ``shape`` voxels.
+
+    A fixed, stated value instead of ``inf`` keeps a missed case in the mean and makes it cost
+    more than any defined distance on that grid.
+    """
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(shape),))
+    extents = np.asarray(shape, dtype=np.float64) * spacing
+    return float(np.sqrt(np.sum(extents**2)))
+
+
+def hd95_status(pred: MaskLike, truth: MaskLike) -> str:
+    """Which of the four HD95 cases a prediction falls in, from which masks are empty."""
+    pred, truth = _as_bool_pair(pred, truth)
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if has_pred and has_truth:
+        return HD95_DEFINED
+    if has_truth:
+        return HD95_MISSED_TUMOUR
+    return HD95_FALSE_POSITIVE if has_pred else HD95_BOTH_EMPTY
+
+
+def penalised_hausdorff95(
+    pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float] = 1.0
+) -> tuple[float, str]:
+    """HD95 and its :func:`hd95_status`, with :func:`hd95_penalty` of the grid where it is undefined.
+
+    Always finite, so a mean over cases counts every case; the status says which were penalised.
+    """
+    pred, truth = _as_bool_pair(pred, truth)
+    status = hd95_status(pred, truth)
+    if status in HD95_UNDEFINED:
+        return hd95_penalty(truth.shape, spacing), status
+    return hausdorff95(pred, truth, spacing), status
+
+
+def summarise_hd95(values: Sequence[float], statuses: Sequence[str]) -> dict[str, float | int]:
+    """HD95 means and counts over cases scored by :func:`penalised_hausdorff95`.
+
+    ``hd95_patient_mean`` is over every case, penalties included, so missing more tumours can
+    only make it worse; ``hd95_defined_mean`` (left out when no case has one) is over the cases
+    with a defined HD95, for comparison with results that drop the others.
+    """
+    values, statuses = np.asarray(values, dtype=np.float64), np.asarray(statuses, dtype=object)
+    if values.shape != statuses.shape:
+        raise ValueError(f"{values.shape[0]} HD95 values but {statuses.shape[0]} statuses")
+    if not np.isfinite(values).all():
+        raise ValueError("HD95 values must be finite: score undefined cases with penalised_hausdorff95")
+    defined = (statuses == HD95_DEFINED) | (statuses == HD95_BOTH_EMPTY)
+    summary: dict[str, float | int] = {}
+    if len(values):
+        summary["hd95_patient_mean"] = float(values.mean())
+    if defined.any():
+        summary["hd95_defined_mean"] = float(values[defined].mean())
+    counts = (defined.sum(), (statuses == HD95_MISSED_TUMOUR).sum(), (statuses == HD95_FALSE_POSITIVE).sum())
+    return summary | {key: int(count) for key, count in zip(HD95_COUNT_KEYS, counts, strict=True)}

@@ -2,7 +2,9 @@
 
 The preprocessing is the checkpoint's own (its serialized albumentations pipelines and, for
 BraTS, its modalities, suffixes and intensity window), never re-typed, so predict cannot drift
-from training. Masks are written in the input's format:
+from training. Slices go through :class:`glioseg.predictor.Predictor`, the path evaluate and the
+viewer take, with the model file's inference settings (threshold, TTA, post-processing) unless
+``inference`` overrides them. Masks are written in the input's format:
 
 - LGG: a ``<name>_mask.tif`` (0/255, the input's size) per slice, as Kaggle names them, and an
   overlay PNG per slice;
@@ -18,27 +20,30 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import tifffile
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from glioseg.config import InferenceParams
 from glioseg.data import brats
 from glioseg.data.lgg import read_image
-from glioseg.errors import DataError
-from glioseg.inference import predict_labels, select_device
+from glioseg.errors import ConfigError, DataError
 from glioseg.io import atomic_path, write_csv
 from glioseg.model import LoadedModel, load_model
-from glioseg.postprocess import postprocess_case
-from glioseg.transforms import BatchAugment, pipelines_from_dict
+from glioseg.predictor import Predictor
 from glioseg.viz import overlay
 
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+DEVICE_OPTION = "--device"  # where predict's and the viewer's device comes from, for its error
 
 
 @dataclass(frozen=True)
@@ -138,38 +143,49 @@ def load_slice(item: SliceInput, channels: int) -> np.ndarray:
     return image
 
 
-def preprocess(loaded: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
-    resize = pipelines_from_dict(loaded.pipelines)["preprocess"]
-    return np.stack([resize(image=image)["image"] for image in images])
+def inference_options(**options: Any) -> dict[str, Any]:
+    """The inference settings given (None: not given), validated; a bad one is a one-line error naming its option."""
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        validated = InferenceParams.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-")
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{option}: no such inference setting (known: "
+                              f"{', '.join(InferenceParams.model_fields)})") from None
+        raise ConfigError(f"{option}: {error['msg']} (got {error.get('input')!r})") from None
+    return {key: getattr(validated, key) for key in given}
 
 
-class Predictor:
-    """A loaded model on its device with its eval normalisation: model-size class labels for images."""
-
-    def __init__(self, loaded: LoadedModel, device: str, batch_size: int = 32):
-        self.loaded = loaded
-        self.device = select_device(device)
-        self.model = loaded.model.to(self.device)
-        self.normaliser = BatchAugment.from_pipeline(pipelines_from_dict(loaded.pipelines)["eval"])
-        self.batch_size = batch_size
-
-    def __call__(self, originals: list[np.ndarray]) -> np.ndarray:
-        return predict_labels(self.model, preprocess(self.loaded, originals), self.normaliser, self.device,
-                              self.loaded.threshold, self.batch_size, tta=self.loaded.tta)
+def inference_settings(
+    loaded: LoadedModel, inference: InferenceParams | Mapping[str, Any] | None = None
+) -> InferenceParams:
+    """The settings predict uses: the model file's (None), ``inference`` itself, or, for a mapping such as
+    the command's options, the model file's with the settings it gives replaced."""
+    if inference is None or isinstance(inference, InferenceParams):
+        return inference or loaded.inference
+    return loaded.inference.model_copy(update=inference_options(**inference))
 
 
-def predict_inputs(loaded: LoadedModel, items: list[SliceInput], device: str, batch_size: int = 32):
+def predictor(loaded: LoadedModel, device: str = "auto", inference: InferenceParams | None = None,
+              batch_size: int = 32) -> Predictor:
+    """The shared :class:`Predictor`, its device named ``--device`` in errors (predict's and the viewer's option)."""
+    return Predictor(loaded, device, inference, batch_size, device_setting=DEVICE_OPTION)
+
+
+def predict_inputs(loaded: LoadedModel, items: list[SliceInput], device: str = "auto",
+                   inference: InferenceParams | None = None, batch_size: int = 32):
     """Yield (item, original image, model-size mask), case by case.
 
-    A case's slices are predicted together so that the model's post-processing sees the case's
-    volume, as evaluation does.
+    A case's slices are predicted together so that the post-processing sees the case's volume,
+    as evaluation does; ``inference`` overrides the model file's settings.
     """
-    predictor = Predictor(loaded, device, batch_size)
+    shared = predictor(loaded, device, inference, batch_size)
     cases = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.case)]
     for case in tqdm(cases, desc="predict", unit="case"):
         originals = [load_slice(item, loaded.params.in_channels) for item in case]
-        masks = postprocess_case(predictor(originals), loaded.postprocess)
-        yield from zip(case, originals, masks)
+        yield from zip(case, originals, shared.predict_case(originals))
 
 
 def to_input_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -181,10 +197,11 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, classes: in
     cv2.imwrite(str(path), overlay(image, None, labels, classes)[..., ::-1])
 
 
-def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str) -> list[dict]:
+def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str,
+                 inference: InferenceParams | None = None) -> list[dict]:
     """LGG slices: ``<slice>_mask.tif`` and an overlay per slice; one table row per slice."""
     rows = []
-    for item, image, mask in predict_inputs(loaded, find_inputs(source), device):
+    for item, image, mask in predict_inputs(loaded, find_inputs(source), device, inference):
         full = to_input_size(mask, image.shape[:2])
         case_dir = out / item.case
         case_dir.mkdir(parents=True, exist_ok=True)
@@ -195,15 +212,14 @@ def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str) -> l
     return rows
 
 
-def predict_volume(loaded: LoadedModel, predictor: Predictor, images: np.ndarray) -> np.ndarray:
-    """(Z,H,W) class labels at the input size for a case's axial slices (Z,H,W,C), post-processed per case."""
-    height, width = images.shape[1:3]
-    labels = np.empty(images.shape[:3], np.uint8)
-    for start in range(0, len(labels), predictor.batch_size):
-        batch = list(images[start : start + predictor.batch_size])
-        for offset, mask in enumerate(predictor(batch)):
-            labels[start + offset] = to_input_size(mask, (height, width))
-    return postprocess_case(labels, loaded.postprocess)
+def predict_volume(loaded: LoadedModel, images: np.ndarray, device: str = "auto",
+                   inference: InferenceParams | None = None) -> np.ndarray:
+    """(Z,H,W) class labels at the input size for a case's axial slices (Z,H,W,C).
+
+    The case is predicted and post-processed at model size, as evaluate does, then resized back.
+    """
+    masks = predictor(loaded, device, inference).predict_case(list(images))
+    return np.stack([to_input_size(mask, images.shape[1:3]) for mask in masks])
 
 
 def reference_volume(loaded: LoadedModel, folder: Path) -> Path:
@@ -212,13 +228,14 @@ def reference_volume(loaded: LoadedModel, folder: Path) -> Path:
     return brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
 
 
-def predict_case(loaded: LoadedModel, predictor: Predictor, folder: Path, out: Path) -> list[dict]:
+def predict_case(loaded: LoadedModel, folder: Path, out: Path, device: str = "auto",
+                 inference: InferenceParams | None = None) -> list[dict]:
     """One NIfTI case: the label volume aligned with the input, overlays, one row per axial slice."""
     params = loaded.brats
     case = brats.read_case(folder, params, with_labels=False)
     reference_path = reference_volume(loaded, folder)
     reference = nib.load(reference_path)
-    labels = predict_volume(loaded, predictor, case.images)
+    labels = predict_volume(loaded, case.images, device, inference)
     case_dir = out / case.name
     case_dir.mkdir(parents=True)
     file_labels = brats.source_labels(params.label_map)[labels]
@@ -235,11 +252,12 @@ def predict_case(loaded: LoadedModel, predictor: Predictor, folder: Path, out: P
     return rows
 
 
-def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str) -> list[dict]:
-    predictor = Predictor(loaded, device)
+def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str,
+                  inference: InferenceParams | None = None) -> list[dict]:
+    """BraTS cases: a label volume and overlays per case; one table row per axial slice."""
     rows = []
     for folder in tqdm(find_nifti_cases(source), desc="predict", unit="case"):
-        rows += predict_case(loaded, predictor, folder, out)
+        rows += predict_case(loaded, folder, out, device, inference)
     return rows
 
 
@@ -265,16 +283,28 @@ def case_totals(table: pd.DataFrame) -> pd.DataFrame:
     return cases
 
 
-def predict(source: Path, model: str | os.PathLike, out_dir: Path, device: str = "auto") -> pd.DataFrame:
-    """Masks, overlays and tumour areas for every slice under ``source``; returns the per-slice table."""
+def predict(
+    source: Path,
+    model: str | os.PathLike,
+    out_dir: Path,
+    device: str = "auto",
+    inference: InferenceParams | Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Masks, overlays and tumour areas for every slice under ``source``; returns the per-slice table.
+
+    ``inference``: None predicts with the model file's settings; an :class:`InferenceParams`
+    replaces them; a mapping (the command's ``--threshold``/``--tta``/``--postprocess``) replaces
+    only the settings it gives.
+    """
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "areas.csv").is_file():
         raise DataError(f"{out_dir}: exists and is not an earlier predict output; choose an empty folder")
     loaded = load_model(resolve_model(model))
     check_input_kind(loaded, source, model)
+    settings = inference_settings(loaded, inference)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         predict_cases = predict_nifti if loaded.dataset == "brats" else predict_tifs
-        table = pd.DataFrame(predict_cases(loaded, source, tmp, device))
+        table = pd.DataFrame(predict_cases(loaded, source, tmp, device, settings))
         write_csv(tmp / "areas.csv", table)
         write_csv(tmp / "cases.csv", case_totals(table))
     return table

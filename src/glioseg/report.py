@@ -94,7 +94,8 @@ def loss_table(runs: list[RunResult], params: Params) -> pd.DataFrame:
 
 def lr_table(runs: list[RunResult]) -> pd.DataFrame:
     combined = unique_by([r for r in runs if r.loss == "combined"], lambda r: (r.lr, r.epochs))
-    return pd.DataFrame([{"lr": f"{lr:g}", "epochs": epochs, **_row(run)} for (lr, epochs), run in sorted(combined.items())])
+    rows = [{"lr": f"{lr:g}", "epochs": epochs, **_row(run)} for (lr, epochs), run in sorted(combined.items())]
+    return pd.DataFrame(rows)
 
 
 def seed_lr_table() -> pd.DataFrame:
@@ -137,7 +138,7 @@ def class_table(labels: pd.DataFrame) -> pd.DataFrame | None:
 
 
 REGION_METRICS = ("dice_patient_mean", "iou_patient_mean", "dice_pooled", "precision", "sensitivity",
-                  "hd95_patient_mean")
+                  "hd95_patient_mean", "hd95_missed_tumour", "hd95_false_positive")
 
 
 def region_table(metrics: dict) -> pd.DataFrame | None:
@@ -148,7 +149,8 @@ def region_table(metrics: dict) -> pd.DataFrame | None:
     rows = []
     for region, values in regions.items():
         row = {"region": region, **{f"test {k}": values.get(k, np.nan) for k in REGION_METRICS}}
-        row["train dice_patient_mean"] = metrics["train"].get("regions", {}).get(region, {}).get("dice_patient_mean", np.nan)
+        train_region = metrics["train"].get("regions", {}).get(region, {})
+        row["train dice_patient_mean"] = train_region.get("dice_patient_mean", np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -168,7 +170,7 @@ def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    keys = sorted((set(metrics["test"]) | set(metrics["train"])) - {"regions"})
+    keys = sorted((set(metrics["test"]) | set(metrics["train"])) - {"regions", "protocol"})
 
     def value(subset: str, key: str) -> object:
         number = metrics[subset].get(key, np.nan)
@@ -178,7 +180,8 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
                          "train": [value("train", k) for k in keys]})
 
 
-COUNT_KEYS = {"patients", "slices", "positive_slices", "epochs", "total", "positive", "negative"}
+COUNT_KEYS = {"patients", "slices", "positive_slices", "epochs", "total", "positive", "negative",
+              "hd95_defined_patients", "hd95_missed_tumour", "hd95_false_positive"}
 
 
 def _cell(value: object) -> object:
@@ -221,6 +224,8 @@ def build_report(params: Params) -> Path:
             "",
             "Dice below is the mean per-patient Dice (volumes rebuilt from slices) unless named otherwise;",
             "`metrics/test.json` has every definition (per slice, tumour slices only, pooled, per patient).",
+            "HD95 means count every patient: a missed tumour, or a tumour predicted in a patient without one,",
+            "scores the diagonal of that patient's evaluation grid (`protocol.hd95` in `metrics/test.json`).",
             *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
               if params.dataset == "brats" else []),
             "",
@@ -228,7 +233,8 @@ def build_report(params: Params) -> Path:
             "",
             _md(counts),
             "",
-            *(["Tumour classes (kept slices, after the label map):", "", _md(classes), ""] if classes is not None else []),
+            *(["Tumour classes (kept slices, after the label map):", "", _md(classes), ""]
+              if classes is not None else []),
             "Split (by " + params.split.by + "):",
             "",
             _md(sizes),
@@ -245,7 +251,8 @@ def build_report(params: Params) -> Path:
             _md(metrics_table(test_metrics)),
             "",
             *(["Per region (the summary above averages them; `onehot_*` and `mean_iou_classes` are the",
-               "seeds' Keras pixel metrics, background included):", "", _md(regions), ""] if regions is not None else []),
+               "seeds' Keras pixel metrics, background included):", "", _md(regions), ""]
+              if regions is not None else []),
             *[f"![{name}](evaluation/{name})" for name in evaluation],
             "",
             f"## Table 1: loss configuration (lr {params.lr:g}, {params.epochs} epochs)",
@@ -271,3 +278,8 @@ def build_report(params: Params) -> Path:
     write_text(figures / "tables.json", json.dumps({"loss": losses.to_dict("records"), "lr": lrs.to_dict("records")},
                                                     indent=2, default=str))
     return paths.REPORT
+
+
+def report_stage(params: Params) -> dict[str, str]:
+    """The report stage: reports/report.md and its figures."""
+    return {"report": str(build_report(params))}

@@ -112,7 +112,7 @@ def log_model(model: Any, name: str = "model") -> None:
 
 
 def search_runs(filter_string: str = "") -> Any:
-    """The project experiment's runs as ``mlflow.search_runs`` gives them (a DataFrame, empty without the experiment)."""
+    """The project experiment's runs as ``mlflow.search_runs`` gives them (empty without the experiment)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
@@ -122,11 +122,13 @@ def search_runs(filter_string: str = "") -> Any:
     return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string)
 
 
-def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray]) -> None:
-    """Add metrics and images to a finished run (evaluate adds test results to the train run)."""
+def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
+               tags: dict[str, str] | None = None) -> None:
+    """Add metrics, images and tags to a finished run (evaluate adds test results to the train run)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     with mlflow.start_run(run_id=run_id):
         log_metrics(metrics)
+        mlflow.set_tags(tags or {})
         for artifact_file, image in images.items():
             log_image(image, artifact_file)

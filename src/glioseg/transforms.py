@@ -95,6 +95,11 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+# What BatchAugment mirrors: these steps of the train pipeline, and Normalize only with these settings.
+SUPPORTED_STEPS: tuple[type, ...] = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.Normalize)
+NORMALIZE_SETTINGS: dict[str, Any] = {"max_pixel_value": 255.0, "normalization": "standard", "p": 1.0}
+
+
 def _find(pipeline: A.Compose, kind: type) -> Any | None:
     return next((t for t in pipeline.transforms if isinstance(t, kind)), None)
 
@@ -115,9 +120,34 @@ class BatchAugment:
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
+        """The batched twin of ``pipeline``; a step it would not reproduce exactly is a one-line error.
+
+        Only HorizontalFlip, VerticalFlip and RandomRotate90 (each at most once) and one standard
+        Normalize (always applied, on 0..255 pixels) are mirrored: any other step would silently
+        not be applied in training.
+        """
+        where = "augment.json: the train pipeline's"
+        seen: set[type] = set()
+        for step in pipeline.transforms:
+            kind = type(step)
+            if kind not in SUPPORTED_STEPS:
+                raise DataError(f"{where} step {kind.__name__} is not reproduced by the batched training "
+                                f"augmentation (supported: {', '.join(t.__name__ for t in SUPPORTED_STEPS)})")
+            if kind in seen:
+                raise DataError(f"{where} step {kind.__name__} appears twice; the batched training "
+                                "augmentation applies each step once")
+            seen.add(kind)
         norm = _find(pipeline, A.Normalize)
         if norm is None:
             raise DataError("augment.json: the train pipeline has no Normalize step")
+        unsupported = {name: value for name, value in (("max_pixel_value", norm.max_pixel_value),
+                                                       ("normalization", norm.normalization), ("p", norm.p))
+                       if value != NORMALIZE_SETTINGS[name]}
+        if unsupported:
+            got = ", ".join(f"{name}={value!r}" for name, value in unsupported.items())
+            expected = ", ".join(f"{name}={value!r}" for name, value in NORMALIZE_SETTINGS.items())
+            raise DataError(f"{where} Normalize has {got}; the batched training augmentation reproduces only "
+                            f"{expected}")
 
         def prob(kind: type) -> float:
             transform = _find(pipeline, kind)

@@ -1,9 +1,10 @@
 """What the viewer computes, free of Streamlit: cases, predictions, areas, Dice, overlays, downloads.
 
 A case is a kaggle_3m patient folder of TIF slices or a BraTS case folder of NIfTI volumes
-(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.predict`
-(the checkpoint's own preprocessing and post-processing) at the input's size, so the viewer
-shows, and lets you download, exactly what ``glioseg predict`` writes: a zip of TIF masks, or
+(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.predict`'s
+functions, which go through the :class:`~glioseg.predictor.Predictor` evaluate uses too (the
+checkpoint's own preprocessing, inference settings and post-processing), at the input's size,
+so the viewer shows, and lets you download, exactly what ``glioseg predict`` writes: a zip of TIF masks, or
 the predicted label volume aligned with the input. Areas and Dice are given per evaluation
 region of the model (LGG: tumour; BraTS: whole tumour, tumour core, enhancing tumour).
 """
@@ -32,7 +33,6 @@ from glioseg.errors import DataError
 from glioseg.metrics import Regions, dice, region_confusion
 from glioseg.model import LGG_CARD, LoadedModel, load_model
 from glioseg.predict import (
-    Predictor,
     SliceInput,
     check_input_kind,
     find_inputs,
@@ -183,7 +183,7 @@ def predict_nifti_case(loaded: LoadedModel, case: Case, device: str) -> CaseResu
     params = loaded.brats
     has_truth = brats.find_file(case.nifti, params.suffixes[brats.LABELS]) is not None
     volume = brats.read_case(case.nifti, params, with_labels=has_truth)
-    labels = predict_volume(loaded, Predictor(loaded, device), volume.images)
+    labels = predict_volume(loaded, volume.images, device)
     truths = tuple(volume.labels) if volume.labels is not None else (None,) * len(labels)
     return CaseResult(case.name, tuple(f"{case.name}_{z:03d}" for z in range(len(labels))), tuple(volume.images),
                       tuple(labels), truths, loaded.regions, loaded.classes, tuple(params.class_names),
@@ -230,7 +230,8 @@ def area_summary(result: CaseResult, table: pd.DataFrame, index: int) -> pd.Data
     """The numbers shown beside slice ``index``: per region its area, truth area and Dice, and the case's."""
     row, values, labels = table.iloc[index], [], []
     for region in result.regions:
-        predicted, truth, slice_score = (column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice"))
+        predicted, truth, slice_score = (
+            column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice"))
         case_truth = table[truth].sum() if result.has_truth else None
         values += [[row[predicted], row[truth], row[slice_score]],
                    [table[predicted].sum(), case_truth, case_dice(result, region)]]

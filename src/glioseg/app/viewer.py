@@ -20,6 +20,7 @@ from glioseg.app import logic
 from glioseg.errors import GliosegError
 from glioseg.model import LoadedModel
 
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="glioseg serve")
     parser.add_argument("--model", default="models/model.pt")

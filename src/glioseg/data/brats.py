@@ -179,12 +179,6 @@ def axial_depth(image: nib.Nifti1Image) -> int:
     return int(image.shape[int(np.flatnonzero(ornt[:, 0] == 2)[0])])
 
 
-def case_depth(folder: Path, params: BratsParams) -> int:
-    """Number of axial slices of a case (from its headers; checks files, shapes and affines)."""
-    _, images = open_case(folder, params)
-    return axial_depth(images[params.modalities[0]])
-
-
 def validate_case(folder: Path, params: BratsParams) -> int:
     """Check one case fully (files, geometry, label values); return its number of axial slices."""
     files, images = open_case(folder, params)

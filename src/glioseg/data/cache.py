@@ -8,7 +8,9 @@
   ``w0``/``sigma`` are,
 - ``patient`` (N,) str, ``slice`` (N,) int, ``subset`` (N,) str.
 
-Uncompressed ``.npz`` on purpose: it loads in well under a second and DVC de-duplicates it.
+Built by :mod:`glioseg.data.build` (the cache stage); training and evaluation only load it, so
+they do not depend on how raw files are read. Uncompressed ``.npz`` on purpose: it loads in well
+under a second and DVC de-duplicates it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from glioseg.config import Params
-from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
-from glioseg.losses import border_distance_sum
-from glioseg.transforms import preprocess_pipeline
 
 ARRAYS = ("images", "masks", "distance", "patient", "slice", "subset")
 
@@ -59,32 +56,6 @@ def volume_indices(patients: np.ndarray, slices: np.ndarray) -> Iterator[tuple[s
     for patient in np.unique(patients):
         index = np.flatnonzero(patients == patient)
         yield patient, index[np.argsort(slices[index], kind="stable")]
-
-
-def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
-    """Decode, resize and measure every slice of ``split`` (kept slices, with their subset)."""
-    rows = split.merge(labels[["patient", "slice", "image", "mask"]], on=["patient", "slice"], how="left")
-    if rows["image"].isna().any():
-        first = rows[rows["image"].isna()].iloc[0]
-        raise DataError(f"data/split.csv: slice {first.patient}_{first.slice} is not in data/labels.csv")
-    size = params.augment.image_size
-    resize = preprocess_pipeline(size)
-    n = len(rows)
-    images = np.empty((n, size, size, params.input_channels), np.uint8)
-    masks = np.empty((n, size, size), np.uint8)
-    distance = np.empty((n, size, size), np.float16)
-    for row, image, mask in read_slices(rows, params, desc="cache"):
-        out = resize(image=image, mask=mask)
-        images[row.Index], masks[row.Index] = out["image"], out["mask"]
-        distance[row.Index] = border_distance_sum(out["mask"]).astype(np.float16)
-    return SliceArrays(
-        images=images,
-        masks=masks,
-        distance=distance,
-        patient=rows["patient"].to_numpy(str),
-        slice=rows["slice"].to_numpy(np.int64),
-        subset=rows["subset"].to_numpy(str),
-    )
 
 
 def save_cache(arrays: SliceArrays, path: str | os.PathLike) -> None:

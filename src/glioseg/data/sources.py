@@ -251,7 +251,8 @@ def _stage_brats(
         return str(path)
     if path.is_file():
         return _extract_brats_zip(path, staging, patients, params)
-    raise DataError(f"data.source: {source}: no such file or folder (expected 'synthetic', a folder or zip of BraTS cases)")
+    raise DataError(f"data.source: {source}: no such file or folder "
+                    "(expected 'synthetic', a folder or zip of BraTS cases)")
 
 
 def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: BratsParams) -> str:
@@ -292,7 +293,8 @@ def _describe_brats(staging: Path, dest: Path, origin: str, params: BratsParams)
             raise DataError(str(exc).replace(str(staging), origin)) from None
         first, stop = params.slice_range or (0, depth)
         if first >= depth:
-            raise DataError(f"{origin}/{case.name}: data.brats.slice_range starts at {first} but the case has {depth} slices")
+            raise DataError(f"{origin}/{case.name}: data.brats.slice_range starts at {first} "
+                            f"but the case has {depth} slices")
         files = brats.case_files(case, params)
         images_sha = brats.files_sha256([files[name] for name in params.modalities])
         labels_sha = _sha256(files[brats.LABELS])

@@ -1,0 +1,39 @@
+"""Building the array store (the cache stage): every kept slice decoded, resized and measured once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from glioseg.config import Params
+from glioseg.data.cache import SliceArrays
+from glioseg.data.reader import read_slices
+from glioseg.errors import DataError
+from glioseg.losses import border_distance_sum
+from glioseg.transforms import preprocess_pipeline
+
+
+def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
+    """Decode, resize and measure every slice of ``split`` (kept slices, with their subset)."""
+    rows = split.merge(labels[["patient", "slice", "image", "mask"]], on=["patient", "slice"], how="left")
+    if rows["image"].isna().any():
+        first = rows[rows["image"].isna()].iloc[0]
+        raise DataError(f"data/split.csv: slice {first.patient}_{first.slice} is not in data/labels.csv")
+    size = params.augment.image_size
+    resize = preprocess_pipeline(size)
+    n = len(rows)
+    images = np.empty((n, size, size, params.input_channels), np.uint8)
+    masks = np.empty((n, size, size), np.uint8)
+    distance = np.empty((n, size, size), np.float16)
+    for row, image, mask in read_slices(rows, params, desc="cache"):
+        out = resize(image=image, mask=mask)
+        images[row.Index], masks[row.Index] = out["image"], out["mask"]
+        distance[row.Index] = border_distance_sum(out["mask"]).astype(np.float16)
+    return SliceArrays(
+        images=images,
+        masks=masks,
+        distance=distance,
+        patient=rows["patient"].to_numpy(str),
+        slice=rows["slice"].to_numpy(np.int64),
+        subset=rows["subset"].to_numpy(str),
+    )

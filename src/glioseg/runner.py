@@ -1,0 +1,61 @@
+"""How a DVC stage script runs its stage: validate params.yaml, call one library function, print its summary.
+
+Each ``stages/<name>.py`` imports only the function its stage runs (and this module), so the
+stage's code dependencies, derived from its imports (:mod:`glioseg.codedeps`), are exactly the
+modules that stage can execute. A user error prints as one ``error:`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from glioseg.config import Params, load_params
+from glioseg.errors import GliosegError
+
+StageFunction = Callable[..., dict[str, Any]]
+
+# What each pipeline stage runs: the function its stages/<name>.py script calls, as "module:function".
+# Named, not imported, so that importing this module adds nothing to a stage's code dependencies
+# and the data stages do not pay for importing MLflow.
+STAGE_FUNCTIONS = {
+    "download": "glioseg.steps.download:run",
+    "clean": "glioseg.steps.clean:run",
+    "labels": "glioseg.steps.labels:run",
+    "split": "glioseg.steps.split:run",
+    "cache": "glioseg.steps.cache:run",
+    "augment": "glioseg.steps.augment:run",
+    "train": "glioseg.experiment:train_stage",
+    "evaluate": "glioseg.scoring:evaluate_stage",
+    "sweep_train": "glioseg.experiment:sweep_train_stage",
+    "sweep_evaluate": "glioseg.scoring:sweep_evaluate_stage",
+    "report": "glioseg.report:report_stage",
+}
+DATA_STAGES = ("download", "clean", "labels", "split", "cache", "augment")
+SWEEP_STAGES = ("sweep_train", "sweep_evaluate")
+
+
+def stage_function(stage: str) -> StageFunction:
+    """The function pipeline stage ``stage`` runs (imported on demand)."""
+    module, _, name = STAGE_FUNCTIONS[stage].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run(function: StageFunction, *args: str, params_file: Path | None = None) -> dict[str, Any]:
+    """``function(params, *args)`` with the validated params of ``params_file`` (default params.yaml)."""
+    params: Params = load_params(params_file)
+    return function(params, *args)
+
+
+def main(function: StageFunction, *args: str) -> None:
+    """A stage script's body: run the stage and print its summary, or one error line and exit 2."""
+    try:
+        summary = run(function, *args)
+    except GliosegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,90 @@
+"""The evaluation stages: a trained model scored on cached subsets, with the results logged to its MLflow run.
+
+Evaluation tracks the inference params (``inference``) and the inference code only, so changing
+TTA, the threshold or the post-processing re-runs these stages and the report, never training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from glioseg import distributed, paths, tracking
+from glioseg.config import Params, flatten
+from glioseg.data.cache import load_cache
+from glioseg.errors import DataError
+from glioseg.evaluate import evaluate, write_outputs
+from glioseg.io import write_json
+from glioseg.model import load_model
+
+
+def stage_protocol(params: Params) -> dict[str, Any]:
+    """What the metrics' protocol takes from the params: how cases were split and how the model predicted."""
+    split = {"unit": params.split.by, "folds": params.split.folds, "fold": params.split.fold} if params.split.folds \
+        else {"unit": params.split.by}
+    return {"split": split, "inference": params.inference.model_dump(mode="json")}
+
+
+def evaluate_run(
+    model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, params: Params
+) -> dict[str, Any]:
+    """Evaluate a model on cached subsets with ``params.inference``; log the results to the model's own MLflow run.
+
+    Returns ``{subset: summary}``, each summary with its ``protocol``; with ``out_dir`` the first
+    subset's CSVs and overlays are written there too.
+    """
+    loaded = load_model(model_path)
+    arrays = load_cache(paths.CACHE)
+    results: dict[str, Any] = {}
+    images: dict[str, Any] = {}
+    for subset in subsets:
+        part = arrays.select(subset)
+        if len(part) == 0:
+            raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
+        result = evaluate(loaded, part, params.run.device, params.inference)
+        summary = result.summary
+        summary["protocol"] = {**summary.get("protocol", {}), **stage_protocol(params)}
+        results[subset] = summary
+        if out_dir is not None and subset == subsets[0]:
+            images = write_outputs(result, part, out_dir)
+    run_id = loaded.meta.get("mlflow_run_id")
+    if run_id:
+        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        inference = {f"inference.{k}": str(v) for k, v in params.inference.model_dump().items()}
+        tracking.log_to_run(run_id, flat, images, inference)
+    return {"mlflow_run_id": run_id, **results}
+
+
+def evaluate_stage(params: Params) -> dict[str, Any]:
+    """The evaluate stage: the main model on the test (and train) patients -> metrics/test.json.
+
+    Under torchrun rank 0 evaluates alone; the other ranks return ``{"rank": r}`` at once.
+    """
+    if distributed.launched_rank() != 0:
+        return {"rank": distributed.launched_rank()}
+    result = evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params)
+    write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
+    return result
+
+
+def sweep_evaluate_stage(params: Params, name: str) -> dict[str, Any]:
+    """The sweep_evaluate@NAME stage: the model of sweep_train@NAME scored -> runs/NAME/metrics.json.
+
+    Under torchrun rank 0 evaluates alone; the other ranks return ``{"rank": r}`` at once.
+    """
+    if distributed.launched_rank() != 0:
+        return {"rank": distributed.launched_rank()}
+    config = params.for_sweep(name)
+    evaluated = evaluate_run(paths.sweep_dir(name) / "model.pt", ("train", "test"), None, config)
+    result = {
+        "name": name,
+        "loss": config.loss,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "mlflow_run_id": evaluated["mlflow_run_id"],
+        "train": evaluated["train"],
+        "test": evaluated["test"],
+    }
+    write_json(paths.sweep_dir(name) / "metrics.json", result)
+    return result

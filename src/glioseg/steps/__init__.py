@@ -1,0 +1,1 @@
+"""The data stages, one module each (download ... augment): read inputs, call ``glioseg.data``, write outputs."""
