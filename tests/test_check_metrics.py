@@ -113,10 +113,11 @@ def test_compare_missing_metric_fails_with_note():
     assert table.loc["iou", "note"] == "missing from baseline"
 
 
-def test_compare_non_number_fails_with_note():
-    row = compare({"dice": None}, {}, {"dice": {"min": 0.5}}).iloc[0]
+@pytest.mark.parametrize("value", [None, "0.99", True, float("nan")])
+def test_compare_non_number_fails_with_note(value):
+    row = compare({"dice": value}, {}, {"dice": {"min": 0.5}}).iloc[0]
     assert not row["ok"]
-    assert row["note"] == "not a finite number in current metrics (None)"
+    assert row["note"] == f"not a finite number in current metrics ({value!r})"
 
 
 def test_compare_flattens_nested_metrics():

@@ -37,6 +37,11 @@ def test_dvc_written_float_string_is_coerced(tmp_path):
         ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
         ({"model": {"encoder_depth": 4}}, "model.decoder_channels"),
         ({"split": {"train": 0.5, "val": 0.1, "test": 0.2}}, "must be 1"),
+        ({"lr": float("inf")}, "key 'lr': Input should be a finite number (got inf)"),
+        ({"train": {"clip_grad_norm": float("inf")}}, "key 'train.clip_grad_norm': Input should be a finite number"),
+        ({"augment": {"hflip": float("nan")}}, "key 'augment.hflip': Input should be a finite number"),
+        ({"epochs": True}, "key 'epochs': expected a number, not true/false (got True)"),
+        ({"sweeps": {"slow": {"epochs": False}}}, "key 'sweeps.slow.epochs': expected a number, not true/false"),
     ],
 )
 def test_bad_params_name_the_key_in_one_line(raw, key):
@@ -60,9 +65,13 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("lr: [1\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("seed: 1\nlr: [1\nloss: dice\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line 3, column 5:"):
         load_params(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: empty; it must hold the params"):
+        load_params(empty)
 
 
 def test_project_params_file_is_valid():

@@ -156,20 +156,48 @@ def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(pr
     original = params_file.read_text()
     params = yaml.safe_load(original)
     try:
+        # check_params validates every edit of params.yaml; its stamp never changes, so it re-runs nothing.
         params["run"] = {**params["run"], "overlay_every": 7, "threads": 2}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert changed_stages(root, env) == set()
+        assert changed_stages(root, env) == {"check_params"}
         params["inference"] = {**params["inference"], "tta": True}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert changed_stages(root, env) == {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+        assert changed_stages(root, env) == {"check_params", "evaluate",
+                                             *(f"sweep_evaluate@{name}" for name in SWEEPS)}
         output = run(["dvc", "repro"], root, env).stdout
         ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-        assert ran == {"evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+        assert ran == {"check_params", "evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
         metrics = json.loads((root / "metrics/test.json").read_text())
         assert metrics["test"]["protocol"]["inference"]["tta"] is True
     finally:
         params_file.write_text(original)
         run(["dvc", "repro"], root, env)
+    assert changed_stages(root, env) == set()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"lr": float("inf")}, "error: params.yaml: key 'lr': Input should be a finite number (got inf)"),
+    ({"epoch": 3}, "error: params.yaml: unknown key 'epoch'"),
+    ({"epochs": True}, "error: params.yaml: key 'epochs': expected a number, not true/false"),
+])
+def test_a_bad_param_stops_repro_before_any_output_is_removed(project, edit, message):
+    root, env = project["root"], project["env"]
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    kept = {name: (root / name).read_bytes() for name in ("models/train.json", "models/history.csv",
+                                                          "models/model.pt", "metrics/test.json")}
+    try:
+        params_file.write_text(yaml.safe_dump({**yaml.safe_load(original), **edit}, sort_keys=False))
+        failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert failed.returncode != 0
+        assert message in failed.stdout + failed.stderr
+        assert "Running stage 'train'" not in failed.stdout
+        assert {name: (root / name).read_bytes() for name in kept} == kept
+    finally:
+        params_file.write_text(original)
+    output = run(["dvc", "repro"], root, env).stdout
+    assert [line for line in output.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'check_params':"]
     assert changed_stages(root, env) == set()
 
 
@@ -226,6 +254,31 @@ def test_queued_and_temp_experiments_land_in_the_repo_store(project):
     new = {r.data.params["loss"] for r in after if r.info.run_id not in {b.info.run_id for b in before}}
     assert new == {"wbce", "dice"}
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = exp_show_metrics(root, env)
+    for loss in ("wbce", "dice"):
+        dice = [m["test"]["dice_patient_mean"] for shown_loss, m in shown if shown_loss == loss and m]
+        assert dice and all(0.0 <= value <= 1.0 for value in dice), (loss, shown)
+
+
+def exp_show_metrics(root: Path, env: dict[str, str]) -> list[tuple[str, dict | None]]:
+    """(loss, metrics/test.json) of every row of `dvc exp show --json`: the workspace, commits, experiments."""
+    rows = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "params" in data:
+                params = (data["params"].get("params.yaml") or {}).get("data") or {}
+                metrics = ((data.get("metrics") or {}).get("metrics/test.json") or {}).get("data")
+                rows.append((params.get("loss"), metrics))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout))
+    return rows
 
 
 def test_queued_cross_validation_is_summarised_over_every_patient(project):

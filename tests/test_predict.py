@@ -1,5 +1,7 @@
 """glioseg predict on TIFs the test writes, with a tiny trained model."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from glioseg.data.cache import SliceArrays
 from glioseg.errors import ConfigError, DataError
 from glioseg.evaluate import evaluate, predict_masks
 from glioseg.model import load_model
+from glioseg.owned_output import STAGING_PREFIX, owned_files
 from glioseg.predict import find_inputs, inference_options, inference_settings, predict
 from glioseg.transforms import preprocess_pipeline
 
@@ -165,7 +168,7 @@ def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    with pytest.raises(DataError, match="not an earlier predict output"):
+    with pytest.raises(DataError, match="holds files glioseg did not write"):
         predict(patient_folder, model_file, busy)
     assert (busy / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "o2").exists()
@@ -179,3 +182,65 @@ def test_nifti_input_to_an_lgg_model_is_a_one_line_error(model_file, tmp_path):
     with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
         predict(tmp_path / "cases", model_file, tmp_path / "out", "cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_a_folder_of_other_files_and_with_overwrite_replaces_only_its_own(
+    model_file, patient_folder, tmp_path
+):
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "areas.csv").write_text("the user's own table")
+    with pytest.raises(DataError, match="holds files glioseg did not write"):
+        predict(patient_folder, model_file, out)
+    assert sorted(p.name for p in out.iterdir()) == ["areas.csv", "notes.txt"]
+    assert (out / "areas.csv").read_text() == "the user's own table"
+
+    predict(patient_folder, model_file, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert pd.read_csv(out / "areas.csv")["slice"].tolist() == [f"TCGA_XX_0001_20000101_{n}" for n in (1, 2, 10)]
+    owned = owned_files(out)
+    assert "areas.csv" in owned and "notes.txt" not in owned
+    assert len([name for name in owned if name.endswith("_mask.tif")]) == 3
+
+    # A second run into its own folder needs no --overwrite; its earlier files that it does not
+    # write again go, the user's stay.
+    one_slice = patient_folder / "TCGA_XX_0001_20000101_2.tif"
+    predict(one_slice, model_file, out)
+    masks = sorted(p.name for p in out.rglob("*_mask.tif"))
+    assert masks == ["TCGA_XX_0001_20000101_2_mask.tif"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_predict_into_the_working_directory_or_onto_a_file_is_one_line(model_file, patient_folder, tmp_path,
+                                                                        monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "scan_notes.md").write_text("keep")
+    monkeypatch.chdir(work)
+    with pytest.raises(DataError, match=r"--out \.: holds files glioseg did not write"):
+        predict(patient_folder, model_file, Path("."))
+    assert [p.name for p in work.iterdir()] == ["scan_notes.md"]
+    with pytest.raises(DataError, match="scan_notes.md: is a file; give a folder"):
+        predict(patient_folder, model_file, Path("scan_notes.md"))
+    assert (work / "scan_notes.md").read_text() == "keep"
+
+
+def test_a_failed_prediction_leaves_the_folder_as_it_was(model_file, patient_folder, tmp_path, monkeypatch):
+    import glioseg.predict as predict_module
+
+    out = tmp_path / "out"
+    predict(patient_folder, model_file, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise DataError("disk trouble")
+
+    monkeypatch.setattr(predict_module, "case_totals", broken)
+    with pytest.raises(DataError, match="disk trouble"):
+        predict(patient_folder, model_file, out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(DataError, match="disk trouble"):
+        predict(patient_folder, model_file, tmp_path / "new")
+    assert not (tmp_path / "new").exists()

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from glioseg.config import parse_params
+from glioseg.errors import TrainingError
 from glioseg.inference import autocast_dtype, cpu_has_native_bf16
-from glioseg.model import load_model, save_checkpoint
+from glioseg.model import load_model, read_checkpoint, save_checkpoint
 from glioseg.train import DeviceArrays, Trainer, scheduled_lr
 from tests.conftest import TINY_PARAMS
 
@@ -51,6 +52,26 @@ def test_interrupted_run_resumes_to_the_same_weights(schedule, tiny_data, tmp_pa
     np.testing.assert_allclose(resumed.history["train_loss"], reference.history["train_loss"], rtol=1e-6)
     for key, value in reference.best["state_dict"].items():
         assert torch.equal(value, resumed.best["state_dict"][key]), key
+
+
+def test_a_loss_that_stops_being_finite_stops_training_and_keeps_the_last_good_epoch(
+    tiny_params, tiny_data, tmp_path, monkeypatch
+):
+    train, val, pipelines = tiny_data
+    trainer = Trainer(tiny_params, train, val, pipelines, fingerprint="f")
+    real_epoch, calls = trainer.train_epoch, []
+
+    def diverging_epoch():
+        calls.append(1)
+        stats = real_epoch()
+        return {**stats, "loss": float("nan")} if len(calls) == 2 else stats
+
+    monkeypatch.setattr(trainer, "train_epoch", diverging_epoch)
+    with pytest.raises(TrainingError, match=r"epoch 2: train_loss nan, not finite; training stopped and .*last\.pt "
+                                            r"keeps epoch 1"):
+        trainer.fit(tmp_path)
+    kept = read_checkpoint(tmp_path / "last.pt")
+    assert kept["epoch"] == 1 and all(np.isfinite(row["train_loss"]) for row in kept["history"])
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):

@@ -28,14 +28,19 @@ SLACK = 1e-12
 
 
 def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None when it is not one (bools are not numbers here)."""
-    if isinstance(value, bool):
+    """``value`` as a finite float, or None when it is not a finite JSON/YAML number (bools and strings are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
+    number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _rule(path: Path, metric: str, rule: Any) -> dict[str, float]:
@@ -45,7 +50,8 @@ def _rule(path: Path, metric: str, rule: Any) -> dict[str, float]:
     for key, value in rule.items():
         if key not in RULE_KEYS:
             raise ConfigError(f"{path}: metric '{metric}': unknown key '{key}' (expected min or tolerance)")
-        number = _number(value)
+        # PyYAML (YAML 1.1) reads a bare 5e-2 as a string: rules take numeric strings, metrics do not.
+        number = _number(float(value) if isinstance(value, str) and _is_float(value) else value)
         if number is None:
             raise ConfigError(f"{path}: metric '{metric}': '{key}' must be a number (got {value!r})")
         if key == "tolerance" and number < 0:

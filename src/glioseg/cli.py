@@ -145,9 +145,12 @@ def cv_summary_command(
 @user_errors
 def predict_command(
     source: Annotated[Path, typer.Argument(help="a .tif slice, a kaggle_3m patient folder, or a folder of them")],
-    out: Annotated[Path, typer.Option(help="output folder (created; replaced if it holds an earlier prediction)")],
+    out: Annotated[Path, typer.Option(help="output folder: predict adds its files and replaces only those it "
+                                      "wrote there before")],
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "models/model.pt",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="write into a folder that holds other files, replacing only "
+                                            "files of the same names")] = False,
     threshold: Annotated[float | None, typer.Option(
         help="sigmoid probability above which a pixel is tumour (one-class models); default: the model file's",
         show_default=False)] = None,
@@ -168,7 +171,7 @@ def predict_command(
 
     overrides = inference_options(threshold=threshold, tta=tta, postprocess=postprocess)
     select_device(device, DEVICE_OPTION)  # a bad --device fails before any model is loaded
-    table = predict(source, model, out, device, overrides)
+    table = predict(source, model, out, device, overrides, overwrite=overwrite)
     typer.echo(f"{len(table)} slices, {int((table['tumour_pixels'] > 0).sum())} with tumour -> {out}")
 
 

@@ -11,7 +11,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,8 +31,28 @@ from glioseg.io import read_yaml
 LossName = Literal["wbce", "dice", "combined"]
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (``int``, ``float``, or one of them or None)."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return bool(options) and all(option in (int, float, type(None)) for option in options) \
+        and any(option in (int, float) for option in options)
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys, infinities and NaN are errors, and a number is never given as true/false.
+
+    YAML reads ``epochs: true`` as a boolean, which pydantic would take as 1; ``lr: .inf`` as a
+    float that would train to a NaN loss.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
 
 
 class SyntheticParams(Strict):
@@ -347,7 +369,9 @@ def params_path() -> Path:
 def load_params(path: str | os.PathLike | None = None) -> Params:
     path = Path(path) if path is not None else params_path()
     raw = read_yaml(path, "params file")
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None:
+        raise ConfigError(f"{path}: empty; it must hold the params (`glioseg params --out {path}` writes the defaults)")
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of params at the top level")
     return parse_params(raw, str(path))
 

@@ -16,3 +16,7 @@ class DataError(GliosegError):
 
 class ConfigError(GliosegError):
     """A param in params.yaml is unknown, missing or has a wrong value."""
+
+
+class TrainingError(GliosegError):
+    """Training cannot go on (a loss that is no longer finite, outputs held by another training)."""

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 DATA = Path("data")
+PARAMS_VALID = DATA / "params.valid"
 RAW = DATA / "raw"
 RAW_LGG = RAW / "kaggle_3m"
 RAW_BRATS = RAW / "brats"

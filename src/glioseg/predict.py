@@ -37,8 +37,9 @@ from glioseg.config import InferenceParams
 from glioseg.data import brats
 from glioseg.data.lgg import read_image
 from glioseg.errors import ConfigError, DataError
-from glioseg.io import atomic_path, write_csv
+from glioseg.io import write_csv
 from glioseg.model import LoadedModel, load_model
+from glioseg.owned_output import check_output_folder, staged_output
 from glioseg.predictor import Predictor
 from glioseg.viz import overlay
 
@@ -289,20 +290,23 @@ def predict(
     out_dir: Path,
     device: str = "auto",
     inference: InferenceParams | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Masks, overlays and tumour areas for every slice under ``source``; returns the per-slice table.
+
+    ``out_dir`` gains predict's files and loses only files an earlier predict wrote there
+    (:mod:`glioseg.owned_output`); a folder holding other files is refused unless ``overwrite``,
+    which replaces only same-named files.
 
     ``inference``: None predicts with the model file's settings; an :class:`InferenceParams`
     replaces them; a mapping (the command's ``--threshold``/``--tta``/``--postprocess``) replaces
     only the settings it gives.
     """
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "areas.csv").is_file():
-        raise DataError(f"{out_dir}: exists and is not an earlier predict output; choose an empty folder")
+    check_output_folder(out_dir, overwrite)
     loaded = load_model(resolve_model(model))
     check_input_kind(loaded, source, model)
     settings = inference_settings(loaded, inference)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True, exist_ok=True)
+    with staged_output(out_dir) as tmp:
         predict_cases = predict_nifti if loaded.dataset == "brats" else predict_tifs
         table = pd.DataFrame(predict_cases(loaded, source, tmp, device, settings))
         write_csv(tmp / "areas.csv", table)

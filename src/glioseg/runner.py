@@ -23,6 +23,7 @@ StageFunction = Callable[..., dict[str, Any]]
 # Named, not imported, so that importing this module adds nothing to a stage's code dependencies
 # and the data stages do not pay for importing MLflow.
 STAGE_FUNCTIONS = {
+    "check_params": "glioseg.steps.check_params:run",
     "download": "glioseg.steps.download:run",
     "clean": "glioseg.steps.clean:run",
     "labels": "glioseg.steps.labels:run",

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from glioseg import distributed
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays
+from glioseg.errors import TrainingError
 from glioseg.inference import (
     autocast,
     autocast_dtype,
@@ -47,6 +48,16 @@ CURVE_METRICS = ("loss", "dice", "iou", "dice_positive_slice")
 # Training and validation curves (and so the best epoch) label pixels at probability 0.5, not at
 # inference.threshold: what a run learns and keeps must not depend on an inference setting.
 VALIDATION_THRESHOLD = 0.5
+
+
+def check_finite(row: dict[str, float], epoch: int, last_path: Path) -> None:
+    """Stop before an epoch whose loss is not finite is kept: ``last_path`` still holds the epoch before."""
+    bad = {key: value for key, value in row.items() if key.endswith("_loss") and not math.isfinite(value)}
+    if bad:
+        kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch is kept"
+        losses = ", ".join(f"{key} {value}" for key, value in bad.items())
+        raise TrainingError(f"epoch {epoch}: {losses}, not finite; training stopped and {kept} "
+                            "(lower lr or set train.clip_grad_norm)")
 
 
 @dataclass
@@ -263,6 +274,7 @@ class Trainer:
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                    **{f"val_{k}": v for k, v in val_stats.items()}, "lr": self.optimizer.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - began}
+            check_finite(row, epoch, last_path)
             history.append(row)
             if self.params.train.keep == "last" or row["val_dice"] > best_score:
                 best_score, best_epoch = row["val_dice"], epoch
