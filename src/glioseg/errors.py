@@ -20,3 +20,7 @@ class ConfigError(GliosegError):
 
 class TrainingError(GliosegError):
     """Training cannot go on (a loss that is no longer finite, outputs held by another training)."""
+
+
+class BusyError(GliosegError):
+    """Another process holds the outputs this one would write (a training still running)."""

@@ -20,7 +20,7 @@ from glioseg.config import Params
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.errors import DataError
 from glioseg.inference import predict_labels
-from glioseg.io import read_json, write_csv, write_json
+from glioseg.io import exclusive_lock, read_json, write_csv, write_json
 from glioseg.model import build_model, save_checkpoint
 from glioseg.train import CURVE_METRICS, VALIDATION_THRESHOLD, Trainer
 from glioseg.transforms import eval_normaliser
@@ -94,15 +94,26 @@ def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str]
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{paths.SPLIT}: the train and val subsets must both hold slices")
     trainer = Trainer(params, train, val, pipelines, fingerprint(params, paths.CACHE, pipelines))
+    checkpoints = out_dir / "checkpoints"
     if not trainer.world.main:
-        trainer.fit(out_dir / "checkpoints")
+        trainer.fit(checkpoints)
         return {"rank": trainer.world.rank}
+    with exclusive_lock(checkpoints, "training"):
+        return _tracked_training(trainer, params, run_name, out_dir, tags or {}, val)
 
-    with tracking.start_run(run_name, params.flat(), tags or {}) as run:
-        if paths.AUGMENT_PREVIEW.is_file():
-            tracking.log_artifact(paths.AUGMENT_PREVIEW, "augment")
-        tracking.log_artifact(paths.AUGMENT, "augment")
-        outcome = trainer.fit(out_dir / "checkpoints", RunLogger(params, val, pipelines))
+
+def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: Path, tags: dict[str, str],
+                      val: SliceArrays) -> dict[str, Any]:
+    """Rank 0's side of :func:`train_run`: one MLflow run for the whole training, resumed runs included."""
+    checkpoints = out_dir / "checkpoints"
+    resumable = trainer.resumable_state(checkpoints)
+    resume = resumable.get("mlflow_run_id") if resumable else None
+    with tracking.start_run(run_name, params.flat(), tags, resume=resume) as run:
+        if resume is None:
+            if paths.AUGMENT_PREVIEW.is_file():
+                tracking.log_artifact(paths.AUGMENT_PREVIEW, "augment")
+            tracking.log_artifact(paths.AUGMENT, "augment")
+        outcome = trainer.fit(checkpoints, RunLogger(params, val, trainer.pipelines), run_id=run.info.run_id)
         best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
         save_checkpoint(out_dir / "model.pt", best)
         tracking.log_artifact(out_dir / "model.pt", "checkpoint")

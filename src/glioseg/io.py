@@ -1,8 +1,9 @@
-"""Atomic writes: an output appears whole under its final name, or not at all."""
+"""Atomic writes (an output appears whole under its final name, or not at all) and output locks."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from glioseg.errors import ConfigError, DataError
+from glioseg.errors import BusyError, ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -75,3 +76,31 @@ def read_yaml(path: str | os.PathLike, what: str) -> object:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock file while ``what`` writes there; a second holder gets a one-line error.
+
+    The lock is the kernel's (``flock``), so it is released when its process dies, however it
+    dies: a killed training never leaves a stale lock. The file names the holder's process id.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / ".lock"
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise BusyError(f"{folder}: another {what} (pid {holder}) is writing here; stop it "
+                                     f"(kill {holder}) or wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,19 +73,81 @@ def client():
 
 
 def ensure_experiment(name: str = EXPERIMENT) -> str:
+    """The experiment's id, created with its artifacts under this repository when it is new.
+
+    MLflow keeps an experiment's artifact folder for good; a store copied or moved with its
+    repository still names the old folder, so that is said once per run, with where artifacts go.
+    """
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
+    wanted = f"{artifact_location()}/{name}"
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=f"{artifact_location()}/{name}")
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=wanted)
+    if experiment.artifact_location != wanted and not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"warning: {tracking_uri()}: experiment '{name}' keeps its artifacts in {experiment.artifact_location} "
+              f"(fixed when it was created, not under this repository's {artifact_location()}); new runs' "
+              "artifacts go there too", file=sys.stderr)
+    return experiment.experiment_id
+
+
+OWNER_PID, OWNER_HOST = "glioseg.pid", "glioseg.host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose training process on this host is gone (killed, crashed).
+
+    A process killed outright cannot end its own run; the next training does, so no run stays
+    RUNNING for ever. Runs of other hosts, and runs of processes still alive, are left alone.
+    """
+    tracker = client()
+    running = tracker.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in running:
+        pid, host = run.data.tags.get(OWNER_PID), run.data.tags.get(OWNER_HOST)
+        if host == socket.gethostname() and pid and pid.isdigit() and not _alive(int(pid)):
+            tracker.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def _existing_run(run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    try:
+        client().get_run(run_id)
+    except Exception:  # MLflow raises MlflowException, or a store error, for an unknown id
+        return None
+    return run_id
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Any]:
+def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resume: str | None = None) -> Iterator[Any]:
+    """A run for one training: ``resume`` (the run a checkpoint was logged to) when it still exists, else a new one.
+
+    A resumed run keeps its params (MLflow params cannot change) and gains the remaining epochs.
+    """
     mlflow = _mlflow()
     experiment_id = ensure_experiment()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags(tags)) as run:
+    end_abandoned_runs(experiment_id)
+    owner = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+    resume = _existing_run(resume)
+    if resume is not None:
+        with mlflow.start_run(run_id=resume) as run:
+            mlflow.set_tags(owner)
+            yield run
+        return
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags(tags) | owner) as run:
         mlflow.log_params({key: str(value) for key, value in params.items()})
         yield run
 

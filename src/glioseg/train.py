@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from glioseg import distributed
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays
-from glioseg.errors import TrainingError
+from glioseg.errors import DataError, TrainingError
 from glioseg.inference import (
     autocast,
     autocast_dtype,
@@ -251,17 +252,38 @@ class Trainer:
         predicted = labels_from_logits(logits, VALIDATION_THRESHOLD)
         return region_confusion_tensor(predicted, masks[:, 0], self.regions)
 
-    def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None) -> TrainOutcome:
+    def resumable_state(self, checkpoint_dir: Path) -> dict[str, Any] | None:
+        """``last.pt``'s state when this run continues it (same fingerprint), else None.
+
+        A damaged file (a kill while the disk was full, a copy cut short) is not resumed: a
+        warning names it and training starts over, overwriting it with the first good epoch.
+        """
+        last_path = checkpoint_dir / "last.pt"
+        if not last_path.is_file():
+            return None
+        try:
+            state = read_checkpoint(last_path)
+        except DataError as exc:
+            print(f"warning: {exc}; training starts again from epoch 1 and replaces it", file=sys.stderr)
+            return None
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None,
+            run_id: str | None = None) -> TrainOutcome:
+        """Train to ``params.epochs``, resuming ``checkpoint_dir/last.pt`` when it is this run's.
+
+        ``run_id`` (the MLflow run the epochs are logged to) is kept in every checkpoint, so a
+        resumed training continues the same run (:meth:`resumable_state`).
+        """
         last_path = checkpoint_dir / "last.pt"
         history: list[dict] = []
         best, best_epoch, start_epoch = None, 0, 1
-        if last_path.is_file():
-            state = read_checkpoint(last_path)
-            if state.get("fingerprint") == self.fingerprint:
-                self._restore(state)
-                history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
-                start_epoch = state["epoch"] + 1
-                self.epochs_done = state["epoch"]
+        state = self.resumable_state(checkpoint_dir)
+        if state is not None:
+            self._restore(state)
+            history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+            start_epoch = state["epoch"] + 1
+            self.epochs_done = state["epoch"]
         resumed_from = start_epoch - 1
         best_score = max((row["val_dice"] for row in history), default=-1.0)
         epochs = range(start_epoch, self.params.epochs + 1)
@@ -280,7 +302,7 @@ class Trainer:
                 best_score, best_epoch = row["val_dice"], epoch
                 best = self.payload(epoch=epoch, val_dice=row["val_dice"])
             if self.world.main:
-                save_checkpoint(last_path, self._state(epoch, history, best, best_epoch))
+                save_checkpoint(last_path, self._state(epoch, history, best, best_epoch) | {"mlflow_run_id": run_id})
                 if on_epoch is not None:
                     on_epoch(epoch, row, self.model)
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
