@@ -191,6 +191,31 @@ def test_fetch_copies_only_wanted_files_from_a_folder_or_zip(cases, tmp_path):
     assert from_zip["image_sha256"][0] == from_folder["image_sha256"][0]
 
 
+def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    first = case(cases, 1)
+    archive = tmp_path / "hostile.zip"
+    hostile = ["../escaped/escaped_t1ce.nii.gz", "../.._t1ce.nii.gz", f"{tmp_path}/abs/abs_flair.nii.gz",
+               "Training/x/../../../up/up_seg.nii.gz"]
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in first.glob("*.nii.gz"):
+            handle.write(path, f"Training/{first.name}/{path.name}")
+        for name in hostile:  # ZipInfo keeps the name as given (ZipFile.write would normalise it)
+            handle.writestr(zipfile.ZipInfo(name), volume_file(first, "t1ce").read_bytes())
+    manifest = fetch_brats(str(archive), work / "data/raw/brats", work / "data/raw/manifest.csv", patients=None,
+                           synthetic=parse_params({}).data.synthetic, params=PARAMS)
+    assert set(manifest["patient"]) == {first.name}
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(cases) and p != archive]
+    assert all(p.is_relative_to(work / "data/raw") for p in written), written
+    assert sorted(p.name for p in (work / "data/raw/brats").rglob("*.nii.gz")) == sorted(
+        f"{first.name}_{suffix}.nii.gz" for suffix in ("t1ce", "flair", "seg"))
+    warnings = capsys.readouterr().err
+    for name in hostile:
+        assert f"member {name!r} skipped" in warnings
+
+
 def test_fetch_error_leaves_nothing_behind(cases, tmp_path):
     volume_file(case(cases, 1), "t1ce").unlink()
     synthetic = parse_params({}).data.synthetic

@@ -91,3 +91,17 @@ def test_cache_errors_name_the_file(manifest, tmp_path):
     split = pd.DataFrame([{"patient": "P9", "slice": 1, "diagnosis": 0, "subset": "train"}])
     with pytest.raises(DataError, match="P9_1"):
         build_cache(labels, split, parse_params({"augment": {"image_size": 32}}))
+
+
+def test_a_damaged_cache_is_one_line_naming_the_file_and_the_fix(tmp_path):
+    from tests.conftest import square_slices
+
+    path = tmp_path / "slices.npz"
+    save_cache(square_slices(4, 32, seed=0), path)
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"not a zip at all", whole[:-40]):
+        path.write_bytes(damaged)
+        expected = (r"slices\.npz: damaged \(\w+\); restore it with `dvc checkout .*slices\.npz` "
+                    r"or rebuild it with `dvc repro --force cache`")
+        with pytest.raises(DataError, match=expected):
+            load_cache(path)

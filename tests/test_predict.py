@@ -1,5 +1,6 @@
 """glioseg predict on TIFs the test writes, with a tiny trained model."""
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,27 @@ def test_a_failed_prediction_leaves_the_folder_as_it_was(model_file, patient_fol
     with pytest.raises(DataError, match="disk trouble"):
         predict(patient_folder, model_file, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_model_from_the_mlflow_store_leaves_no_copy_behind(model_file, patient_folder, tmp_path, monkeypatch):
+    from glioseg import tracking
+    from glioseg.predict import CHECKPOINT_ARTIFACT, load_model_spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.start_run("train", {}, {}) as run:
+        tracking.log_artifact(model_file, CHECKPOINT_ARTIFACT.rpartition("/")[0])
+    tracking.client().create_registered_model("glioseg-test")
+    tracking.client().create_model_version("glioseg-test", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    reference = load_model(model_file)
+    for spec in (f"runs:/{run.info.run_id}", "models:/glioseg-test/1"):
+        loaded = load_model_spec(spec)
+        for key, value in reference.model.state_dict().items():
+            assert torch.equal(loaded.model.state_dict()[key], value), (spec, key)
+        assert list(scratch.iterdir()) == [], spec
+    with pytest.raises(DataError, match="models:/glioseg-test/7: no such registered model version"):
+        load_model_spec("models:/glioseg-test/7")

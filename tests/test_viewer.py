@@ -146,6 +146,14 @@ def test_viewer_masks_equal_what_predict_writes(model_file, cases, tmp_path):
             np.testing.assert_array_equal(truth, read_mask(cases / name / f"{slice_name}_mask.tif"))
 
 
+def test_page_messages_leave_out_the_servers_own_folders():
+    uploads, temp = Path("/tmp/glioseg-uploads-x1"), Path("/tmp")
+    message = "/tmp/glioseg-uploads-x1/TCGA_A/TCGA_A_1.tif: not an RGB image; /tmp/glioseg-viewer-2/c_pred.nii.gz"
+    assert logic.page_message(message, [uploads, temp]) == ("TCGA_A/TCGA_A_1.tif: not an RGB image; "
+                                                            "glioseg-viewer-2/c_pred.nii.gz")
+    assert logic.page_message("/data/cases/x.tif: unreadable", [uploads, temp]) == "/data/cases/x.tif: unreadable"
+
+
 def test_bad_model_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match="model file not found"):
         logic.load(str(tmp_path / "missing.pt"))
@@ -197,6 +205,23 @@ def serving(model: Path, data: Path, workdir: Path):
 def server(model_file, cases, tmp_path_factory):
     with serving(model_file, cases, tmp_path_factory.mktemp("serve")) as url:
         yield url
+
+
+def websocket_handshake(port: int, host: str) -> str:
+    """The status line the viewer answers to a WebSocket handshake with ``host`` as Host and Origin."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall((f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: http://{host}:{port}\r\n"
+                            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+        return connection.recv(200).split(b"\r\n")[0].decode()
+
+
+@pytest.mark.slow
+def test_a_foreign_host_cannot_open_the_viewers_session(server):
+    port = int(server.rsplit(":", 1)[1])
+    assert websocket_handshake(port, "rebound.example") == "HTTP/1.1 403 Forbidden"
+    assert websocket_handshake(port, "127.0.0.1") == "HTTP/1.1 101 Switching Protocols"
+    assert websocket_handshake(port, "localhost") == "HTTP/1.1 101 Switching Protocols"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -16,6 +17,17 @@ import yaml
 
 from glioseg.errors import BusyError, ConfigError, DataError
 
+# Faults of the disk a user fixes (make room, make it writable), not bugs.
+WRITE_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def write_fault(exc: OSError, path: str | os.PathLike) -> DataError | None:
+    """``exc`` as a one-line error naming the file (``path`` when the error names none), for a full or
+    read-only disk; None for any other OSError."""
+    if exc.errno not in WRITE_FAULTS:
+        return None
+    return DataError(f"{exc.filename or path}: cannot write: {exc.strerror.lower()}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -25,18 +37,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removed if the block raises.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    target = tmp / final.name
+    tmp = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        target = tmp / final.name
         yield target
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(target, final)
+    except OSError as exc:
+        fault = write_fault(exc, final)
+        if fault is None:
+            raise
+        raise fault from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -110,15 +110,16 @@ def _by_slice_number(files: list[Path]) -> list[Path]:
     return sorted(files, key=key)
 
 
-def resolve_model(spec: str | os.PathLike) -> Path:
-    """A checkpoint path from a file, ``runs:/<run id>[/...]`` or ``models:/<name>/<version>``.
+def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
+    """The model of a checkpoint file, ``runs:/<run id>[/...]`` or ``models:/<name>/<version>``.
 
     For MLflow URIs the run's glioseg checkpoint artifact is downloaded (it loads with
-    ``weights_only=True``); the pickled MLflow model is never unpickled.
+    ``weights_only=True``; the pickled MLflow model is never unpickled) into a temporary folder
+    that is removed as soon as the model is in memory.
     """
     spec = str(spec)
     if not spec.startswith(("runs:/", "models:/")):
-        return Path(spec)
+        return load_model(spec)
     from glioseg import tracking
 
     client = tracking.client()
@@ -130,11 +131,12 @@ def resolve_model(spec: str | os.PathLike) -> Path:
             raise DataError(f"{spec}: no such registered model version ({type(exc).__name__})") from None
     else:
         run_id = spec.removeprefix("runs:/").split("/")[0]
-    target = Path(tempfile.mkdtemp(prefix="glioseg-model-"))
-    try:
-        return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(target)))
-    except Exception as exc:
-        raise DataError(f"{spec}: run has no glioseg checkpoint artifact ({type(exc).__name__})") from None
+    with tempfile.TemporaryDirectory(prefix="glioseg-model-") as target:
+        try:
+            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, target)
+        except Exception as exc:
+            raise DataError(f"{spec}: run has no glioseg checkpoint artifact ({type(exc).__name__})") from None
+        return load_model(path)
 
 
 def load_slice(item: SliceInput, channels: int) -> np.ndarray:
@@ -303,7 +305,7 @@ def predict(
     only the settings it gives.
     """
     check_output_folder(out_dir, overwrite)
-    loaded = load_model(resolve_model(model))
+    loaded = load_model_spec(model)
     check_input_kind(loaded, source, model)
     settings = inference_settings(loaded, inference)
     with staged_output(out_dir) as tmp:

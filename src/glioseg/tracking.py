@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.errors import DataError
+from glioseg.io import write_fault
 from glioseg.paths import MANIFEST, repo_root
 
 EXPERIMENT = "glioseg"
@@ -72,6 +74,24 @@ def client():
     return mlflow.tracking.MlflowClient(tracking_uri=tracking_uri())
 
 
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Faults of the MLflow store as one line naming it: a damaged database, a full or read-only disk."""
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        yield
+    except DatabaseError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise DataError(f"{tracking_uri()}: the MLflow store cannot be read ({reason}); move the file aside to "
+                        "start a new store, or set MLFLOW_TRACKING_URI to another") from None
+    except OSError as exc:
+        fault = write_fault(exc, artifact_location())
+        if fault is None:
+            raise
+        raise fault from None
+
+
 def ensure_experiment(name: str = EXPERIMENT) -> str:
     """The experiment's id, created with its artifacts under this repository when it is new.
 
@@ -81,9 +101,10 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     wanted = f"{artifact_location()}/{name}"
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=wanted)
+    with store_errors():
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            return mlflow.create_experiment(name, artifact_location=wanted)
     if experiment.artifact_location != wanted and not os.environ.get("MLFLOW_TRACKING_URI"):
         print(f"warning: {tracking_uri()}: experiment '{name}' keeps its artifacts in {experiment.artifact_location} "
               f"(fixed when it was created, not under this repository's {artifact_location()}); new runs' "
@@ -139,17 +160,18 @@ def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resum
     """
     mlflow = _mlflow()
     experiment_id = ensure_experiment()
-    end_abandoned_runs(experiment_id)
-    owner = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
-    resume = _existing_run(resume)
-    if resume is not None:
-        with mlflow.start_run(run_id=resume) as run:
-            mlflow.set_tags(owner)
+    with store_errors():
+        end_abandoned_runs(experiment_id)
+        owner = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+        resume = _existing_run(resume)
+        if resume is not None:
+            with mlflow.start_run(run_id=resume) as run:
+                mlflow.set_tags(owner)
+                yield run
+            return
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags(tags) | owner) as run:
+            mlflow.log_params({key: str(value) for key, value in params.items()})
             yield run
-        return
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags(tags) | owner) as run:
-        mlflow.log_params({key: str(value) for key, value in params.items()})
-        yield run
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
@@ -179,11 +201,12 @@ def search_runs(filter_string: str = "") -> Any:
     """The project experiment's runs as ``mlflow.search_runs`` gives them (empty without the experiment)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        import pandas as pd
+    with store_errors():
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            import pandas as pd
 
-        return pd.DataFrame()
-    return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string)
+            return pd.DataFrame()
+        return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string)
 
 
 def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
@@ -191,7 +214,7 @@ def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndar
     """Add metrics, images and tags to a finished run (evaluate adds test results to the train run)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=run_id):
+    with store_errors(), mlflow.start_run(run_id=run_id):
         log_metrics(metrics)
         mlflow.set_tags(tags or {})
         for artifact_file, image in images.items():

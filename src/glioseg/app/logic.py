@@ -17,6 +17,7 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from glioseg.data import brats
 from glioseg.data.lgg import read_mask
 from glioseg.errors import DataError
 from glioseg.metrics import Regions, dice, region_confusion
-from glioseg.model import LGG_CARD, LoadedModel, load_model
+from glioseg.model import LGG_CARD, LoadedModel
 from glioseg.predict import (
     SliceInput,
     check_input_kind,
@@ -39,10 +40,10 @@ from glioseg.predict import (
     find_inputs_in_case,
     is_image_tif,
     is_nifti,
+    load_model_spec,
     predict_inputs,
     predict_volume,
     reference_volume,
-    resolve_model,
     to_input_size,
 )
 from glioseg.viz import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
@@ -152,7 +153,7 @@ def model_version(spec: str) -> str:
 
 def load(spec: str) -> LoadedModel:
     """A model from a file, ``runs:/<run id>`` or ``models:/<name>/<version>``, as predict takes it."""
-    return load_model(resolve_model(spec))
+    return load_model_spec(spec)
 
 
 def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
@@ -309,6 +310,17 @@ def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
     if result.reference is not None:
         return label_volume_bytes(result), f"{result.name}_pred.nii.gz", "application/gzip"
     return masks_zip(result), f"{result.name}_masks.zip", "application/zip"
+
+
+def page_message(message: str, server_folders: Iterable[Path]) -> str:
+    """An error as the page shows it: the server's own folders (uploads, temp) are left out of paths.
+
+    ``/tmp/glioseg-uploads-x1/TCGA_A/TCGA_A_1.tif: ...`` reads ``TCGA_A/TCGA_A_1.tif: ...``: the
+    person at the page named the file, and needs nothing of how the server stores it.
+    """
+    for folder in sorted((str(f) for f in server_folders), key=len, reverse=True):
+        message = message.replace(folder + os.sep, "").replace(folder, ".")
+    return message
 
 
 def upload_case_name(names: list[str]) -> str:

@@ -60,7 +60,7 @@ def upload_root() -> Path:
 
 
 def stop_with(error: GliosegError) -> None:
-    st.error(f"error: {error}")
+    st.error(f"error: {logic.page_message(str(error), [upload_root(), Path(tempfile.gettempdir())])}")
     st.stop()
 
 

@@ -16,6 +16,7 @@ under a second and DVC de-duplicates it.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,13 @@ def load_cache(path: str | os.PathLike) -> SliceArrays:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: array cache not found (run `dvc repro cache`)")
-    with np.load(path, allow_pickle=False) as data:
-        missing = set(ARRAYS) - set(data.files)
-        if missing:
-            raise DataError(f"{path}: missing arrays {', '.join(sorted(missing))}; rebuild it with `dvc repro cache`")
-        return SliceArrays(**{name: data[name] for name in ARRAYS})
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = set(ARRAYS) - set(data.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {', '.join(sorted(missing))}; rebuild it with "
+                                "`dvc repro cache`")
+            return SliceArrays(**{name: data[name] for name in ARRAYS})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: damaged ({type(exc).__name__}); restore it with `dvc checkout {path}` "
+                        "or rebuild it with `dvc repro --force cache`") from None

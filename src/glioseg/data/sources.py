@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -266,6 +267,10 @@ def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: 
             for member in archive.namelist():
                 parts = PurePosixPath(member).parts
                 if len(parts) < 2:
+                    continue
+                if PurePosixPath(member).is_absolute() or ".." in parts:
+                    print(f"warning: {path}: member {member!r} skipped (an absolute path or '..' would write "
+                          "outside data/raw)", file=sys.stderr)
                     continue
                 case, name = parts[-2:]
                 stem = name.removesuffix(".gz").removesuffix(".nii")
