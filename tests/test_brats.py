@@ -15,7 +15,7 @@ from glioseg.config import BratsParams, parse_params
 from glioseg.data import brats
 from glioseg.data.sources import fetch_brats
 from glioseg.data.synthetic_brats import generate_brats
-from glioseg.errors import DataError
+from glioseg.errors import DataError, RepairedInput, SkippedInput
 
 PARAMS = BratsParams()
 SUFFIXES = dict(PARAMS.suffixes)
@@ -191,7 +191,7 @@ def test_fetch_copies_only_wanted_files_from_a_folder_or_zip(cases, tmp_path):
     assert from_zip["image_sha256"][0] == from_folder["image_sha256"][0]
 
 
-def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases, tmp_path, monkeypatch, capsys):
+def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -204,16 +204,32 @@ def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases
             handle.write(path, f"Training/{first.name}/{path.name}")
         for name in hostile:  # ZipInfo keeps the name as given (ZipFile.write would normalise it)
             handle.writestr(zipfile.ZipInfo(name), volume_file(first, "t1ce").read_bytes())
-    manifest = fetch_brats(str(archive), work / "data/raw/brats", work / "data/raw/manifest.csv", patients=None,
-                           synthetic=parse_params({}).data.synthetic, params=PARAMS)
+    with pytest.warns(SkippedInput) as caught:
+        manifest = fetch_brats(str(archive), work / "data/raw/brats", work / "data/raw/manifest.csv", patients=None,
+                               synthetic=parse_params({}).data.synthetic, params=PARAMS)
     assert set(manifest["patient"]) == {first.name}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(cases) and p != archive]
     assert all(p.is_relative_to(work / "data/raw") for p in written), written
     assert sorted(p.name for p in (work / "data/raw/brats").rglob("*.nii.gz")) == sorted(
         f"{first.name}_{suffix}.nii.gz" for suffix in ("t1ce", "flair", "seg"))
-    warnings = capsys.readouterr().err
+    warnings = [str(w.message) for w in caught]
+    assert len(warnings) == len(hostile)
     for name in hostile:
-        assert f"member {name!r} skipped" in warnings
+        assert any(f"member {name!r} skipped" in warning for warning in warnings)
+
+
+def test_non_finite_voxels_are_read_as_background_and_reported(cases, tmp_path):
+    folder = case(cases, 0)
+    path = volume_file(folder, "flair")
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    with pytest.warns(RepairedInput, match=r"_flair\.nii\.gz: 3 non-finite voxels \(NaN or infinite\) read as"):
+        fetch_brats(str(cases), tmp_path / "raw", tmp_path / "m.csv", patients=None,
+                    synthetic=parse_params({}).data.synthetic, params=PARAMS)
+    read = brats.read_case(tmp_path / "raw" / folder.name, PARAMS)
+    assert np.isfinite(read.images).all() and read.images.dtype == np.uint8
 
 
 def test_fetch_error_leaves_nothing_behind(cases, tmp_path):

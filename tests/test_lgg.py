@@ -170,7 +170,7 @@ def test_read_mask_rejects_wrong_channels_or_dtype(tmp_path, array):
 def test_validate_pair_accepts_matching_sizes(tmp_path):
     image, mask = write_pair(tmp_path, "P1", 1)
 
-    assert validate_pair(image, mask) is None
+    assert validate_pair(image, mask) == []
 
 
 def test_validate_pair_rejects_wrong_size_mask(tmp_path):

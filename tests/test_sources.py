@@ -284,3 +284,38 @@ def test_kaggle_without_credentials(tmp_path, monkeypatch):
     assert "\n" not in str(error.value)
     assert not (tmp_path / "raw" / "kaggle_3m").exists()
     assert not (tmp_path / "raw" / "manifest.csv").exists()
+
+
+def test_the_download_stage_reports_and_counts_every_repair_and_skip(source, tmp_path, monkeypatch, capsys):
+    from glioseg.config import parse_params
+    from glioseg.steps import download
+
+    patient = patients_of(source)[0]
+    mask = source / patient / f"{patient}_1_mask.tif"
+    values = tifffile.imread(mask)
+    values[values > 0] = 128
+    values[0, 0], values[5, 5] = 7, 128
+    tifffile.imwrite(mask, values)
+    (source / patient / "notes.txt").write_text("scanner notes")
+    monkeypatch.chdir(tmp_path)
+    summary = download.run(parse_params({"data": {"source": str(source)}}))
+    assert (summary["patients"], summary["repaired"], summary["skipped"]) == (PATIENTS, 1, 3)
+    warnings = capsys.readouterr().err.splitlines()
+    assert f"warning: {source / 'README.md'}: not a <patient>/<patient>_<n>[_mask].tif slice of kaggle_3m; skipped" \
+        in warnings
+    assert f"warning: {source / patient / 'notes.txt'}: not a <patient>/<patient>_<n>[_mask].tif slice of " \
+           "kaggle_3m; skipped" in warnings
+    assert any(line.startswith("warning: ") and f"{patient}_1_mask.tif: mask values other than 0 and 255 (7, 128); "
+               "every nonzero pixel is taken as tumour" in line for line in warnings)
+    assert "data/raw" not in "".join(warnings), "warnings name the source, not the staging copy"
+
+
+def test_zip_files_beside_the_slices_are_skipped_with_a_warning(source, tmp_path):
+    from glioseg.errors import SkippedInput
+
+    archive = make_zip(tmp_path / "lgg.zip", source, ["kaggle_3m"])
+    with pytest.warns(SkippedInput) as caught:
+        fetch(archive, tmp_path)
+    assert sorted(str(w.message) for w in caught) == [
+        f"{archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
+        for name in ("README.md", "data.csv")]

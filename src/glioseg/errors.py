@@ -24,3 +24,15 @@ class TrainingError(GliosegError):
 
 class BusyError(GliosegError):
     """Another process holds the outputs this one would write (a training still running)."""
+
+
+class InputWarning(UserWarning):
+    """Input the pipeline repaired or skipped instead of refusing; the message names the file and what was done."""
+
+
+class RepairedInput(InputWarning):
+    """A file read with a repair (mask values other than 0 and 255, non-finite voxels)."""
+
+
+class SkippedInput(InputWarning):
+    """A file or archive member left out (a name that does not fit the layout, a path that would escape)."""

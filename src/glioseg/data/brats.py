@@ -111,13 +111,35 @@ def check_geometry(images: dict[str, nib.Nifti1Image], files: dict[str, Path]) -
             raise DataError(f"{files[name]}: affine differs from {files[names[0]].name}'s")
 
 
-def axial_slices(image: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """A volume's data as float32 canonical axial slices (Z,H,W)."""
+def _volume_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     try:
-        data = nib.as_closest_canonical(image).get_fdata(dtype=np.float32)
+        return nib.as_closest_canonical(image).get_fdata(dtype=np.float32)
     except Exception as exc:  # truncated gzip streams and bad data offsets surface here
         raise DataError(f"{path}: unreadable NIfTI data ({type(exc).__name__}: {exc})") from None
+
+
+def axial_slices(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """A volume's data as float32 canonical axial slices (Z,H,W); non-finite voxels become its finite minimum.
+
+    The download stage reports such voxels (:func:`nonfinite_repairs`); here they are background.
+    """
+    data = _volume_data(image, path)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = np.where(finite, data, data[finite].min() if finite.any() else 0.0)
     return volume_to_slices(data)
+
+
+def nonfinite_repairs(folder: Path, params: BratsParams) -> list[str]:
+    """What reading a case's modality volumes repairs: NaN or infinite voxels, set to the volume's finite minimum."""
+    files, images = open_case(folder, params, with_labels=False)
+    repairs = []
+    for name in params.modalities:
+        bad = int((~np.isfinite(_volume_data(images[name], files[name]))).sum())
+        if bad:
+            repairs.append(f"{files[name]}: {bad} non-finite voxels (NaN or infinite) read as the volume's "
+                           "lowest finite intensity (background)")
+    return repairs
 
 
 def map_labels(labels: np.ndarray, label_map: dict[int, int], path: Path) -> np.ndarray:

@@ -111,20 +111,52 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask as an (H, W) uint8 array in {0, 1}: any nonzero pixel on disk (normally 255) is tumour."""
+def _read_mask_values(path: str | os.PathLike) -> np.ndarray:
     mask = _read_tif(path)
     if mask.dtype != np.uint8 or mask.ndim != 2 or mask.size == 0:
         raise DataError(f"{path}: expected a single-channel uint8 mask (H, W), got {mask.dtype} {mask.shape}")
-    return (mask > 0).astype(np.uint8)
+    return mask
 
 
-def validate_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> None:
-    """Raise DataError unless both files read as valid slices with the same height and width."""
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask as an (H, W) uint8 array in {0, 1}: any nonzero pixel on disk (normally 255) is tumour."""
+    return (_read_mask_values(path) > 0).astype(np.uint8)
+
+
+def mask_repair(values: np.ndarray, path: str | os.PathLike) -> str | None:
+    """What reading a mask repairs: values other than Kaggle's 0 and 255 (each nonzero one becomes tumour)."""
+    odd = sorted(set(np.unique(values).tolist()) - {0, 255})
+    if not odd:
+        return None
+    shown = ", ".join(str(v) for v in odd[:3]) + (", ..." if len(odd) > 3 else "")
+    return f"{path}: mask values other than 0 and 255 ({shown}); every nonzero pixel is taken as tumour"
+
+
+def validate_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> list[str]:
+    """Raise DataError unless both files read as valid slices with the same height and width.
+
+    Returns what reading them repairs (:func:`mask_repair`), for the download stage to report.
+    """
     image = read_image(image_path)
-    mask = read_mask(mask_path)
+    mask = _read_mask_values(mask_path)
     if mask.shape != image.shape[:2]:
         raise DataError(
             f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
             f"{image.shape[0]}x{image.shape[1]}"
         )
+    repair = mask_repair(mask, mask_path)
+    return [repair] if repair else []
+
+
+def unlisted_entries(root: Path, patients: Sequence[str]) -> list[Path]:
+    """What listing ``root`` leaves out: entries that are not patient folders, and files in the
+    ``patients``' folders whose names are not ``<patient>_<n>[_mask].tif`` (hidden names aside)."""
+    root = Path(root)
+    chosen = set(patients)
+    listed = set(list_patients(root))
+    left_out = [root / name for name in sorted(os.listdir(root))
+                if not name.startswith(".") and name not in listed]
+    for patient in sorted(chosen):
+        left_out += [root / patient / name for name in sorted(os.listdir(root / patient))
+                     if not name.startswith(".") and slice_name(patient, name) is None]
+    return left_out

@@ -18,8 +18,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -29,11 +29,19 @@ from tqdm import tqdm
 
 from glioseg.config import BratsParams, SyntheticParams
 from glioseg.data import brats
-from glioseg.data.lgg import is_patient_name, list_pairs, list_patients, pair_names, slice_name, validate_pair
+from glioseg.data.lgg import (
+    is_patient_name,
+    list_pairs,
+    list_patients,
+    pair_names,
+    slice_name,
+    unlisted_entries,
+    validate_pair,
+)
 from glioseg.data.synthetic import generate_lgg
 from glioseg.data.synthetic_brats import MODALITIES as SYNTHETIC_MODALITIES
 from glioseg.data.synthetic_brats import generate_brats
-from glioseg.errors import DataError
+from glioseg.errors import DataError, RepairedInput, SkippedInput
 from glioseg.io import atomic_path, write_csv
 
 MANIFEST_COLUMNS = ["patient", "slice", "image", "mask", "image_sha256", "mask_sha256"]
@@ -83,7 +91,11 @@ def _stage(source: str, staging: Path, patients: int | None, synthetic: Syntheti
 
 
 def _copy_folder(root: Path, staging: Path, patients: int | None) -> str:
-    pairs = list_pairs(root, list_patients(root)[:patients])
+    chosen = list_patients(root)[:patients]
+    for path in unlisted_entries(root, chosen):
+        warnings.warn(f"{path}: not a <patient>/<patient>_<n>[_mask].tif slice of {LAYOUT}; skipped", SkippedInput,
+                      stacklevel=2)
+    pairs = list_pairs(root, chosen)
     for patient, group in tqdm(pairs.groupby("patient", sort=False), desc="copy", unit="patient"):
         folder = staging / patient
         folder.mkdir(parents=True)
@@ -95,17 +107,26 @@ def _copy_folder(root: Path, staging: Path, patients: int | None) -> str:
 def _zip_layout(archive: zipfile.ZipFile, shown: str) -> tuple[str, dict[str, dict[str, str]]]:
     """The shallowest ``.../kaggle_3m`` folder in the archive: its path and {patient: {file name: member}}."""
     layouts: dict[str, dict[str, dict[str, str]]] = {}
+    others: dict[str, list[str]] = {}
     for member in archive.namelist():
         parts = PurePosixPath(member).parts
+        if member.endswith("/") or parts[-1].startswith("."):
+            continue
+        if len(parts) >= 2 and parts[-2] == LAYOUT:  # a file beside the patient folders
+            others.setdefault("/".join(parts[:-1]), []).append(member)
         if len(parts) < 3 or parts[-3] != LAYOUT:
             continue
         patient, name = parts[-2:]
+        folder = "/".join(parts[:-2])
         if is_patient_name(patient) and slice_name(patient, name) is not None:
-            layout = layouts.setdefault("/".join(parts[:-2]), {})
-            layout.setdefault(patient, {})[name] = member
+            layouts.setdefault(folder, {}).setdefault(patient, {})[name] = member
+        else:
+            others.setdefault(folder, []).append(member)
     if not layouts:
         raise DataError(f"{shown}: no {LAYOUT}/<patient>/<patient>_<n>.tif files in the zip")
     folder = min(layouts, key=lambda f: (f.count("/"), f))
+    for member in others.get(folder, []):
+        warnings.warn(f"{shown}:{member}: not a <patient>_<n>[_mask].tif slice; skipped", SkippedInput, stacklevel=2)
     return folder, layouts[folder]
 
 
@@ -190,9 +211,11 @@ def _describe(staging: Path, dest: Path, origin: str) -> pd.DataFrame:
     for patient, group in tqdm(pairs.groupby("patient", sort=False), desc="validate", unit="patient"):
         for pair in group.itertuples(index=False):
             try:
-                validate_pair(pair.image, pair.mask)
+                repairs = validate_pair(pair.image, pair.mask)
             except DataError as exc:
                 raise DataError(str(exc).replace(str(staging), origin)) from None
+            for repair in repairs:
+                warnings.warn(repair.replace(str(staging), origin), RepairedInput, stacklevel=2)
             rows.append(
                 {
                     "patient": patient,
@@ -269,8 +292,8 @@ def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: 
                 if len(parts) < 2:
                     continue
                 if PurePosixPath(member).is_absolute() or ".." in parts:
-                    print(f"warning: {path}: member {member!r} skipped (an absolute path or '..' would write "
-                          "outside data/raw)", file=sys.stderr)
+                    warnings.warn(f"{path}: member {member!r} skipped (an absolute path or '..' would write "
+                                  "outside data/raw)", SkippedInput, stacklevel=2)
                     continue
                 case, name = parts[-2:]
                 stem = name.removesuffix(".gz").removesuffix(".nii")
@@ -294,8 +317,11 @@ def _describe_brats(staging: Path, dest: Path, origin: str, params: BratsParams)
     for case in tqdm(brats.list_cases(staging), desc="validate", unit="case"):
         try:
             depth = brats.validate_case(case, params)
+            repairs = brats.nonfinite_repairs(case, params)
         except DataError as exc:
             raise DataError(str(exc).replace(str(staging), origin)) from None
+        for repair in repairs:
+            warnings.warn(repair.replace(str(staging), origin), RepairedInput, stacklevel=2)
         first, stop = params.slice_range or (0, depth)
         if first >= depth:
             raise DataError(f"{origin}/{case.name}: data.brats.slice_range starts at {first} "
