@@ -7,17 +7,29 @@
 #   bash ci/real_data_check.sh --write-baseline   # run and store the results as the new baselines
 #   GLIOSEG_CI_DATA=synthetic bash ci/real_data_check.sh   # only the synthetic gate even where ../shared exists
 #   GLIOSEG_CI_GATES=brats bash ci/real_data_check.sh      # only some gates (default: "lgg brats")
+#   GLIOSEG_CI_PRECISION=fp32 bash ci/real_data_check.sh   # train in fp32 even where the CPU has bf16
+# Training precision changes the numbers (bf16 autocast where the CPU has native bf16, fp32
+# elsewhere), so each gate has one baseline per precision, ci/baseline-KIND-PRECISION.json, and a
+# machine is gated against the one of the precision it trains in (check-metrics refuses a mix).
 set -euo pipefail
 write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED="$ROOT/../shared"
 export PATH="$ROOT/.venv/bin:$PATH"
+precision=${GLIOSEG_CI_PRECISION:-$(python -c \
+    'from glioseg.inference import cpu_has_native_bf16; print("bf16" if cpu_has_native_bf16() else "fp32")')}
+case "$precision" in
+    bf16) forced=() ;;
+    fp32) forced=(--set train.amp=false) ;;  # the same numbers as amp on a CPU without bf16
+    *) echo "ci: GLIOSEG_CI_PRECISION must be bf16 or fp32 (got '$precision')" >&2; exit 2 ;;
+esac
+echo "ci: training precision $precision"
 
 # gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and
-# data.source SOURCE, `dvc repro evaluate`, then check metrics/test.json against ci/baseline-KIND.json
-# with ci/floors-KIND.yaml (or ci/floors.yaml).
+# data.source SOURCE, `dvc repro evaluate`, then check metrics/test.json against
+# ci/baseline-KIND-PRECISION.json with ci/floors-KIND.yaml (or ci/floors.yaml).
 gate() {
-    local kind=$1 source_path=$2 work start
+    local kind=$1 source_path=$2 work start baseline
     work=$(mktemp -d)
     (cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$work")
     (
@@ -25,17 +37,22 @@ gate() {
         git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm "ci snapshot"
         profile=()
         if [ -f "$ROOT/ci/profile-$kind.yaml" ]; then profile=("$ROOT/ci/profile-$kind.yaml"); fi
-        glioseg params "${profile[@]}" --set "data.source=$source_path" --out params.yaml
+        glioseg params "${profile[@]}" --set "data.source=$source_path" "${forced[@]}" --out params.yaml
         start=$(date +%s)
         dvc repro evaluate
         echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
         rules="$ROOT/ci/floors-$kind.yaml"
         [ -f "$rules" ] || rules="$ROOT/ci/floors.yaml"
+        baseline="ci/baseline-$kind-$precision.json"
         if [ "$write_baseline" = "--write-baseline" ]; then
-            cp metrics/test.json "$ROOT/ci/baseline-$kind.json"
-            echo "ci: wrote ci/baseline-$kind.json"
+            cp metrics/test.json "$ROOT/$baseline"
+            echo "ci: wrote $baseline"
+        elif [ ! -f "$ROOT/$baseline" ]; then
+            echo "ci: no $baseline: write it on a machine that trains in $precision" \
+                 "(GLIOSEG_CI_PRECISION=$precision bash ci/real_data_check.sh --write-baseline)" >&2
+            exit 1
         else
-            glioseg check-metrics metrics/test.json --baseline "$ROOT/ci/baseline-$kind.json" --rules "$rules"
+            glioseg check-metrics metrics/test.json --baseline "$ROOT/$baseline" --rules "$rules"
         fi
     ) || { rm -rf "$work"; return 1; }
     rm -rf "$work"

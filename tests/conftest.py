@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,12 @@ def train_tiny_model(path, epochs: int = 1):
     outcome = Trainer(params, train, square_slices(6, 32, seed=1), pipelines, "p").fit(path.parent / "checkpoints")
     save_checkpoint(path, outcome.best)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_with_its_test(monkeypatch):
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; undo it after each test."""
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

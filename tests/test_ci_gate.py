@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from glioseg.check_metrics import check_metrics
+from glioseg.errors import DataError
 
 CI = Path(__file__).resolve().parents[1] / "ci"
 BASELINES = sorted(CI.glob("baseline-*.json"))
@@ -29,5 +30,19 @@ def test_gate_passes_on_baseline_and_fails_on_a_worse_model(baseline, tmp_path):
     assert "test.dice_patient_mean" in table
 
 
-def test_every_ci_data_kind_has_a_baseline():
-    assert {b.stem for b in BASELINES} >= {"baseline-real", "baseline-synthetic"}
+def test_every_ci_data_kind_has_a_baseline_per_training_precision_that_records_it():
+    assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{precision}" for kind in ("real", "synthetic", "brats")
+                                           for precision in ("bf16", "fp32")}
+    for baseline in BASELINES:
+        recorded = json.loads(baseline.read_text())["test"]["protocol"]["training_precision"]
+        assert baseline.stem.endswith(f"-{recorded}"), baseline.name
+
+
+def test_metrics_of_one_precision_are_never_gated_against_a_baseline_of_the_other(tmp_path):
+    bf16 = CI / "baseline-real-bf16.json"
+    metrics = json.loads(bf16.read_text())
+    metrics["test"]["protocol"]["training_precision"] = "fp32"
+    current = tmp_path / "test.json"
+    current.write_text(json.dumps(metrics))
+    with pytest.raises(DataError, match=r"test\.json: trained in fp32, but .*baseline-real-bf16\.json in bf16"):
+        check_metrics(current, bf16, CI / "floors.yaml")

@@ -40,3 +40,37 @@ def test_a_damaged_mlflow_store_is_one_line_naming_it(tmp_path, monkeypatch):
         tracking.ensure_experiment()
     with pytest.raises(DataError, match=expected):
         tracking.search_runs()
+
+
+def test_a_full_artifact_store_is_one_line_and_the_run_is_not_left_running(tmp_path, monkeypatch):
+    from glioseg import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    overlay = tmp_path / "mlartifacts" / "glioseg" / "overlay.png"
+    with pytest.raises(DataError, match=rf"{overlay}: cannot write: no space left on device$"):
+        with tracking.start_run("train", {}, {}) as run:
+            raise OSError(errno.ENOSPC, "No space left on device", str(overlay))
+    assert tracking.client().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_store_moved_with_its_repository_says_where_new_artifacts_go(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from glioseg import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    tracking.ensure_experiment()
+    assert "warning" not in capsys.readouterr().err
+    shutil.copytree(old, new)
+    monkeypatch.chdir(new)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # a new process: MLflow had put the old store there
+    tracking.ensure_experiment()
+    warning = capsys.readouterr().err
+    assert f"experiment 'glioseg' keeps its artifacts in {(old / 'mlartifacts').as_uri()}/glioseg" in warning
+    assert f"not under this repository's {(new / 'mlartifacts').as_uri()}" in warning

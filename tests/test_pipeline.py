@@ -55,9 +55,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> 
     return result
 
 
-def run_queue(root: Path, env: dict[str, str], timeout: int = 600) -> str:
-    """`dvc queue start -j 1`, then wait until nothing is queued or running; `dvc queue status` at the end."""
-    run(["dvc", "queue", "start", "-j", "1"], root, env)
+def run_queue(root: Path, env: dict[str, str], timeout: int = 600, workers: int = 1) -> str:
+    """`dvc queue start -j WORKERS`, then wait until nothing is queued or running; `dvc queue status` at the end."""
+    run(["dvc", "queue", "start", "-j", str(workers)], root, env)
     deadline = time.time() + timeout
     while True:
         status = run(["dvc", "queue", "status"], root, env).stdout

@@ -139,7 +139,27 @@ def to_markdown(table: pd.DataFrame) -> str:
 def check_metrics(
     metrics_path: str | os.PathLike, baseline_path: str | os.PathLike, rules_path: str | os.PathLike
 ) -> tuple[bool, str]:
-    """Whether every rule passes, and the comparison as a markdown table."""
+    """Whether every rule passes, and the comparison as a markdown table.
+
+    Metrics and baseline must come from the same training precision where both record it
+    (``test.protocol.training_precision``): bf16 and fp32 training give different numbers, so a
+    gate across them would pass or fail on the machine rather than on the change.
+    """
     rules = load_floors(rules_path)
-    table = compare(load_metrics(metrics_path), load_metrics(baseline_path), rules)
+    current, baseline = load_metrics(metrics_path), load_metrics(baseline_path)
+    check_same_precision(current, baseline, metrics_path, baseline_path)
+    table = compare(current, baseline, rules)
     return bool(table["ok"].all()), to_markdown(table)
+
+
+def training_precision(metrics: dict) -> str | None:
+    """The precision the metrics' model trained in, from nested or flattened metrics (None: not recorded)."""
+    return flatten(metrics).get("test.protocol.training_precision")
+
+
+def check_same_precision(current: dict, baseline: dict, metrics_path: str | os.PathLike,
+                         baseline_path: str | os.PathLike) -> None:
+    ours, theirs = training_precision(current), training_precision(baseline)
+    if ours and theirs and ours != theirs:
+        raise DataError(f"{metrics_path}: trained in {ours}, but {baseline_path} in {theirs}; compare with a "
+                        f"baseline trained in {ours}")

@@ -191,6 +191,100 @@ def serve(
     raise typer.Exit(subprocess.call(streamlit_command(model, data, port, device), env=os.environ.copy()))
 
 
+server_app = typer.Typer(help="A team's MLflow tracking server on PostgreSQL (started and stopped by process id).",
+                          no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+@user_errors
+def server_start(
+    port: Annotated[int | None, typer.Option(help="MLflow server port [default: a free one]",
+                                             show_default=False)] = None,
+    postgres_port: Annotated[int | None, typer.Option(help="PostgreSQL port on 127.0.0.1 [default: a free one]",
+                                                      show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="address to listen on; beyond loopback it needs "
+                                      "--allowed-hosts")] = "127.0.0.1",
+    allowed_hosts: Annotated[str | None, typer.Option(help="Host headers the server answers (MLflow's "
+                                                      "--allowed-hosts), e.g. 'mlflow.lab.example:5000'")] = None,
+    artifacts: Annotated[str | None, typer.Option(help="artifact store the server writes to: a folder URI or "
+                                                  "s3://bucket/prefix [default: .glioseg/server/artifacts]",
+                                                  show_default=False)] = None,
+) -> None:
+    """Start PostgreSQL and the MLflow server for this repository; prints the MLFLOW_TRACKING_URI to use."""
+    from glioseg import server
+    from glioseg.paths import repo_root
+
+    state = server.start(repo_root(), port=port, postgres_port=postgres_port, host=host,
+                         allowed_hosts=allowed_hosts, artifacts=artifacts)
+    typer.echo(f"export MLFLOW_TRACKING_URI={state.url}   # server pid {state.mlflow_pid}, "
+               f"PostgreSQL on 127.0.0.1:{state.postgres_port}, artifacts {state.artifacts}")
+
+
+@server_app.command("stop")
+@user_errors
+def server_stop() -> None:
+    """Stop the server and PostgreSQL this repository started (the database and artifacts stay)."""
+    from glioseg import server
+    from glioseg.paths import repo_root
+
+    state = server.stop(repo_root())
+    typer.echo(f"stopped {state.url} (pid {state.mlflow_pid}) and PostgreSQL on 127.0.0.1:{state.postgres_port}")
+
+
+@server_app.command("status")
+@user_errors
+def server_status() -> None:
+    """The running server's address and process ids."""
+    from dataclasses import asdict
+
+    from glioseg import server
+    from glioseg.paths import repo_root
+
+    typer.echo(json.dumps(asdict(server.read_state(repo_root())), indent=2))
+
+
+tracking_app = typer.Typer(help="The MLflow store.", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("migrate")
+@user_errors
+def tracking_migrate(
+    to: Annotated[str, typer.Option("--to", help="the store to copy into, e.g. http://127.0.0.1:5000")],
+    source: Annotated[str | None, typer.Option("--from", help="the store to copy [default: this repository's]",
+                                               show_default=False)] = None,
+) -> None:
+    """Copy experiments, runs (params, metric histories, tags, artifacts) and registered models into
+    another store; running it again copies only what is new."""
+    from glioseg.migrate import migrate
+    from glioseg.tracking import tracking_uri
+
+    typer.echo(json.dumps(migrate(source or tracking_uri(), to).summary(), indent=2))
+
+
+@app.command()
+@user_errors
+def promote(
+    name: Annotated[str, typer.Option(help="registered model")] = "glioseg-lgg",
+    version: Annotated[str | None, typer.Option(help="the candidate [default: the newest version]",
+                                                show_default=False)] = None,
+    rules: Annotated[Path, typer.Option(help="the gate's rules (tolerances against the champion, floors)")] = Path(
+        "ci/floors.yaml"),
+    alias: Annotated[str, typer.Option(help="the alias to move")] = "champion",
+) -> None:
+    """Point NAME@champion at the candidate only if its test metrics pass the gate against the champion's."""
+    from glioseg.promote import promote as promote_version
+    from glioseg.tracking import client
+
+    outcome = promote_version(client(), name, str(rules), version, alias)
+    if outcome.table:
+        typer.echo(outcome.table)
+    typer.echo(outcome.message(name, alias))
+    if not outcome.promoted:
+        raise typer.Exit(1)
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from glioseg import codedeps, paths, tracking
@@ -82,11 +84,13 @@ class RunLogger:
         return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
 
 
-def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None) -> dict[str, Any]:
+def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None,
+              register: bool = False) -> dict[str, Any]:
     """Train one model, tracked as one MLflow run; writes ``out_dir``/model.pt, train.json, history.csv.
 
-    Under torchrun every rank trains, and only rank 0 logs to MLflow and writes the outputs; the
-    other ranks return ``{"rank": r}``.
+    ``register`` adds the model to the registry as a version of ``glioseg-<dataset>``. Under
+    torchrun every rank trains, and only rank 0 logs to MLflow and writes the outputs; the other
+    ranks return ``{"rank": r}``.
     """
     arrays = load_cache(paths.CACHE)
     pipelines = load_pipelines()
@@ -99,21 +103,41 @@ def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str]
         trainer.fit(checkpoints)
         return {"rank": trainer.world.rank}
     with exclusive_lock(checkpoints, "training"):
-        return _tracked_training(trainer, params, run_name, out_dir, tags or {}, val)
+        return _tracked_training(trainer, params, run_name, out_dir, tags or {}, arrays, register)
+
+
+def _resumed_run(trainer: Trainer, checkpoints: Path) -> tuple[bool, str | None]:
+    """Whether to resume ``last.pt``, and the MLflow run to continue.
+
+    A checkpoint whose run is not in this store (a store switched, say to a team server) is not
+    resumed: its epochs were logged elsewhere, and a run of the remaining epochs would lack them.
+    """
+    state = trainer.resumable_state(checkpoints)
+    run_id = state.get("mlflow_run_id") if state else None
+    if state is None or run_id is None or tracking.run_exists(run_id):
+        return True, run_id
+    print(f"warning: {checkpoints / 'last.pt'}: its MLflow run {run_id} is not in {tracking.tracking_uri()}; "
+          "training starts over, logged to a new run", file=sys.stderr)
+    return False, None
 
 
 def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: Path, tags: dict[str, str],
-                      val: SliceArrays) -> dict[str, Any]:
+                      arrays: SliceArrays, register: bool) -> dict[str, Any]:
     """Rank 0's side of :func:`train_run`: one MLflow run for the whole training, resumed runs included."""
     checkpoints = out_dir / "checkpoints"
-    resumable = trainer.resumable_state(checkpoints)
-    resume = resumable.get("mlflow_run_id") if resumable else None
-    with tracking.start_run(run_name, params.flat(), tags, resume=resume) as run:
-        if resume is None:
+    resume, run_id = _resumed_run(trainer, checkpoints)
+    val = arrays.select("val")
+    with tracking.start_run(run_name, params.flat(), tags, resume=run_id) as run:
+        if run_id is None:
             if paths.AUGMENT_PREVIEW.is_file():
                 tracking.log_artifact(paths.AUGMENT_PREVIEW, "augment")
             tracking.log_artifact(paths.AUGMENT, "augment")
-        outcome = trainer.fit(checkpoints, RunLogger(params, val, trainer.pipelines), run_id=run.info.run_id)
+            tracking.log_training_data(
+                pd.DataFrame({"patient": arrays.patient, "slice": arrays.slice, "subset": arrays.subset}),
+                name=f"{params.dataset}-{params.split.by}-split", source=str(paths.CACHE),
+                tags={"cache_sha256": tracking.file_sha256(paths.CACHE)})
+        outcome = trainer.fit(checkpoints, RunLogger(params, val, trainer.pipelines), run_id=run.info.run_id,
+                              resume=resume)
         best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
         save_checkpoint(out_dir / "model.pt", best)
         tracking.log_artifact(out_dir / "model.pt", "checkpoint")
@@ -132,12 +156,17 @@ def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: 
         model = build_model(params.model)
         model.load_state_dict(best["state_dict"])
         tracking.log_model(model)
+        if register:
+            summary["registered_version"] = tracking.register_checkpoint(run.info.run_id, params.dataset, {
+                "data_manifest_sha256": tracking.file_sha256(paths.MANIFEST), "best_epoch": str(outcome.best_epoch),
+                "val_dice": f"{summary['val']['dice']:.4f}",
+                "training_precision": best["meta"]["training_precision"]})
     return summary
 
 
 def train_stage(params: Params) -> dict[str, Any]:
-    """The train stage: the main model -> models/model.pt, train.json, history.csv."""
-    return train_run(params, "train", paths.MODELS)
+    """The train stage: the main model -> models/model.pt, train.json, history.csv, a registered version."""
+    return train_run(params, "train", paths.MODELS, register=True)
 
 
 def sweep_train_stage(params: Params, name: str) -> dict[str, Any]:

@@ -54,6 +54,14 @@ def autocast_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> to
     return None
 
 
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: how metrics files and CI baselines record an autocast precision."""
+    return PRECISION_NAMES[dtype]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()

@@ -111,7 +111,8 @@ def _by_slice_number(files: list[Path]) -> list[Path]:
 
 
 def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
-    """The model of a checkpoint file, ``runs:/<run id>[/...]`` or ``models:/<name>/<version>``.
+    """The model of a checkpoint file, ``runs:/<run id>[/...]``, ``models:/<name>/<version>`` or
+    ``models:/<name>@<alias>`` (``models:/glioseg-lgg@champion``).
 
     For MLflow URIs the run's glioseg checkpoint artifact is downloaded (it loads with
     ``weights_only=True``; the pickled MLflow model is never unpickled) into a temporary folder
@@ -124,11 +125,14 @@ def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
 
     client = tracking.client()
     if spec.startswith("models:/"):
-        name, _, version = spec.removeprefix("models:/").partition("/")
+        reference = spec.removeprefix("models:/")
+        name, alias = reference.split("@", 1) if "@" in reference else (reference, None)
+        name, _, version = name.partition("/")
         try:
-            run_id = client.get_model_version(name, version).run_id
+            found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         except Exception as exc:  # MLflow raises its own exception types for unknown models
             raise DataError(f"{spec}: no such registered model version ({type(exc).__name__})") from None
+        run_id = found.run_id
     else:
         run_id = spec.removeprefix("runs:/").split("/")[0]
     with tempfile.TemporaryDirectory(prefix="glioseg-model-") as target:

@@ -14,15 +14,21 @@ from glioseg.config import Params, flatten
 from glioseg.data.cache import load_cache
 from glioseg.errors import DataError
 from glioseg.evaluate import evaluate, write_outputs
+from glioseg.inference import autocast_dtype, precision_name, select_device
 from glioseg.io import write_json
-from glioseg.model import load_model
+from glioseg.model import LoadedModel, load_model
 
 
-def stage_protocol(params: Params) -> dict[str, Any]:
-    """What the metrics' protocol takes from the params: how cases were split and how the model predicted."""
+def stage_protocol(params: Params, loaded: LoadedModel) -> dict[str, Any]:
+    """What the metrics' protocol takes from the params and the model: how cases were split, how the
+    model predicted, and the precisions it trained and predicted in (bf16 and fp32 give different
+    numbers, so CI keeps a baseline per training precision)."""
     split = {"unit": params.split.by, "folds": params.split.folds, "fold": params.split.fold} if params.split.folds \
         else {"unit": params.split.by}
-    return {"split": split, "inference": params.inference.model_dump(mode="json")}
+    device = select_device(params.run.device)
+    return {"split": split, "inference": params.inference.model_dump(mode="json"),
+            "training_precision": loaded.meta.get("training_precision", "unknown"),
+            "inference_precision": precision_name(autocast_dtype(device, enabled=True))}
 
 
 def evaluate_run(
@@ -43,7 +49,7 @@ def evaluate_run(
             raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
         result = evaluate(loaded, part, params.run.device, params.inference)
         summary = result.summary
-        summary["protocol"] = {**summary.get("protocol", {}), **stage_protocol(params)}
+        summary["protocol"] = {**summary.get("protocol", {}), **stage_protocol(params, loaded)}
         results[subset] = summary
         if out_dir is not None and subset == subsets[0]:
             images = write_outputs(result, part, out_dir)
@@ -52,7 +58,8 @@ def evaluate_run(
         flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         inference = {f"inference.{k}": str(v) for k, v in params.inference.model_dump().items()}
-        tracking.log_to_run(run_id, flat, images, inference)
+        precision = {"training_precision": str(loaded.meta.get("training_precision", "unknown"))}
+        tracking.log_to_run(run_id, flat, images, inference | precision)
     return {"mlflow_run_id": run_id, **results}
 
 

@@ -32,6 +32,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (``http(s)://``): it stores and serves the artifacts itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 def artifact_location() -> str:
     return (repo_root() / "mlartifacts").as_uri()
 
@@ -100,12 +105,16 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     """
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
+    if is_server(tracking_uri()):  # the server's artifact store (mlflow-artifacts:/), reachable by every client
+        with store_errors():
+            experiment = mlflow.get_experiment_by_name(name)
+            return experiment.experiment_id if experiment else mlflow.create_experiment(name)
     wanted = f"{artifact_location()}/{name}"
     with store_errors():
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             return mlflow.create_experiment(name, artifact_location=wanted)
-    if experiment.artifact_location != wanted and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if experiment.artifact_location != wanted:
         print(f"warning: {tracking_uri()}: experiment '{name}' keeps its artifacts in {experiment.artifact_location} "
               f"(fixed when it was created, not under this repository's {artifact_location()}); new runs' "
               "artifacts go there too", file=sys.stderr)
@@ -142,19 +151,18 @@ def end_abandoned_runs(experiment_id: str) -> list[str]:
     return ended
 
 
-def _existing_run(run_id: str | None) -> str | None:
-    if not run_id:
-        return None
+def run_exists(run_id: str) -> bool:
+    """Whether this store holds run ``run_id`` (a checkpoint may name a run of another store)."""
     try:
         client().get_run(run_id)
     except Exception:  # MLflow raises MlflowException, or a store error, for an unknown id
-        return None
-    return run_id
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resume: str | None = None) -> Iterator[Any]:
-    """A run for one training: ``resume`` (the run a checkpoint was logged to) when it still exists, else a new one.
+    """A run for one training: ``resume`` (the run a checkpoint was logged to, which must exist), else a new one.
 
     A resumed run keeps its params (MLflow params cannot change) and gains the remaining epochs.
     """
@@ -163,7 +171,6 @@ def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resum
     with store_errors():
         end_abandoned_runs(experiment_id)
         owner = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
-        resume = _existing_run(resume)
         if resume is not None:
             with mlflow.start_run(run_id=resume) as run:
                 mlflow.set_tags(owner)
@@ -172,6 +179,35 @@ def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resum
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags(tags) | owner) as run:
             mlflow.log_params({key: str(value) for key, value in params.items()})
             yield run
+
+
+def registered_name(dataset: str) -> str:
+    """The registered model of a dataset's main training runs: ``glioseg-lgg``, ``glioseg-brats``."""
+    return f"glioseg-{dataset}"
+
+
+def register_checkpoint(run_id: str, dataset: str, tags: dict[str, str]) -> str:
+    """A version of ``glioseg-<dataset>`` for the run's glioseg checkpoint (once per run); returns its number."""
+    from mlflow.exceptions import MlflowException
+
+    tracker, name = client(), registered_name(dataset)
+    with store_errors():
+        try:
+            tracker.get_registered_model(name)
+        except MlflowException:
+            tracker.create_registered_model(name, description=f"glioseg U-Nets trained on {dataset} "
+                                            "(`glioseg promote` moves the champion alias)")
+        existing = tracker.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            return existing[0].version
+        return tracker.create_model_version(name, f"runs:/{run_id}/checkpoint", run_id=run_id, tags=tags).version
+
+
+def log_training_data(frame: Any, name: str, source: str, tags: dict[str, str]) -> None:
+    """The slices a run trained and validated on, as the run's MLflow dataset input (lineage in the UI)."""
+    mlflow = _mlflow()
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+    mlflow.log_input(dataset, context="training", tags=tags)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:

@@ -34,6 +34,7 @@ from glioseg.inference import (
     autocast,
     autocast_dtype,
     labels_from_logits,
+    precision_name,
     select_device,
     to_tensor,
 )
@@ -269,8 +270,8 @@ class Trainer:
         return state if state.get("fingerprint") == self.fingerprint else None
 
     def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None,
-            run_id: str | None = None) -> TrainOutcome:
-        """Train to ``params.epochs``, resuming ``checkpoint_dir/last.pt`` when it is this run's.
+            run_id: str | None = None, resume: bool = True) -> TrainOutcome:
+        """Train to ``params.epochs``, resuming ``checkpoint_dir/last.pt`` when it is this run's (and ``resume``).
 
         ``run_id`` (the MLflow run the epochs are logged to) is kept in every checkpoint, so a
         resumed training continues the same run (:meth:`resumable_state`).
@@ -278,7 +279,7 @@ class Trainer:
         last_path = checkpoint_dir / "last.pt"
         history: list[dict] = []
         best, best_epoch, start_epoch = None, 0, 1
-        state = self.resumable_state(checkpoint_dir)
+        state = self.resumable_state(checkpoint_dir) if resume else None
         if state is not None:
             self._restore(state)
             history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
@@ -308,6 +309,7 @@ class Trainer:
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:
+        """The model file's content; its meta records the precision it trained in (bf16 and fp32 differ)."""
         return model_payload(self.model, self.params.model, self.pipelines, self.params.inference,
-                             self.params.data_card(), **meta)
+                             self.params.data_card(), training_precision=precision_name(self.precision), **meta)
 
