@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast ui app bench bench-ceiling bench-pipeline gpu-kit clean-venv
+.PHONY: setup repro test test-fast ui app server server-stop bench bench-ceiling bench-pipeline gpu-kit clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ ui: setup
 
 app: setup
 	$(BIN)/glioseg serve
+
+# A team's tracking server: PostgreSQL + MLflow on 127.0.0.1 (README, Team set-up).
+server: setup
+	$(BIN)/glioseg server start
+
+server-stop: setup
+	$(BIN)/glioseg server stop
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run

@@ -23,7 +23,8 @@ import yaml
 from glioseg.config import compose_params
 
 PROJECT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore"]
+COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore",
+          "runs/README.md"]
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -246,13 +247,17 @@ def test_exp_run_set_param_adds_a_run(project):
 def test_queued_and_temp_experiments_land_in_the_repo_store(project):
     root, env = project["root"], project["env"]
     _, _, before = mlflow_runs(root)
+    # Two workers at once on the default SQLite store: both runs land, none is left RUNNING.
     run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "loss=wbce"], root, env)
-    status = run_queue(root, env)
-    assert "Success" in status, status
+    run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "loss=dice", "-S", "lr=0.002"], root, env)
+    status = run_queue(root, env, workers=2)
+    assert status.count("Success") == 2, status
     run(["dvc", "exp", "run", "evaluate", "--temp", "-S", "loss=dice"], root, env)
     _, _, after = mlflow_runs(root)
-    new = {r.data.params["loss"] for r in after if r.info.run_id not in {b.info.run_id for b in before}}
-    assert new == {"wbce", "dice"}
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert sorted((r.data.params["loss"], r.data.params["lr"]) for r in new) == [
+        ("dice", "0.002"), ("dice", "0.003"), ("wbce", "0.003")]
+    assert {r.info.status for r in after} == {"FINISHED"}
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
     shown = exp_show_metrics(root, env)
     for loss in ("wbce", "dice"):

@@ -70,6 +70,7 @@ def team(tmp_path_factory):
         yield {"root": root, "env": served, "state": state, "local_store": local_store}
     finally:
         server.stop(root)
+        shutil.rmtree(server.cluster_dir(root), ignore_errors=True)
 
 
 def test_the_server_runs_on_postgresql_on_loopback_ports(team):
@@ -158,6 +159,7 @@ def test_stop_ends_every_process_it_started(tmp_path):
     state = server.start(tmp_path)
     postgres_pid = int((Path(state.postgres_data) / "postmaster.pid").read_text().split()[0])
     server.stop(tmp_path)
+    shutil.rmtree(server.cluster_dir(tmp_path), ignore_errors=True)
     for pid in (state.mlflow_pid, postgres_pid):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from glioseg import tracking
 from glioseg.errors import DataError
 
 MIGRATED_FROM = "glioseg.migrated_from"
@@ -38,12 +39,6 @@ class Migration:
         return {"runs_copied": self.runs_copied, "runs_already_there": self.runs_already_there,
                 "model_versions_copied": self.versions_copied,
                 "model_versions_already_there": self.versions_already_there}
-
-
-def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _pages(search, *args, **kwargs) -> Iterator[Any]:
@@ -129,7 +124,7 @@ def migrate(source_uri: str, target_uri: str) -> Migration:
     """Copy everything of ``source_uri``'s store that ``target_uri``'s does not hold yet."""
     if source_uri == target_uri:
         raise DataError(f"{source_uri}: source and target are the same store")
-    source, target = _client(source_uri), _client(target_uri)
+    source, target = tracking.client(source_uri), tracking.client(target_uri)
     done = Migration()
     _migrate_runs(source, target, done)
     _migrate_models(source, target, done)

@@ -95,7 +95,7 @@ def loss_table(runs: list[RunResult], params: Params) -> pd.DataFrame:
 def lr_table(runs: list[RunResult]) -> pd.DataFrame:
     combined = unique_by([r for r in runs if r.loss == "combined"], lambda r: (r.lr, r.epochs))
     rows = [{"lr": f"{lr:g}", "epochs": epochs, **_row(run)} for (lr, epochs), run in sorted(combined.items())]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["lr", "epochs", *RUN_COLUMNS])  # no combined-loss run: an empty table
 
 
 def seed_lr_table() -> pd.DataFrame:

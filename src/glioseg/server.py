@@ -10,11 +10,13 @@ rebinding guard), never a silent bind to all interfaces. ``glioseg server stop``
 the process ids recorded in ``.glioseg/server/state.json``.
 
 PostgreSQL refuses to run as root; started by root, its commands run as the ``postgres`` user,
-which then owns the cluster folder.
+and the cluster lives where that user can reach it whatever the repository's permissions:
+``/var/lib/postgresql/glioseg-<digest of the repository path>`` (one cluster per repository).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -50,6 +52,14 @@ def state_dir(root: Path) -> Path:
     return root / ".glioseg" / "server"
 
 
+def cluster_dir(root: Path) -> Path:
+    """The repository's PostgreSQL cluster: in its state folder, or, for root, where ``postgres`` can reach."""
+    if os.geteuid() != 0:
+        return state_dir(root) / "postgres"
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return Path("/var/lib/postgresql") / f"glioseg-{digest}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -81,13 +91,13 @@ def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> No
 
 def init_cluster(data: Path, password_file: Path) -> None:
     """A new cluster in ``data`` whose TCP connections need ``USER``'s password (scram-sha-256)."""
-    data.mkdir(parents=True)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    password_file.parent.mkdir(parents=True, exist_ok=True)
     password_file.write_text(secrets.token_urlsafe(24))
     password_file.chmod(0o600)
-    pwfile = data / ".pwfile"
+    pwfile = data.parent / f".{data.name}.pwfile"  # initdb wants an empty folder, and reads it as postgres
     shutil.copy(password_file, pwfile)
     if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
     try:
         _run(as_cluster_owner([postgres_tool("initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
@@ -97,19 +107,28 @@ def init_cluster(data: Path, password_file: Path) -> None:
         pwfile.unlink(missing_ok=True)
 
 
-def start_postgres(data: Path, port: int, log: Path) -> None:
+def start_postgres(data: Path, port: int) -> None:
     options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data}"
-    log.touch()
-    if os.geteuid() == 0:
-        shutil.chown(log, "postgres", "postgres")
+    log = data / "server.log"  # beside the cluster: the postgres user may not reach the repository
     _run(as_cluster_owner([postgres_tool("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"]),
          f"PostgreSQL in {data} (log {log})")
 
 
-def stop_postgres(data: Path) -> None:
-    if (data / "postmaster.pid").is_file():
-        _run(as_cluster_owner([postgres_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-             f"stopping PostgreSQL in {data}")
+def stop_postgres(data: Path, timeout: float = 30) -> None:
+    """Stop the cluster and wait until its postmaster process is gone (pg_ctl returns a moment before)."""
+    pid_file = data / "postmaster.pid"
+    if not pid_file.is_file():
+        return
+    pid = int(pid_file.read_text().split()[0])
+    _run(as_cluster_owner([postgres_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+         f"stopping PostgreSQL in {data}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def database_uri(port: int, password: str) -> str:
@@ -120,12 +139,14 @@ def ensure_database(port: int, password: str) -> None:
     import psycopg2
 
     connection = psycopg2.connect(host="127.0.0.1", port=port, user=USER, password=password, dbname="postgres")
-    connection.autocommit = True
-    with connection, connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-        if cursor.fetchone() is None:
-            cursor.execute(f"CREATE DATABASE {DATABASE}")
-    connection.close()
+    connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            if cursor.fetchone() is None:
+                cursor.execute(f"CREATE DATABASE {DATABASE}")
+    finally:
+        connection.close()
 
 
 def check_binding(host: str, allowed_hosts: str | None) -> None:
@@ -182,12 +203,14 @@ def start(root: Path, *, port: int | None = None, postgres_port: int | None = No
         state = read_state(root)
         raise DataError(f"{folder / 'state.json'}: a server is already running at {state.url} "
                         f"(pid {state.mlflow_pid}); `glioseg server stop` first")
-    data, password_file = folder / "postgres", folder / "postgres.password"
-    if not data.is_dir():
+    data, password_file = cluster_dir(root), folder / "postgres.password"
+    if not (data / "PG_VERSION").is_file():
+        if data.exists():
+            shutil.rmtree(data)  # an initdb that did not finish
         init_cluster(data, password_file)
     password = password_file.read_text().strip()
     postgres_port = postgres_port or free_port()
-    start_postgres(data, postgres_port, folder / "postgres.log")
+    start_postgres(data, postgres_port)
     try:
         ensure_database(postgres_port, password)
         artifacts = artifacts or (folder / "artifacts").resolve().as_uri()

@@ -69,14 +69,18 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def _mlflow():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # this machine has no network to send it to
+    # MLflow writes "View run ... at: URL" lines to stdout against a server; commands print JSON there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # imported lazily: it takes seconds and most commands do not need it
 
     return mlflow
 
 
-def client():
+def client(uri: str | None = None):
+    """An MLflow client of ``uri`` (default: this repository's store), its model registry included."""
     mlflow = _mlflow()
-    return mlflow.tracking.MlflowClient(tracking_uri=tracking_uri())
+    uri = uri or tracking_uri()
+    return mlflow.tracking.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextlib.contextmanager

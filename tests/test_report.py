@@ -1,0 +1,24 @@
+"""The report's tables: rows from the runs there are, an empty table (not a crash) where there are none."""
+
+from glioseg.config import Params
+from glioseg.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table
+
+SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45}
+
+
+def run(loss: str, lr: float, epochs: int = 16) -> RunResult:
+    return RunResult("train", loss, lr, epochs, "r1", SUMMARY, SUMMARY)
+
+
+def test_without_a_combined_loss_run_the_learning_rate_table_is_empty_and_the_figure_draws():
+    runs = [run("dice", 1e-3)]
+    lrs = lr_table(runs)
+    assert list(lrs.columns) == ["lr", "epochs", *RUN_COLUMNS] and len(lrs) == 0
+    losses = loss_table(runs, Params(loss="dice", lr=1e-3, epochs=16))
+    assert losses.set_index("loss").loc["Dice", "test Dice"] == 0.5
+    assert len(comparison_plot(losses, lrs).axes) == 2
+
+
+def test_the_learning_rate_table_has_a_row_per_combined_configuration():
+    lrs = lr_table([run("combined", 1e-3), run("combined", 5e-4, 22), run("dice", 1e-3)])
+    assert lrs[["lr", "epochs"]].values.tolist() == [["0.0005", 22], ["0.001", 16]]
