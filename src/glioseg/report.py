@@ -1,7 +1,7 @@
 """The report stage: reports/report.md and the figures it embeds, from the pipeline's own outputs.
 
 Every number in the two comparison tables comes from a run the pipeline trained (the ``train``
-stage or a ``sweep@NAME`` stage) and names its MLflow run. "Dice" in the tables is the mean
+stage or a ``sweep_train@NAME`` stage) and names its MLflow run. "Dice" in the tables is the mean
 per-patient Dice (3-D volumes rebuilt from slices), the measure Buda et al. report.
 """
 
