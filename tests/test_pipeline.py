@@ -67,9 +67,16 @@ def run_queue(root: Path, env: dict[str, str], timeout: int = 600, workers: int 
         time.sleep(5)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def project_env(**extra: str) -> dict[str, str]:
+    """The environment of a project copy's commands: no store or DVC state of ours, this venv first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "AWS_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                  "GIT_COMMITTER_EMAIL": "t@t"} | extra
+
+
+def make_project(root: Path, env: dict[str, str], params: dict) -> None:
+    """A git repository at ``root`` with the project's pipeline (dvc.yaml, stages, src) and ``params``."""
     for name in COPIED:
         source, target = PROJECT / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,13 +84,30 @@ def project(tmp_path_factory):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(source, target)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "tiny project"], root, env)
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Until ``url`` answers; fails when ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            shown = log.read_text()[-2000:] if log is not None else ""
+            assert process.poll() is None and time.monotonic() < deadline, f"{url} did not come up\n{shown}"
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    env = project_env()
+    make_project(root, env, tiny_params())
     first = run(["dvc", "repro"], root, env)
     second = run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
@@ -318,14 +342,7 @@ def test_mlflow_server_serves_runs_metrics_and_overlays(project):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "mlflow server did not come up"
-                time.sleep(1)
+        wait_for(f"{base}/health", server, timeout=120)
         _, experiment, _ = mlflow_runs(root)
         request = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search",

@@ -10,14 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import free_port, run
-from tests.test_team import make_project
+from glioseg.config import compose_params
+from tests.test_pipeline import free_port, make_project, project_env, run, wait_for
+from tests.test_team import TEAM
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-project")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "AWS_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    make_project(root, env)
+    env = project_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    make_project(root, env, compose_params(TEAM))
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "results"], root, env)
@@ -71,14 +67,7 @@ def s3_endpoint(tmp_path):
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
-                time.sleep(0.3)
+        wait_for(f"{url}/moto-api/", process, timeout=60, log=tmp_path / "moto.log")
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from glioseg import server
-from glioseg.config import compose_params, params_yaml
-from tests.test_pipeline import COPIED, PROJECT, TINY, run, run_queue
+from glioseg.config import compose_params
+from tests.test_pipeline import PROJECT, TINY, make_project, project_env, run, run_queue
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser")]
@@ -34,27 +34,11 @@ def rest(url: str, path: str, body: dict | None = None) -> dict:
         return json.loads(answer.read())
 
 
-def make_project(root: Path, env: dict[str, str]) -> None:
-    for name in COPIED:
-        source, target = PROJECT / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(source, target)
-    (root / "params.yaml").write_text(params_yaml(compose_params(TEAM)))
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "team project"], root, env)
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     root = tmp_path_factory.mktemp("team")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    make_project(root, env)
+    env = project_env()
+    make_project(root, env, compose_params(TEAM))
     # A first run on the default local store, to migrate into the server afterwards.
     run(["dvc", "repro", "train"], root, env)
     local_store = f"sqlite:///{root / 'mlflow.db'}"
