@@ -1,8 +1,11 @@
 import pandas as pd
 import pytest
 
-from glioseg.config import SplitParams
-from glioseg.data.split import deal, split_slices, subset_sizes
+from pydantic import ValidationError
+
+from glioseg.config import Params, SplitParams
+from glioseg.data.split import deal, patient_site, sites, split_slices, subset_sizes, summarise_split
+from glioseg.data.synthetic import generate_lgg
 from glioseg.errors import DataError
 
 
@@ -82,3 +85,44 @@ def test_fold_params_are_checked():
         parse_params({"split": {"folds": 5, "fold": 5}})
     with pytest.raises(ConfigError, match="split.folds must be 0"):
         parse_params({"split": {"folds": 1}})
+
+
+@pytest.fixture(scope="module")
+def synthetic_patients(tmp_path_factory) -> list[str]:
+    """The ids of 14 generated patients: sites AA, AB, AC (four each) and AD (two)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_lgg(root, patients=14, slices=4, size=32)
+    return sorted(p.name for p in root.iterdir())
+
+
+def site_labels(patients: list[str]) -> pd.DataFrame:
+    labels = make_labels(len(patients))
+    return labels.assign(patient=labels["patient"].map(dict(zip(sorted(labels["patient"].unique()), patients))))
+
+
+def test_site_folds_hold_out_one_site_each_and_test_every_patient_once(synthetic_patients):
+    labels = site_labels(synthetic_patients)
+    assert sites(synthetic_patients) == ["AA", "AB", "AC", "AD"]
+    tested = []
+    for fold, site in enumerate(["AA", "AB", "AC", "AD"]):
+        split = split_slices(labels, SplitParams(by="site", fold=fold), seed=0)
+        subsets = split.drop_duplicates("patient").set_index("patient")["subset"]
+        test_sites = {patient_site(p) for p in subsets[subsets == "test"].index}
+        other_sites = {patient_site(p) for p in subsets[subsets != "test"].index}
+        assert test_sites == {site} and site not in other_sites
+        assert set(subsets[subsets != "test"]) == {"train", "val"}
+        assert summarise_split(split, SplitParams(by="site", fold=fold))["test_site"] == site
+        tested += list(subsets[subsets == "test"].index)
+    assert sorted(tested) == synthetic_patients  # every patient tested exactly once
+
+
+def test_site_split_errors_name_the_key_and_the_patient(synthetic_patients):
+    labels = site_labels(synthetic_patients)
+    with pytest.raises(DataError, match=r"split.fold is 4, but the data has 4 sites \(AA, AB, AC, AD\)"):
+        split_slices(labels, SplitParams(by="site", fold=4), seed=0)
+    with pytest.raises(DataError, match="patient 'P000' is not a TCGA_<site>_<id>_<date> id"):
+        split_slices(make_labels(5), SplitParams(by="site"), seed=0)
+    with pytest.raises(ValidationError, match="BraTS case names carry no acquiring site"):
+        Params(dataset="brats", split={"by": "site"})
+    with pytest.raises(ValidationError, match="split.folds needs split.by: patient"):
+        SplitParams(by="site", folds=5)

@@ -53,8 +53,10 @@ def test_layout_and_patient_names(generated):
     root, pairs, _ = generated
     patients = sorted(p.name for p in root.iterdir())
     assert len(patients) == PATIENTS
-    assert all(re.fullmatch(r"TCGA_SY_\d{4}_\d{8}", p) for p in patients)
-    assert [p[:12] for p in patients] == [f"TCGA_SY_{i:04d}" for i in range(1, PATIENTS + 1)]
+    assert all(re.fullmatch(r"TCGA_[A-Z]{2}_\d{4}_\d{8}", p) for p in patients)
+    # Consecutive blocks of four patients share a site, so sorted ids keep the generation order.
+    sites = ["AA"] * 4 + ["AB"] * 4 + ["AC"] * 4
+    assert [p[:12] for p in patients] == [f"TCGA_{sites[i - 1]}_{i:04d}" for i in range(1, PATIENTS + 1)]
     assert len(pairs) == PATIENTS * SLICES
     for patient in patients:
         names = sorted(p.name for p in (root / patient).iterdir())

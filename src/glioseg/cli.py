@@ -129,13 +129,19 @@ def check_metrics_command(
 def cv_summary_command(
     folds: Annotated[int, typer.Option(help="the k of split.folds the runs were trained with")] = 5,
     run_name: Annotated[str, typer.Option(help="MLflow run name: train, or sweep-NAME")] = "train",
+    by: Annotated[str, typer.Option(help="patient (k folds), or site (leave one site out: one fold per "
+                                    "site, --folds not needed)")] = "patient",
     csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
 ) -> None:
-    """Summarise a k-fold cross-validation by patient: each fold's test metrics, their mean and sd."""
-    from glioseg.crossval import cv_summary, to_markdown
+    """Summarise a cross-validation (k folds by patient, or leave one site out): each fold's test
+    metrics with their bootstrap intervals, their mean and sd, and all patients out of fold."""
+    from glioseg.crossval import FOLD_COUNT, cv_summary, to_markdown
+    from glioseg.errors import ConfigError
     from glioseg.io import write_csv
 
-    table = cv_summary(folds, run_name)
+    if by not in FOLD_COUNT:
+        raise ConfigError(f"--by must be one of {', '.join(FOLD_COUNT)} (got '{by}')")
+    table = cv_summary(folds, run_name, by)
     typer.echo(to_markdown(table))
     if csv is not None:
         write_csv(csv, table)

@@ -133,12 +133,14 @@ class CleanParams(Strict):
 
 
 class SplitParams(Strict):
-    by: Literal["patient", "slice"] = "patient"
+    by: Literal["patient", "site", "slice"] = Field(
+        "patient", description="patient: a patient-level split (or k folds); site: leave one acquiring site "
+        "out (kaggle_3m ids TCGA_<site>_..., split.fold picks the site); slice: the seeds' leaky protocol")
     train: float = Field(0.72, gt=0, lt=1)
     val: float = Field(0.08, ge=0, lt=1)
     test: float = Field(0.20, gt=0, lt=1)
     folds: int = Field(0, ge=0, description="k-fold cross-validation by patient when >= 2")
-    fold: int = Field(0, ge=0, description="which fold is the test set")
+    fold: int = Field(0, ge=0, description="which fold (or, with by: site, which site in sorted order) is the test set")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -283,6 +285,9 @@ class Params(Strict):
             if given is not None and given != value:
                 raise ValueError(f"model.{key} is {given} but dataset '{self.dataset}' needs {value}")
         object.__setattr__(self, "model", self.model.model_copy(update=expected))
+        if self.split.by == "site" and self.dataset == "brats":
+            raise ValueError("split.by: site needs kaggle_3m patient ids (TCGA_<site>_<id>_<date>); BraTS case "
+                             "names carry no acquiring site, so dataset brats splits by patient")
         return self
 
     @property

@@ -1,11 +1,13 @@
-"""Cross-validation by patient: one summary over the k fold runs of a configuration.
+"""Cross-validation by patient or by site: one summary over the fold runs of a configuration.
 
 With ``split.folds: k`` every fold is its own experiment (``dvc exp run --queue -S
 split.folds=5 -S split.fold=0,1,2,3,4``), trained and evaluated as one MLflow run. This module
 finds those runs in the MLflow store and summarises them: each fold's test metrics, their mean
 and standard deviation over the folds, and the per-patient metrics averaged over all patients.
 Each patient is in exactly one test fold, so that last row is the out-of-fold mean over the
-whole data set (the figure Buda et al. report for their 22 folds).
+whole data set (the figure Buda et al. report for their 22 folds), given with a bootstrap interval
+over those patients from the per-patient tables evaluate logs with each run. Leave-one-site-out
+runs (``split.by: site``, one per site) are summarised the same way, one row per held-out site.
 
 Runs are folds of one configuration when they have the same run name (``train`` or
 ``sweep-NAME``) and the same logged params, apart from ``split.fold`` and the settings in
@@ -14,11 +16,14 @@ Runs are folds of one configuration when they have the same run name (``train`` 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 
-from glioseg import tracking
+from glioseg import metrics, tracking
 from glioseg.errors import DataError
+from glioseg.scoring import PER_PATIENT_ARTIFACT
 
 RUN_SETTINGS = ("split.fold", "run.threads", "run.device", "run.overlay_every", "run.overlay_slices")
 HEADLINE = "metrics.test_dice_patient_mean"
@@ -33,6 +38,9 @@ FOLD_METRICS = {
 }
 PATIENT_COLUMNS = ("test Dice per patient", "test IoU per patient", "test HD95 per patient")
 REGION_PREFIX, REGION_SUFFIX = "metrics.test_regions.", ".dice_patient_mean"
+CI_LOW, CI_HIGH = "metrics.test_ci95.dice_patient_mean.low", "metrics.test_ci95.dice_patient_mean.high"
+CI_COLUMNS = {CI_LOW: "Dice per patient 95% CI low", CI_HIGH: "Dice per patient 95% CI high"}
+FOLD_COUNT = {"patient": "params.split.folds", "site": "tags.split_sites"}
 
 
 def configuration(run: pd.Series) -> tuple:
@@ -43,16 +51,19 @@ def configuration(run: pd.Series) -> tuple:
     return (run.get("tags.mlflow.runName"), tuple(params))
 
 
-def complete_folds(runs: pd.DataFrame, folds: int, run_name: str) -> pd.DataFrame:
+def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "patient") -> pd.DataFrame:
     """The newest complete set of ``folds`` evaluated fold runs named ``run_name``, one row per fold.
 
-    ``runs`` is what ``mlflow.search_runs`` returns. Of several runs of one fold, the newest
-    counts. Raises :class:`DataError` saying which folds are missing when no set is complete.
+    ``runs`` is what ``mlflow.search_runs`` returns; ``by: site`` takes leave-one-site-out runs,
+    ``folds`` being the number of sites. Of several runs of one fold, the newest counts. Raises
+    :class:`DataError` saying which folds are missing when no set is complete.
     """
-    nothing = DataError(f"the MLflow store has no evaluated run named '{run_name}' with split.folds={folds}")
-    if HEADLINE not in runs or "params.split.folds" not in runs:
+    count = FOLD_COUNT[by]
+    hint = (f"split.folds={folds}" if by == "patient" else f"split.by=site over {folds} sites")
+    nothing = DataError(f"the MLflow store has no evaluated run named '{run_name}' with {hint}")
+    if HEADLINE not in runs or count not in runs:
         raise nothing
-    chosen = runs[(runs["tags.mlflow.runName"] == run_name) & (runs["params.split.folds"] == str(folds))
+    chosen = runs[(runs["tags.mlflow.runName"] == run_name) & (runs[count] == str(folds))
                   & runs[HEADLINE].notna()]
     if chosen.empty:
         raise nothing
@@ -67,8 +78,9 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str) -> pd.DataFram
         partial = latest if partial is None else partial
     found = ", ".join(str(f) for f in partial["fold"])
     missing = ", ".join(str(f) for f in sorted(set(range(folds)) - set(partial["fold"])))
+    queue = f"-S split.folds={folds}" if by == "patient" else "-S split.by=site"
     raise DataError(f"no complete {folds}-fold cross-validation of run '{run_name}': the newest configuration "
-                    f"has folds {found}, missing {missing} (dvc exp run --queue -S split.folds={folds} "
+                    f"has folds {found}, missing {missing} (dvc exp run --queue {queue} "
                     f"-S split.fold=...; dvc queue start)")
 
 
@@ -78,34 +90,66 @@ def region_columns(runs: pd.DataFrame) -> dict[str, str]:
             if key.startswith(REGION_PREFIX) and key.endswith(REGION_SUFFIX)}
 
 
-def summarise(folds: pd.DataFrame) -> pd.DataFrame:
-    """One row per fold, then the mean and sd over folds and the mean over all test patients."""
+def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per fold, then the mean and sd over folds and the mean over all test patients.
+
+    ``per_patient`` (the folds' test tables together: ``patient``, ``dice``) gives the last row its
+    bootstrap interval over all patients; each fold's own interval comes from its metrics.
+    """
     columns = {**FOLD_METRICS, **region_columns(folds)}
     present = {key: name for key, name in columns.items() if key in folds}
     table = folds[list(present)].rename(columns=present).astype(float)
+    for key, name in CI_COLUMNS.items():
+        if key in folds:
+            table[name] = folds[key].astype(float).to_numpy()
     patients = folds["metrics.test_patients"].astype(float).to_numpy()
     table.insert(0, "test patients", patients)
+    if "tags.test_site" in folds:
+        table.insert(0, "test site", folds["tags.test_site"].to_numpy())
     table.insert(0, "fold", folds["fold"].astype(str).to_numpy())
     weighted = {name: float(np.average(table[name], weights=patients)) for name in table
                 if name in PATIENT_COLUMNS or name.startswith("test Dice per patient (")}
-    metric_names = list(table.columns[2:])
+    if per_patient is not None:
+        interval = metrics.mean_interval(per_patient.groupby("patient")["dice"].mean())
+        weighted |= {CI_COLUMNS[CI_LOW]: interval["low"], CI_COLUMNS[CI_HIGH]: interval["high"]}
+    metric_names = [name for name in table.columns if name not in ("fold", "test site", "test patients")]
     rows = [
         {"fold": "mean over folds", **table[metric_names].mean().to_dict()},
         {"fold": "sd over folds", **table[metric_names].std(ddof=1).to_dict()},
         {"fold": f"all {int(patients.sum())} patients", "test patients": patients.sum(), **weighted},
     ]
+    for row in rows[:2]:
+        for name in CI_COLUMNS.values():
+            row.pop(name, None)  # an interval is not averaged over folds
     table["DVC experiment"] = folds.get("tags.dvc_experiment", pd.Series(np.nan, index=folds.index)).to_numpy()
     table["MLflow run"] = folds["run_id"].to_numpy()
     summary = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     return summary.astype({"test patients": "Int64"})
 
 
-def cv_summary(folds: int, run_name: str = "train") -> pd.DataFrame:
-    """The summary table of the newest complete ``folds``-fold cross-validation in the store."""
-    if folds < 2:
+def out_of_fold_patients(folds: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-patient test tables the fold runs logged, together (each patient once); None when a
+    run has none (evaluated by an older glioseg), and the summary then has no overall interval."""
+    texts = [tracking.load_run_text(run_id, PER_PATIENT_ARTIFACT.format(subset="test")) for run_id in folds["run_id"]]
+    if any(text is None for text in texts):
+        return None
+    return pd.concat([pd.read_csv(io.StringIO(text)) for text in texts], ignore_index=True)
+
+
+def cv_summary(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:
+    """The summary table of the newest complete cross-validation in the store: ``folds``-fold by
+    patient, or (``by="site"``) leave one site out over as many folds as the runs have sites."""
+    if by == "site":
+        runs = tracking.search_runs("params.`split.by` = 'site'")
+        if runs.empty or "tags.split_sites" not in runs or runs["tags.split_sites"].isna().all():
+            raise DataError("the MLflow store has no evaluated run with split.by=site")
+        folds = int(runs.sort_values("start_time", ascending=False)["tags.split_sites"].dropna().iloc[0])
+    elif folds < 2:
         raise DataError(f"--folds must be at least 2 (got {folds})")
-    runs = tracking.search_runs(f"params.`split.folds` = '{folds}'")
-    return summarise(complete_folds(runs, folds, run_name))
+    else:
+        runs = tracking.search_runs(f"params.`split.folds` = '{folds}'")
+    chosen = complete_folds(runs, folds, run_name, by)
+    return summarise(chosen, out_of_fold_patients(chosen))
 
 
 def to_markdown(table: pd.DataFrame) -> str:

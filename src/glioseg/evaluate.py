@@ -129,6 +129,7 @@ def protocol(by_region: dict[str, dict]) -> dict:
         "aggregation": aggregation,
         "empty_mask_rule": metrics.EMPTY_MASK_RULE,
         "hd95": metrics.HD95_RULE,
+        "confidence_interval": metrics.BOOTSTRAP_RULE,
         "cases": {
             "slices": first["slices"],
             "positive_slices": positive if len(by_region) > 1 else first["positive_slices"],
@@ -142,23 +143,29 @@ def summarise(
 ) -> dict:
     """One region: its metrics. Several: their means, ``regions`` and the seeds' pixel metrics.
 
-    Either way with its ``protocol``. Counts (:data:`COUNT_KEYS`) are not averaged over regions:
+    Either way with its ``protocol`` and the bootstrap intervals (``ci95``) of the headline metrics;
+    every region is resampled with the same patient draws, so the intervals of the means over
+    regions resample whole patients too. Counts (:data:`COUNT_KEYS`) are not averaged over regions:
     the top level keeps the slices and patients every region shares, each region its own counts.
     """
-    by_region = {
-        region: region_summary(rows, per_patient[per_patient["region"] == region])
-        for region, rows in per_slice.groupby("region", sort=False)
-    }
+    draws = metrics.patient_resamples(per_slice["patient"].nunique())
+    by_region, stats = {}, {}
+    for region, rows in per_slice.groupby("region", sort=False):
+        patients = per_patient[per_patient["region"] == region]
+        stats[region] = metrics.bootstrap_statistics(rows, draws, patients.set_index("patient")["hd95"])
+        by_region[region] = region_summary(rows, patients) | {"ci95": metrics.intervals(stats[region])}
     stated = {"protocol": protocol(by_region)}
     first = next(iter(by_region.values()))
     if len(by_region) == 1:
         return first | stated
-    keys = [k for k in first if k not in COUNT_KEYS and all(k in s for s in by_region.values())]
+    keys = [k for k in first if k not in COUNT_KEYS and not isinstance(first[k], dict)
+            and all(k in s for s in by_region.values())]
     summary: dict = {k: float(np.mean([s[k] for s in by_region.values()])) for k in keys}
     summary |= {"slices": first["slices"], "patients": first["patients"]}
     if matrix is not None:
         summary |= metrics.seed_style(matrix)
-    return summary | {"regions": by_region} | stated
+    region_mean = {name: np.mean([s[name] for s in stats.values()], axis=0) for name in next(iter(stats.values()))}
+    return summary | {"ci95": metrics.intervals(region_mean), "regions": by_region} | stated
 
 
 def evaluate(

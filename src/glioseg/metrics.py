@@ -341,3 +341,74 @@ def summarise_hd95(values: Sequence[float], statuses: Sequence[str]) -> dict[str
         summary["hd95_defined_mean"] = float(values[defined].mean())
     counts = (defined.sum(), (statuses == HD95_MISSED_TUMOUR).sum(), (statuses == HD95_FALSE_POSITIVE).sum())
     return summary | {key: int(count) for key, count in zip(HD95_COUNT_KEYS, counts, strict=True)}
+
+
+# Confidence intervals: patients are the unit a test set samples, so they are what is resampled.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_RULE = (
+    f"{BOOTSTRAP_LEVEL:.0%} percentile bootstrap over patients: {BOOTSTRAP_RESAMPLES} resamples of the "
+    f"patients with replacement (numpy default_rng seed {BOOTSTRAP_SEED}), each patient's slices kept "
+    "together; every region and metric uses the same resamples; 'low'/'high' under 'ci95'"
+)
+BOOTSTRAP_METRICS = ("dice_patient_mean", "iou_patient_mean", "dice_pooled", "dice_positive_slice_mean",
+                     "hd95_patient_mean")
+
+
+def patient_resamples(patients: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(resamples, patients) indices: each row draws ``patients`` patients with replacement."""
+    return np.random.default_rng(seed).integers(0, patients, size=(resamples, patients))
+
+
+def bootstrap_statistics(
+    per_slice: pd.DataFrame, draws: np.ndarray, hd95: pd.Series | None = None
+) -> dict[str, np.ndarray]:
+    """Each :data:`BOOTSTRAP_METRICS` value on every resample of patients (one region's slices).
+
+    ``draws`` indexes patients in sorted order (:func:`patient_resamples`); ``hd95`` is the
+    per-patient HD95 indexed by patient. A resample with no tumour slice gives NaN for the
+    tumour-slice mean.
+    """
+    grouped = per_slice.groupby("patient")
+    patients = grouped.size().index
+    counts = grouped[COUNT_COLUMNS].sum().to_numpy(dtype=np.int64)
+    positive = per_slice["tp"] + per_slice["fn"] > 0
+    slice_dice = pd.Series(dice(per_slice[COUNT_COLUMNS].to_numpy(dtype=np.int64)), index=per_slice.index)
+    positive_sum = slice_dice[positive].groupby(per_slice["patient"]).sum().reindex(patients, fill_value=0.0)
+    positive_n = positive.groupby(per_slice["patient"]).sum().reindex(patients, fill_value=0)
+    resampled_counts = counts[draws]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positive_mean = positive_sum.to_numpy()[draws].sum(axis=1) / positive_n.to_numpy()[draws].sum(axis=1)
+    stats = {
+        "dice_patient_mean": dice(resampled_counts).mean(axis=1),
+        "iou_patient_mean": iou(resampled_counts).mean(axis=1),
+        "dice_pooled": dice(resampled_counts.sum(axis=1)),
+        "dice_positive_slice_mean": positive_mean,
+    }
+    if hd95 is not None:
+        stats["hd95_patient_mean"] = hd95.reindex(patients).to_numpy(dtype=np.float64)[draws].mean(axis=1)
+    return stats
+
+
+def intervals(stats: dict[str, np.ndarray], level: float = BOOTSTRAP_LEVEL) -> dict[str, dict[str, float]]:
+    """Percentile intervals ``{metric: {"low", "high"}}``; a metric undefined on every resample is left out."""
+    tail = (1 - level) / 2 * 100
+    result = {}
+    for name, values in stats.items():
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            low, high = np.percentile(values, [tail, 100 - tail])
+            result[name] = {"low": float(low), "high": float(high)}
+    return result
+
+
+def mean_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                  seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+    """The bootstrap interval of a mean over patients, from one value per patient."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        raise ValueError("no values to bootstrap")
+    draws = patient_resamples(len(values), resamples, seed)
+    return intervals({"mean": values[draws].mean(axis=1)})["mean"]

@@ -12,6 +12,7 @@ from typing import Any
 from glioseg import distributed, paths, tracking
 from glioseg.config import Params, flatten
 from glioseg.data.cache import load_cache
+from glioseg.data.split import held_out_site, sites
 from glioseg.errors import DataError
 from glioseg.evaluate import evaluate, write_outputs
 from glioseg.inference import autocast_dtype, precision_name, select_device
@@ -19,12 +20,25 @@ from glioseg.io import write_json
 from glioseg.model import LoadedModel, load_model
 
 
-def stage_protocol(params: Params, loaded: LoadedModel) -> dict[str, Any]:
-    """What the metrics' protocol takes from the params and the model: how cases were split, how the
-    model predicted, and the precisions it trained and predicted in (bf16 and fp32 give different
-    numbers, so CI keeps a baseline per training precision)."""
-    split = {"unit": params.split.by, "folds": params.split.folds, "fold": params.split.fold} if params.split.folds \
-        else {"unit": params.split.by}
+PER_PATIENT_ARTIFACT = "evaluation/{subset}_per_patient.csv"
+
+
+def split_protocol(params: Params, patients) -> dict[str, Any]:
+    """How cases were split; for a site split, the held-out site among the sites of ``patients``."""
+    split: dict[str, Any] = {"unit": params.split.by}
+    if params.split.folds:
+        split |= {"folds": params.split.folds, "fold": params.split.fold}
+    elif params.split.by == "site":
+        split |= {"sites": len(sites(patients)), "fold": params.split.fold,
+                  "test_site": held_out_site(patients, params.split.fold)}
+    return split
+
+
+def stage_protocol(params: Params, loaded: LoadedModel, patients) -> dict[str, Any]:
+    """What the metrics' protocol takes from the params, the cached patients and the model: how
+    cases were split, how the model predicted, and the precisions it trained and predicted in
+    (bf16 and fp32 give different numbers, so CI keeps a baseline per training precision)."""
+    split = split_protocol(params, patients)
     device = select_device(params.run.device)
     return {"split": split, "inference": params.inference.model_dump(mode="json"),
             "training_precision": loaded.meta.get("training_precision", "unknown"),
@@ -41,16 +55,19 @@ def evaluate_run(
     """
     loaded = load_model(model_path)
     arrays = load_cache(paths.CACHE)
+    protocol = stage_protocol(params, loaded, arrays.patient)
     results: dict[str, Any] = {}
     images: dict[str, Any] = {}
+    tables: dict[str, str] = {}
     for subset in subsets:
         part = arrays.select(subset)
         if len(part) == 0:
             raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
         result = evaluate(loaded, part, params.run.device, params.inference)
         summary = result.summary
-        summary["protocol"] = {**summary.get("protocol", {}), **stage_protocol(params, loaded)}
+        summary["protocol"] = {**summary.get("protocol", {}), **protocol}
         results[subset] = summary
+        tables[PER_PATIENT_ARTIFACT.format(subset=subset)] = result.per_patient.to_csv(index=False)
         if out_dir is not None and subset == subsets[0]:
             images = write_outputs(result, part, out_dir)
     run_id = loaded.meta.get("mlflow_run_id")
@@ -59,7 +76,9 @@ def evaluate_run(
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         inference = {f"inference.{k}": str(v) for k, v in params.inference.model_dump().items()}
         precision = {"training_precision": str(loaded.meta.get("training_precision", "unknown"))}
-        tracking.log_to_run(run_id, flat, images, inference | precision)
+        site = {"test_site": protocol["split"]["test_site"], "split_sites": str(protocol["split"]["sites"])} \
+            if "test_site" in protocol["split"] else {}
+        tracking.log_to_run(run_id, flat, images, inference | precision | site, tables)
     return {"mlflow_run_id": run_id, **results}
 
 

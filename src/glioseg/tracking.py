@@ -250,8 +250,8 @@ def search_runs(filter_string: str = "") -> Any:
 
 
 def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
-               tags: dict[str, str] | None = None) -> None:
-    """Add metrics, images and tags to a finished run (evaluate adds test results to the train run)."""
+               tags: dict[str, str] | None = None, texts: dict[str, str] | None = None) -> None:
+    """Add metrics, images, tags and text files to a finished run (evaluate adds test results to the train run)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     with store_errors(), mlflow.start_run(run_id=run_id):
@@ -259,3 +259,18 @@ def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndar
         mlflow.set_tags(tags or {})
         for artifact_file, image in images.items():
             log_image(image, artifact_file)
+        for artifact_file, text in (texts or {}).items():
+            mlflow.log_text(text, artifact_file)
+
+
+def load_run_text(run_id: str, artifact_file: str) -> str | None:
+    """A text artifact of a run (as :func:`log_to_run` logged it), None when the run has none by that name."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with store_errors():
+        try:
+            return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+        except (MlflowException, FileNotFoundError):
+            return None

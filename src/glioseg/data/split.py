@@ -1,8 +1,13 @@
-"""Train/val/test split, by patient (default) or by slice (the seed's leaky protocol).
+"""Train/val/test split, by patient (default), by acquiring site, or by slice (the seed's leaky protocol).
 
 With ``split.folds: k`` the patients are dealt into k stratified folds instead; fold
 ``split.fold`` is the test set (5-fold cross-validation: ``dvc exp run --queue -S
 split.folds=5 -S split.fold=0,1,2,3,4``).
+
+With ``split.by: site`` the test set is every patient of one acquiring site (leave one site out):
+the kaggle_3m patient id ``TCGA_<site>_<id>_<date>`` names the institution, sites are numbered in
+sorted order and ``split.fold`` picks the held-out one; the other sites' patients are dealt into
+train and val as in a patient fold.
 
 Patients are stratified by tumour burden (share of their slices that are positive): they are
 shuffled with the seed, sorted by burden, and dealt to the subsets in proportion, so every
@@ -12,6 +17,8 @@ one patient then land on both sides, which flatters test scores (documented as l
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +26,7 @@ from glioseg.config import SplitParams
 from glioseg.errors import DataError
 
 SUBSETS = ("train", "val", "test")
+SITE_ID = re.compile(r"TCGA_([A-Za-z0-9]+)_")
 
 
 def subset_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -69,24 +77,65 @@ def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Seri
     return subset
 
 
+def patient_site(patient: str) -> str:
+    """The acquiring site of a kaggle_3m patient id (``TCGA_<site>_<id>_<date>``)."""
+    match = SITE_ID.match(patient)
+    if match is None:
+        raise DataError(f"split.by: site: patient '{patient}' is not a TCGA_<site>_<id>_<date> id, so its "
+                        "acquiring site is unknown (use split.by: patient)")
+    return match.group(1)
+
+
+def sites(patients) -> list[str]:
+    """The distinct sites of ``patients``, in fold order (sorted)."""
+    return sorted({patient_site(str(patient)) for patient in patients})
+
+
+def held_out_site(patients, fold: int) -> str:
+    """The site that fold ``fold`` of a leave-one-site-out split tests on."""
+    known = sites(patients)
+    if fold >= len(known):
+        raise DataError(f"split.fold is {fold}, but the data has {len(known)} sites ({', '.join(known)}): "
+                        f"split.by: site takes split.fold 0..{len(known) - 1}")
+    return known[fold]
+
+
+def site_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Series:
+    """Leave one site out: the patients of site ``params.fold`` are the test set, val is drawn from the others."""
+    site = burden["patient"].map(patient_site)
+    test = site == held_out_site(burden["patient"], params.fold)
+    rest = burden[~test]
+    if len(rest) < 2:
+        raise DataError(f"split.by: site: only {len(rest)} patient(s) outside the held-out site, too few to train")
+    subset = pd.Series("test", index=burden.index)
+    share = params.val / (params.train + params.val)
+    subset[rest.index] = _stratified_assign(rest, "burden", {"train": 1 - share, "val": share}, seed)
+    return subset
+
+
 def split_slices(labels: pd.DataFrame, params: SplitParams, seed: int) -> pd.DataFrame:
     """One row per kept slice: patient, slice, diagnosis, subset."""
     kept = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].reset_index(drop=True)
     if kept.empty:
         raise DataError("data/labels.csv: no kept slices to split")
     fractions = {name: getattr(params, name) for name in SUBSETS}
-    if params.by == "patient":
+    if params.by in ("patient", "site"):
         burden = kept.groupby("patient", as_index=False)["diagnosis"].mean().rename(columns={"diagnosis": "burden"})
-        burden["subset"] = (fold_assign(burden, params, seed) if params.folds
-                            else _stratified_assign(burden, "burden", fractions, seed))
+        if params.by == "site":
+            burden["subset"] = site_assign(burden, params, seed)
+        elif params.folds:
+            burden["subset"] = fold_assign(burden, params, seed)
+        else:
+            burden["subset"] = _stratified_assign(burden, "burden", fractions, seed)
         result = kept.merge(burden[["patient", "subset"]], on="patient")
     else:
         result = kept.assign(subset=_stratified_assign(kept, "diagnosis", fractions, seed))
     return result.sort_values(["patient", "slice"]).reset_index(drop=True)
 
 
-def summarise_split(split: pd.DataFrame) -> dict[str, dict[str, int]]:
-    summary = {}
+def summarise_split(split: pd.DataFrame, params: SplitParams) -> dict:
+    """Patients, slices and tumour slices per subset (and the held-out site of a site split)."""
+    summary: dict = {"test_site": held_out_site(split["patient"], params.fold)} if params.by == "site" else {}
     for name in SUBSETS:
         part = split[split["subset"] == name]
         summary[name] = {

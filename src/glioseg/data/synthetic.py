@@ -38,6 +38,7 @@ TISSUE_NOISE = 2.5
 # Mean about 0.9, so an empty slice is "dark" (mean < 2) without being exactly zero.
 BACKGROUND_CDF = np.array([0.32, 0.79, 0.96], dtype=np.float32)
 TUMOUR_FREE_EVERY = 5  # one patient in five has no tumour, so any five consecutive patients include one
+PATIENTS_PER_SITE = 4  # the kaggle_3m id names the acquiring site; leave-one-site-out needs several
 WAVES = 4  # plane waves per texture field
 HARMONICS = np.arange(2, 5)  # of a tumour outline's wobble
 WOBBLE_MAX = 0.08  # amplitude per harmonic
@@ -96,9 +97,16 @@ class Volume:
         return float(np.sqrt(1 - u**2))
 
 
+def site_code(index: int) -> str:
+    """Patient ``index``'s acquiring site: consecutive blocks of :data:`PATIENTS_PER_SITE` patients
+    (AA, AB, ...), so sorting the ids keeps the patients in generation order."""
+    block = index // PATIENTS_PER_SITE
+    return chr(ord("A") + block // 26) + chr(ord("A") + block % 26)
+
+
 def _patient_name(index: int, rng: np.random.Generator) -> str:
     scanned = dt.date(1995, 1, 1) + dt.timedelta(days=int(rng.integers(0, 15 * 365)))
-    return f"TCGA_SY_{index + 1:04d}_{scanned:%Y%m%d}"
+    return f"TCGA_{site_code(index)}_{index + 1:04d}_{scanned:%Y%m%d}"
 
 
 def _wobble(rng: np.random.Generator) -> np.ndarray:

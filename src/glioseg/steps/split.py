@@ -1,4 +1,4 @@
-"""The split stage: train/val/test by patient -> data/split.csv."""
+"""The split stage: train/val/test by patient (or site, or slice) -> data/split.csv."""
 
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ from glioseg.io import read_stage_csv, write_csv
 def run(params: Params) -> dict[str, Any]:
     table = split_slices(read_stage_csv(paths.LABELS, "labels"), params.split, params.seed)
     write_csv(paths.SPLIT, table)
-    return summarise_split(table)
+    return summarise_split(table, params.split)
