@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from glioseg import metrics
 from glioseg.cli import app
 from glioseg.crossval import complete_folds, summarise
 from glioseg.errors import DataError
@@ -101,3 +102,40 @@ def test_cv_summary_command_reads_the_mlflow_store(tmp_path, monkeypatch):
     missing = CliRunner().invoke(app, ["cv-summary", "--folds", "3"])
     assert missing.exit_code == 2
     assert "error: the MLflow store has no evaluated run named 'train' with split.folds=3" in missing.output
+
+
+def test_leave_one_site_out_runs_are_summarised_per_site_with_intervals(tmp_path, monkeypatch):
+    """One run per site, found by split.by=site; each row names its site and interval; the overall
+    interval is bootstrapped over every patient from the per-patient tables the runs logged."""
+    import mlflow
+
+    from glioseg import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("glioseg", artifact_location=(tmp_path / "artifacts").as_uri())
+    patients = {"AA": [1.0, 0.8], "AB": [0.6, 0.4, 0.2]}
+    for fold, (site, dice) in enumerate(patients.items()):
+        with mlflow.start_run(experiment_id=experiment, run_name="train"):
+            mlflow.log_params({"split.by": "site", "split.folds": 0, "split.fold": fold, "lr": 0.001})
+            mlflow.log_metrics({"test_dice_patient_mean": sum(dice) / len(dice), "test_patients": len(dice),
+                                "test_ci95.dice_patient_mean.low": min(dice),
+                                "test_ci95.dice_patient_mean.high": max(dice)})
+            mlflow.set_tags({"test_site": site, "split_sites": "2"})
+            table = pd.DataFrame({"region": "tumour", "patient": [f"TCGA_{site}_{i}" for i in range(len(dice))],
+                                  "dice": dice})
+            mlflow.log_text(table.to_csv(index=False), tracking.PER_PATIENT_ARTIFACT.format(subset="test"))
+
+    out = CliRunner().invoke(app, ["cv-summary", "--by", "site", "--csv", str(tmp_path / "sites.csv")])
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "sites.csv").set_index("fold")
+    assert table.loc[["0", "1"], "test site"].tolist() == ["AA", "AB"]
+    assert table.loc["0", "Dice per patient 95% CI low"] == pytest.approx(0.8)
+    assert table.loc["all 5 patients", "test Dice per patient"] == pytest.approx(0.6)
+    interval = metrics.mean_interval([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert table.loc["all 5 patients", "Dice per patient 95% CI low"] == pytest.approx(interval["low"])
+    assert table.loc["all 5 patients", "Dice per patient 95% CI high"] == pytest.approx(interval["high"])
+    assert pd.isna(table.loc["mean over folds", "Dice per patient 95% CI low"])  # intervals are not averaged
+
+    bad = CliRunner().invoke(app, ["cv-summary", "--by", "hospital"])
+    assert bad.exit_code == 2 and "--by must be one of patient, site (got 'hospital')" in bad.output

@@ -140,3 +140,56 @@ def test_the_ci_gate_reads_a_summary_with_its_protocol():
                                   {f"test.{metric}": rule for metric, rule in rules.items()})
     assert table["ok"].tolist() == [True, True, False]
     assert "not a finite number" in table["note"].iloc[2]
+
+
+# --- bootstrap intervals over patients -------------------------------------------------------------
+
+# Perfect (Dice 1), half-right (Dice 2/3: 2 truth voxels, 1 found) and missed (Dice 0) patients.
+MIXED = {
+    "A": ([(0, 0, 0, 1), (1, 0, 0, 1)], [(0, 0, 0, 1), (1, 0, 0, 1)]),
+    "B": ([(0, 1, 1, 1), (0, 1, 2, 1)], [(0, 1, 1, 1)]),
+    "C": ([(0, 2, 2, 1)], []),
+}
+
+
+def test_intervals_are_seeded_resample_patients_and_contain_the_point_estimate():
+    summary = summarise(*tables(MIXED))
+    ci = summary["ci95"]
+    for name in metrics.BOOTSTRAP_METRICS:
+        assert ci[name]["low"] <= summary[name] <= ci[name]["high"], name
+    assert summary["dice_patient_mean"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    # Three patients: a resample's mean Dice is a mean of three of {1, 2/3, 0}, within [0, 1] and not
+    # always the point estimate; the same seed gives the same interval.
+    assert 0 <= ci["dice_patient_mean"]["low"] < summary["dice_patient_mean"] < ci["dice_patient_mean"]["high"] <= 1
+    assert summarise(*tables(MIXED))["ci95"] == ci
+    assert summary["protocol"]["confidence_interval"] == metrics.BOOTSTRAP_RULE
+
+
+def test_the_bootstrap_draws_whole_patients_with_the_seed():
+    draws = metrics.patient_resamples(5, resamples=4, seed=3)
+    assert draws.shape == (4, 5) and draws.min() >= 0 and draws.max() < 5
+    np.testing.assert_array_equal(draws, metrics.patient_resamples(5, resamples=4, seed=3))
+    assert not np.array_equal(draws, metrics.patient_resamples(5, resamples=4, seed=4))
+    # identical patients: every resample gives the same mean, so the interval is that value
+    assert metrics.mean_interval([0.7, 0.7, 0.7]) == pytest.approx({"low": 0.7, "high": 0.7})
+    # two patients 0 and 1: resample means are 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4
+    assert metrics.mean_interval([0.0, 1.0]) == {"low": 0.0, "high": 1.0}
+
+
+def test_region_means_have_intervals_from_the_same_patient_draws():
+    summary = summarise(*tables(FOUR_PATIENTS, REGIONS))
+    assert set(summary["ci95"]) >= {"dice_patient_mean", "dice_pooled"}
+    for region in REGIONS:
+        region_ci = summary["regions"][region]["ci95"]["dice_patient_mean"]
+        assert region_ci["low"] <= summary["regions"][region]["dice_patient_mean"] <= region_ci["high"]
+    assert summary["ci95"]["dice_patient_mean"]["low"] <= summary["dice_patient_mean"]
+
+
+def test_the_ci_gate_can_floor_the_intervals_lower_bound(tmp_path):
+    summary = summarise(*tables(MIXED))
+    low = summary["ci95"]["dice_patient_mean"]["low"]
+    rules = {"test.ci95.dice_patient_mean.low": {"min": low + 0.01}, "test.dice_patient_mean": {"tolerance": 0.0}}
+    table = check_metrics.compare({"test": summary}, {"test": summary}, rules).set_index("metric")
+    assert not table.loc["test.ci95.dice_patient_mean.low", "ok"]
+    assert table.loc["test.dice_patient_mean", "ok"]
+    assert table.loc["test.ci95.dice_patient_mean.low", "current"] == pytest.approx(low)

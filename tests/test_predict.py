@@ -249,7 +249,7 @@ def test_a_failed_prediction_leaves_the_folder_as_it_was(model_file, patient_fol
 
 def test_a_model_from_the_mlflow_store_leaves_no_copy_behind(model_file, patient_folder, tmp_path, monkeypatch):
     from glioseg import tracking
-    from glioseg.predict import CHECKPOINT_ARTIFACT, load_model_spec
+    from glioseg.modelspec import CHECKPOINT_ARTIFACT, load_model_spec
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)

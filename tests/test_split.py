@@ -1,6 +1,5 @@
 import pandas as pd
 import pytest
-
 from pydantic import ValidationError
 
 from glioseg.config import Params, SplitParams

@@ -29,7 +29,9 @@ app = typer.Typer(
 Stage = Enum("Stage", {name: name for name in runner.STAGE_FUNCTIONS}, type=str)
 
 
-MODEL_HELP = "model file, runs:/<run id> or models:/<name>/<version>"
+MODEL_HELP = ("model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "
+              "comma-separated, or folds:<k|site>[/<run name>] (the folds of the newest cross-validation in "
+              "the MLflow store) make an ensemble that averages their probabilities")
 
 
 def user_errors(command):
@@ -147,13 +149,36 @@ def cv_summary_command(
         write_csv(csv, table)
 
 
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")],
+    subset: Annotated[str, typer.Option(help="the cached subset to score: test, val or train")] = "test",
+    params_file: Annotated[Path, typer.Option("--params", help="params file (its inference and run settings)")] =
+    Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="also write every summary to this JSON file")] = None,
+) -> None:
+    """Score models on the pipeline's cached subset: each alone and, for several, their ensemble
+    (probabilities averaged), with bootstrap intervals over patients."""
+    from glioseg.config import load_params
+    from glioseg.ensemble import compare_models
+    from glioseg.io import write_json
+    from glioseg.modelspec import model_specs
+
+    table, summaries = compare_models(model_specs(model), subset, load_params(params_file))
+    typer.echo(table.to_markdown(index=False, floatfmt=".4f"))
+    if out is not None:
+        write_json(out, summaries)
+
+
 @app.command("predict")
 @user_errors
 def predict_command(
     source: Annotated[Path, typer.Argument(help="a .tif slice, a kaggle_3m patient folder, or a folder of them")],
     out: Annotated[Path, typer.Option(help="output folder: predict adds its files and replaces only those it "
                                       "wrote there before")],
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "models/model.pt",
+    model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")] = [  # noqa: B006
+        "models/model.pt"],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="write into a folder that holds other files, replacing only "
                                             "files of the same names")] = False,

@@ -122,6 +122,8 @@ class DataParams(Strict):
         "or (dataset brats) a folder or zip of BraTS case folders",
     )
     patients: int | None = Field(None, ge=1, description="use only the first N patients (sorted)")
+    context: int = Field(0, ge=0, le=8, description="2.5-D input: the N slices above and below each slice "
+                         "as extra channels (the volume's ends repeat the nearest slice); 0: each slice alone")
     synthetic: SyntheticParams = SyntheticParams()
     brats: BratsParams = BratsParams()
 
@@ -291,8 +293,14 @@ class Params(Strict):
         return self
 
     @property
-    def input_channels(self) -> int:
+    def slice_channels(self) -> int:
+        """Channels of one slice: LGG's three sequences or the BraTS modalities."""
         return LGG_CHANNELS if self.dataset == "lgg" else len(self.data.brats.modalities)
+
+    @property
+    def input_channels(self) -> int:
+        """The model's input: a slice's channels for itself and each context neighbour."""
+        return self.slice_channels * (2 * self.data.context + 1)
 
     @property
     def output_channels(self) -> int:
@@ -305,7 +313,8 @@ class Params(Strict):
 
     def data_card(self) -> dict[str, Any]:
         """What a checkpoint must carry to read and score new cases like the training data."""
-        card: dict[str, Any] = {"dataset": self.dataset, "regions": {k: list(v) for k, v in self.regions().items()}}
+        card: dict[str, Any] = {"dataset": self.dataset, "regions": {k: list(v) for k, v in self.regions().items()},
+                                "context": self.data.context}
         if self.dataset == "brats":
             card["brats"] = self.data.brats.model_dump(mode="json")
         return card

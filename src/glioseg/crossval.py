@@ -23,7 +23,6 @@ import pandas as pd
 
 from glioseg import metrics, tracking
 from glioseg.errors import DataError
-from glioseg.scoring import PER_PATIENT_ARTIFACT
 
 RUN_SETTINGS = ("split.fold", "run.threads", "run.device", "run.overlay_every", "run.overlay_slices")
 HEADLINE = "metrics.test_dice_patient_mean"
@@ -130,15 +129,18 @@ def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> p
 def out_of_fold_patients(folds: pd.DataFrame) -> pd.DataFrame | None:
     """The per-patient test tables the fold runs logged, together (each patient once); None when a
     run has none (evaluated by an older glioseg), and the summary then has no overall interval."""
-    texts = [tracking.load_run_text(run_id, PER_PATIENT_ARTIFACT.format(subset="test")) for run_id in folds["run_id"]]
+    artifact = tracking.PER_PATIENT_ARTIFACT.format(subset="test")
+    texts = [tracking.load_run_text(run_id, artifact) for run_id in folds["run_id"]]
     if any(text is None for text in texts):
         return None
     return pd.concat([pd.read_csv(io.StringIO(text)) for text in texts], ignore_index=True)
 
 
-def cv_summary(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:
-    """The summary table of the newest complete cross-validation in the store: ``folds``-fold by
-    patient, or (``by="site"``) leave one site out over as many folds as the runs have sites."""
+def newest_cross_validation(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:
+    """The fold runs of the newest complete cross-validation in the store (one row per fold):
+    ``folds``-fold by patient, or (``by="site"``) leave one site out, as many folds as sites."""
+    if by not in FOLD_COUNT:
+        raise DataError(f"cross-validation by '{by}': expected one of {', '.join(FOLD_COUNT)}")
     if by == "site":
         runs = tracking.search_runs("params.`split.by` = 'site'")
         if runs.empty or "tags.split_sites" not in runs or runs["tags.split_sites"].isna().all():
@@ -148,7 +150,12 @@ def cv_summary(folds: int, run_name: str = "train", by: str = "patient") -> pd.D
         raise DataError(f"--folds must be at least 2 (got {folds})")
     else:
         runs = tracking.search_runs(f"params.`split.folds` = '{folds}'")
-    chosen = complete_folds(runs, folds, run_name, by)
+    return complete_folds(runs, folds, run_name, by)
+
+
+def cv_summary(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:
+    """The summary table of the newest complete cross-validation in the store."""
+    chosen = newest_cross_validation(folds, run_name, by)
     return summarise(chosen, out_of_fold_patients(chosen))
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from glioseg import metrics
 from glioseg.config import InferenceParams
 from glioseg.data.cache import SliceArrays, volume_indices
+from glioseg.data.context import centre_slice
 from glioseg.io import write_csv
 from glioseg.model import LoadedModel
 from glioseg.predictor import Predictor
@@ -42,6 +43,7 @@ class Evaluation:
     summary: dict
     predictions: np.ndarray
     classes: int = 1
+    context: int = 0
 
     @property
     def first_region(self) -> str:
@@ -177,7 +179,8 @@ def evaluate(
     per_slice = per_slice_table(arrays, predictions, regions)
     per_patient = per_patient_table(per_slice, arrays, predictions, regions)
     matrix = metrics.confusion_matrix(predictions, arrays.masks, loaded.classes) if loaded.classes > 1 else None
-    return Evaluation(per_slice, per_patient, summarise(per_slice, per_patient, matrix), predictions, loaded.classes)
+    return Evaluation(per_slice, per_patient, summarise(per_slice, per_patient, matrix), predictions, loaded.classes,
+                      loaded.context)
 
 
 def ranked_examples(per_slice: pd.DataFrame) -> dict[str, int]:
@@ -200,7 +203,8 @@ def ranked_patients(per_patient: pd.DataFrame) -> dict[str, str]:
 
 
 def slice_panel(arrays: SliceArrays, result: Evaluation, row: int) -> np.ndarray:
-    return overlay(arrays.images[row], arrays.masks[row], result.predictions[row], result.classes)
+    image = centre_slice(arrays.images[row], result.context)
+    return overlay(image, arrays.masks[row], result.predictions[row], result.classes)
 
 
 def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import torch
 from glioseg import codedeps, paths, tracking
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays, load_cache
+from glioseg.data.context import centre_slice
 from glioseg.errors import DataError
 from glioseg.inference import predict_labels
 from glioseg.io import exclusive_lock, read_json, write_csv, write_json
@@ -79,7 +80,8 @@ class RunLogger:
         device = next(model.parameters()).device
         predictions = predict_labels(model, watched.images, self.normaliser, device, VALIDATION_THRESHOLD)
         classes = self.params.output_channels
-        panels = [overlay(watched.images[i], watched.masks[i], predictions[i], classes) for i in range(len(watched))]
+        images = centre_slice(watched.images, self.params.data.context)
+        panels = [overlay(images[i], watched.masks[i], predictions[i], classes) for i in range(len(watched))]
         titles = [f"{watched.patient[i]} #{watched.slice[i]}" for i in range(len(watched))]
         return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
 

@@ -98,6 +98,68 @@ class LoadedModel:
     def classes(self) -> int:
         return int(self.params.classes)
 
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side stacked as extra channels (``data.context``; 0: 2-D)."""
+        return int(self.data_card.get("context", 0))
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Models whose probabilities are averaged at inference (a fold ensemble, as nnU-Net's default).
+
+    The members must read cases alike (dataset, regions, classes, input channels and context,
+    preprocessing); each keeps its own normalisation, since each fold computed its statistics on
+    its own training patients. The first member's inference settings are the set's defaults.
+    ``names`` are the specs the members were loaded from, recorded with every prediction.
+    """
+
+    members: tuple[LoadedModel, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2 or len(self.members) != len(self.names):
+            raise ValueError("a model set needs at least two models, one name each")
+        first = self.members[0]
+        for loaded, name in zip(self.members[1:], self.names[1:]):
+            for what, ours, theirs in (
+                ("data card (dataset, regions, context, how cases are read)", loaded.data_card, first.data_card),
+                ("input channels", loaded.params.in_channels, first.params.in_channels),
+                ("classes", loaded.classes, first.classes),
+                ("preprocessing (image size)", loaded.pipelines.get("preprocess"), first.pipelines.get("preprocess")),
+            ):
+                if ours != theirs:
+                    raise DataError(f"{name}: its {what} differs from {self.names[0]}'s; an ensemble's models "
+                                    "must read cases the same way")
+
+    @property
+    def first(self) -> LoadedModel:
+        return self.members[0]
+
+    params = property(lambda self: self.first.params)
+    pipelines = property(lambda self: self.first.pipelines)
+    inference = property(lambda self: self.first.inference)
+    data_card = property(lambda self: self.first.data_card)
+    dataset = property(lambda self: self.first.dataset)
+    regions = property(lambda self: self.first.regions)
+    brats = property(lambda self: self.first.brats)
+    classes = property(lambda self: self.first.classes)
+    context = property(lambda self: self.first.context)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """No single MLflow run: an ensemble's results are not logged to any member's run."""
+        return {"ensemble": list(self.names),
+                "training_precision": ",".join(sorted({str(m.meta.get("training_precision", "unknown"))
+                                                       for m in self.members}))}
+
+
+def describe_models(loaded: LoadedModel | ModelSet, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What a prediction records about the model(s) it came from: spec, MLflow run, training precision."""
+    members = loaded.members if isinstance(loaded, ModelSet) else (loaded,)
+    return [{"model": name, "mlflow_run_id": m.meta.get("mlflow_run_id"),
+             "training_precision": m.meta.get("training_precision")} for m, name in zip(members, names)]
+
 
 def model_payload(
     model: torch.nn.Module, params: ModelParams, pipelines: dict, inference: InferenceParams, data_card: dict, **meta

@@ -11,16 +11,18 @@ viewer take, with the model file's inference settings (threshold, TTA, post-proc
 - BraTS: ``<case>/<case>_pred.nii.gz`` with the input's affine, header and voxel order and the
   files' own label values (the inverse of ``label_map``), and overlay PNGs of slices with tumour.
 
-``areas.csv`` has the tumour pixels per slice (per class for BraTS) and ``cases.csv`` the totals
-per case, with volumes in millilitres for NIfTI input.
+``areas.csv`` has the tumour pixels per slice (per class for BraTS), ``cases.csv`` the totals
+per case, with volumes in millilitres for NIfTI input, and ``prediction.json`` the model(s) and
+inference settings the masks came from.
+
+Models are named as :mod:`glioseg.modelspec` reads them; several make a fold ensemble.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +39,14 @@ from glioseg.config import InferenceParams
 from glioseg.data import brats
 from glioseg.data.lgg import read_image
 from glioseg.errors import ConfigError, DataError
-from glioseg.io import write_csv
-from glioseg.model import LoadedModel, load_model
+from glioseg.io import write_csv, write_json
+from glioseg.model import LoadedModel, describe_models
+from glioseg.modelspec import load_models, model_specs
 from glioseg.owned_output import check_output_folder, staged_output
 from glioseg.predictor import Predictor
 from glioseg.viz import overlay
 
-CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+RECORD = "prediction.json"
 DEVICE_OPTION = "--device"  # where predict's and the viewer's device comes from, for its error
 
 
@@ -110,39 +113,6 @@ def _by_slice_number(files: list[Path]) -> list[Path]:
     return sorted(files, key=key)
 
 
-def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
-    """The model of a checkpoint file, ``runs:/<run id>[/...]``, ``models:/<name>/<version>`` or
-    ``models:/<name>@<alias>`` (``models:/glioseg-lgg@champion``).
-
-    For MLflow URIs the run's glioseg checkpoint artifact is downloaded (it loads with
-    ``weights_only=True``; the pickled MLflow model is never unpickled) into a temporary folder
-    that is removed as soon as the model is in memory.
-    """
-    spec = str(spec)
-    if not spec.startswith(("runs:/", "models:/")):
-        return load_model(spec)
-    from glioseg import tracking
-
-    client = tracking.client()
-    if spec.startswith("models:/"):
-        reference = spec.removeprefix("models:/")
-        name, alias = reference.split("@", 1) if "@" in reference else (reference, None)
-        name, _, version = name.partition("/")
-        try:
-            found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-        except Exception as exc:  # MLflow raises its own exception types for unknown models
-            raise DataError(f"{spec}: no such registered model version ({type(exc).__name__})") from None
-        run_id = found.run_id
-    else:
-        run_id = spec.removeprefix("runs:/").split("/")[0]
-    with tempfile.TemporaryDirectory(prefix="glioseg-model-") as target:
-        try:
-            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, target)
-        except Exception as exc:
-            raise DataError(f"{spec}: run has no glioseg checkpoint artifact ({type(exc).__name__})") from None
-        return load_model(path)
-
-
 def load_slice(item: SliceInput, channels: int) -> np.ndarray:
     image = read_image(item.path)
     if image.shape[-1] != channels:
@@ -191,8 +161,9 @@ def predict_inputs(loaded: LoadedModel, items: list[SliceInput], device: str = "
     shared = predictor(loaded, device, inference, batch_size)
     cases = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.case)]
     for case in tqdm(cases, desc="predict", unit="case"):
-        originals = [load_slice(item, loaded.params.in_channels) for item in case]
-        yield from zip(case, originals, shared.predict_case(originals))
+        originals = [load_slice(item, shared.slice_channels) for item in case]
+        where = case[0].path if len(case) == 1 else case[0].path.parent
+        yield from zip(case, originals, shared.predict_case(originals, str(where)))
 
 
 def to_input_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -292,7 +263,7 @@ def case_totals(table: pd.DataFrame) -> pd.DataFrame:
 
 def predict(
     source: Path,
-    model: str | os.PathLike,
+    model: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: Path,
     device: str = "auto",
     inference: InferenceParams | Mapping[str, Any] | None = None,
@@ -309,12 +280,15 @@ def predict(
     only the settings it gives.
     """
     check_output_folder(out_dir, overwrite)
-    loaded = load_model_spec(model)
-    check_input_kind(loaded, source, model)
+    names = model_specs(model)
+    loaded = load_models(names)
+    check_input_kind(loaded, source, ", ".join(names))
     settings = inference_settings(loaded, inference)
     with staged_output(out_dir) as tmp:
         predict_cases = predict_nifti if loaded.dataset == "brats" else predict_tifs
         table = pd.DataFrame(predict_cases(loaded, source, tmp, device, settings))
         write_csv(tmp / "areas.csv", table)
         write_csv(tmp / "cases.csv", case_totals(table))
+        write_json(tmp / RECORD, {"source": str(source), "models": describe_models(loaded, tuple(names)),
+                                  "inference": settings.model_dump(mode="json")})
     return table

@@ -12,6 +12,10 @@ differently: the model on its device, the model file's eval normalisation
 - cached arrays of many cases (:class:`SliceArrays`) -> labels post-processed case by case
   (what evaluate scores).
 
+Given a :class:`~glioseg.model.ModelSet` (fold models), each member normalises the batch its own
+way, and their sigmoid/softmax probabilities (each flip-averaged under TTA) are averaged before
+the threshold or argmax and the post-processing, as nnU-Net ensembles its folds.
+
 Training does not import this module: its validation and overlays call
 :func:`inference.predict_labels` at probability 0.5 without TTA or post-processing, so editing
 inference-only code never re-runs training.
@@ -26,29 +30,36 @@ import torch
 
 from glioseg.config import InferenceParams
 from glioseg.data.cache import SliceArrays
+from glioseg.data.context import stack_context
+from glioseg.errors import DataError
 from glioseg.inference import predict_labels, select_device
-from glioseg.model import LoadedModel
+from glioseg.model import LoadedModel, ModelSet
 from glioseg.postprocess import postprocess_case, postprocess_cases
-from glioseg.transforms import eval_normaliser, pipelines_from_dict
+from glioseg.transforms import BatchAugment, eval_normaliser, pipelines_from_dict
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of the class probabilities averaged over the four flips of ``batch`` (nnU-Net's mirroring).
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid (one channel) or softmax class probabilities of (N,C,H,W) logits, in fp32."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
-    Sigmoid (one channel) or softmax probabilities of each flipped copy are flipped back and
-    averaged; the result is returned as logits (log-odds or log-probabilities), so
-    ``labels_from_logits`` applies unchanged.
-    """
+
+def as_logits(mean: torch.Tensor) -> torch.Tensor:
+    """Averaged probabilities back as logits (log-odds or log-probabilities), so ``labels_from_logits`` applies."""
+    mean = mean.clamp(1e-7, 1 - 1e-7)
+    return torch.logit(mean) if mean.shape[1] == 1 else torch.log(mean)
+
+
+def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Logits of the class probabilities averaged over the four flips of ``batch`` (nnU-Net's mirroring)."""
     total = None
     for dims in FLIPS:
-        logits = model(batch.flip(dims) if dims else batch).float()
-        logits = logits.flip(dims) if dims else logits
-        probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        total = probabilities if total is None else total + probabilities
-    mean = (total / len(FLIPS)).clamp(1e-7, 1 - 1e-7)
-    return torch.logit(mean) if mean.shape[1] == 1 else torch.log(mean)
+        logits = model(batch.flip(dims) if dims else batch)
+        flipped_back = probabilities(logits.flip(dims) if dims else logits)
+        total = flipped_back if total is None else total + flipped_back
+    return as_logits(total / len(FLIPS))
 
 
 class FlipAveraged(torch.nn.Module):
@@ -62,17 +73,45 @@ class FlipAveraged(torch.nn.Module):
         return flip_averaged_logits(self.model, batch)
 
 
+class MemberAveraged(torch.nn.Module):
+    """A model set as one network: uint8 batches in, each member's own normalisation, the members'
+    probabilities averaged, logits out."""
+
+    def __init__(self, networks: Sequence[torch.nn.Module], normalisers: Sequence[BatchAugment]):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+        self.normalisers = list(normalisers)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for network, normaliser in zip(self.networks, self.normalisers):
+            normalised = normaliser.normalise(batch).contiguous(memory_format=torch.channels_last)
+            member = probabilities(network(normalised))
+            total = member if total is None else total + member
+        return as_logits(total / len(self.networks))
+
+
+class Unnormalised:
+    """The normaliser :func:`predict_labels` applies before a :class:`MemberAveraged` network: none,
+    since each member normalises for itself."""
+
+    @staticmethod
+    def normalise(images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
 class Predictor:
     """A loaded model on its device with its eval normalisation, preprocessing and inference settings.
 
-    ``inference`` overrides the model file's settings (``loaded.inference``, its training run's);
+    ``loaded`` is one model file's model or a :class:`ModelSet`. ``inference`` overrides the model
+    file's settings (``loaded.inference``, its training run's, the first member's for a set);
     ``device_setting`` names where ``device`` came from (``run.device``, ``--device``) for the
     error when it cannot be used.
     """
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        loaded: LoadedModel | ModelSet,
         device: str = "auto",
         inference: InferenceParams | None = None,
         batch_size: int = 32,
@@ -81,11 +120,22 @@ class Predictor:
         self.loaded = loaded
         self.inference = inference if inference is not None else loaded.inference
         self.device = select_device(device, device_setting)
-        self.model = loaded.model.to(self.device).eval()
-        self.network = FlipAveraged(self.model) if self.inference.tta else self.model
-        self.normaliser = eval_normaliser(loaded.pipelines)
+        members = loaded.members if isinstance(loaded, ModelSet) else (loaded,)
+        networks = [member.model.to(self.device).eval() for member in members]
+        if self.inference.tta:
+            networks = [FlipAveraged(network) for network in networks]
+        normalisers = [eval_normaliser(member.pipelines) for member in members]
+        if len(members) == 1:
+            self.network, self.normaliser = networks[0], normalisers[0]
+        else:
+            self.network, self.normaliser = MemberAveraged(networks, normalisers), Unnormalised()
         self.resize = pipelines_from_dict(loaded.pipelines)["preprocess"]
         self.batch_size = batch_size
+
+    @property
+    def slice_channels(self) -> int:
+        """Channels of one input slice (the model's input channels without the context neighbours)."""
+        return self.loaded.params.in_channels // (2 * self.loaded.context + 1)
 
     def labels(self, images: np.ndarray) -> np.ndarray:
         """(N,H,W) uint8 class labels for uint8 images (N,H,W,C) at model size, not post-processed."""
@@ -93,11 +143,20 @@ class Predictor:
                               self.batch_size)
 
     def preprocess(self, originals: Sequence[np.ndarray]) -> np.ndarray:
-        """Original-size images -> model size, through the model file's own preprocess pipeline."""
-        return np.stack([self.resize(image=image)["image"] for image in originals])
+        """One case's original-size slices (in slice order) -> model size, through the model file's own
+        preprocess pipeline, each stacked with its neighbours when the model reads context."""
+        resized = np.stack([self.resize(image=image)["image"] for image in originals])
+        return stack_context(resized, self.loaded.context)
 
-    def predict_case(self, originals: Sequence[np.ndarray]) -> np.ndarray:
-        """Model-size (Z,H,W) labels of one case's original-size slices (in slice order), post-processed as a case."""
+    def predict_case(self, originals: Sequence[np.ndarray], case: str = "the case") -> np.ndarray:
+        """Model-size (Z,H,W) labels of one case's original-size slices (in slice order), post-processed as a case.
+
+        A context model reads each slice with its neighbours, so a case of one slice is refused.
+        """
+        context = self.loaded.context
+        if context and len(originals) < 2:
+            raise DataError(f"{case}: a single slice, but the model reads each slice with the {context} slice(s) "
+                            "above and below it (data.context); give the patient's folder of slices")
         return postprocess_case(self.labels(self.preprocess(originals)), self.inference.postprocess)
 
     def predict_arrays(self, arrays: SliceArrays) -> np.ndarray:

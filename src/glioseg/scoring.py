@@ -20,9 +20,6 @@ from glioseg.io import write_json
 from glioseg.model import LoadedModel, load_model
 
 
-PER_PATIENT_ARTIFACT = "evaluation/{subset}_per_patient.csv"
-
-
 def split_protocol(params: Params, patients) -> dict[str, Any]:
     """How cases were split; for a site split, the held-out site among the sites of ``patients``."""
     split: dict[str, Any] = {"unit": params.split.by}
@@ -67,7 +64,7 @@ def evaluate_run(
         summary = result.summary
         summary["protocol"] = {**summary.get("protocol", {}), **protocol}
         results[subset] = summary
-        tables[PER_PATIENT_ARTIFACT.format(subset=subset)] = result.per_patient.to_csv(index=False)
+        tables[tracking.PER_PATIENT_ARTIFACT.format(subset=subset)] = result.per_patient.to_csv(index=False)
         if out_dir is not None and subset == subsets[0]:
             images = write_outputs(result, part, out_dir)
     run_id = loaded.meta.get("mlflow_run_id")

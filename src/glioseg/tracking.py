@@ -249,6 +249,9 @@ def search_runs(filter_string: str = "") -> Any:
         return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string)
 
 
+PER_PATIENT_ARTIFACT = "evaluation/{subset}_per_patient.csv"  # evaluate's per-patient table of a subset
+
+
 def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
                tags: dict[str, str] | None = None, texts: dict[str, str] | None = None) -> None:
     """Add metrics, images, tags and text files to a finished run (evaluate adds test results to the train run)."""

@@ -32,7 +32,8 @@ from glioseg.data import brats
 from glioseg.data.lgg import read_mask
 from glioseg.errors import DataError
 from glioseg.metrics import Regions, dice, region_confusion
-from glioseg.model import LGG_CARD, LoadedModel
+from glioseg.model import LGG_CARD, LoadedModel, ModelSet
+from glioseg.modelspec import load_models
 from glioseg.predict import (
     SliceInput,
     check_input_kind,
@@ -40,7 +41,6 @@ from glioseg.predict import (
     find_inputs_in_case,
     is_image_tif,
     is_nifti,
-    load_model_spec,
     predict_inputs,
     predict_volume,
     reference_volume,
@@ -146,14 +146,15 @@ def case_fingerprint(case: Case) -> str:
 
 
 def model_version(spec: str) -> str:
-    """The model file's modification time (empty for MLflow URIs), to reload a retrained model."""
-    path = Path(spec)
-    return str(path.stat().st_mtime_ns) if path.is_file() else ""
+    """The model files' modification times (empty for MLflow URIs), to reload a retrained model."""
+    paths = [Path(part.strip()) for part in spec.split(",")]
+    return ",".join(str(path.stat().st_mtime_ns) if path.is_file() else "" for path in paths)
 
 
-def load(spec: str) -> LoadedModel:
-    """A model from a file, ``runs:/<run id>`` or ``models:/<name>/<version>``, as predict takes it."""
-    return load_model_spec(spec)
+def load(spec: str) -> LoadedModel | ModelSet:
+    """A model (file, ``runs:/<run id>``, ``models:/<name>/<version>``) or a comma-separated set of
+    them or ``folds:<k|site>`` (a fold ensemble), as predict takes it."""
+    return load_models(spec)
 
 
 def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:

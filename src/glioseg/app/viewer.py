@@ -18,7 +18,7 @@ import streamlit as st
 
 from glioseg.app import logic
 from glioseg.errors import GliosegError
-from glioseg.model import LoadedModel
+from glioseg.model import LoadedModel, ModelSet
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def cached_model(spec: str, version: str) -> LoadedModel:
+def cached_model(spec: str, version: str) -> LoadedModel | ModelSet:
     return logic.load(spec)
 
 
@@ -107,7 +107,8 @@ def main() -> None:
     st.set_page_config(page_title="glioseg viewer", layout="wide")
     st.title("glioseg viewer")
     spec = st.sidebar.text_input("Model", value=args.model,
-                                 help="model file, runs:/<run id> or models:/<name>/<version>")
+                                 help="model file, runs:/<run id>, models:/<name>/<version>; several, "
+                                 "comma-separated, or folds:<k|site> average their probabilities")
     try:
         version = logic.model_version(spec)
         loaded = cached_model(spec, version)

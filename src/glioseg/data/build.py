@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from glioseg.config import Params
-from glioseg.data.cache import SliceArrays
+from glioseg.data.cache import SliceArrays, volume_indices
+from glioseg.data.context import stack_context
 from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
 from glioseg.losses import border_distance_sum
@@ -14,25 +15,39 @@ from glioseg.transforms import preprocess_pipeline
 
 
 def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
-    """Decode, resize and measure every slice of ``split`` (kept slices, with their subset)."""
+    """Decode, resize and measure every slice of ``split`` (kept slices, with their subset).
+
+    With ``data.context: N`` each kept slice's image is its stack of neighbours
+    (:func:`stack_context`), taken from all of its patient's slices in ``labels``, kept or not.
+    """
     rows = split.merge(labels[["patient", "slice", "image", "mask"]], on=["patient", "slice"], how="left")
     if rows["image"].isna().any():
         first = rows[rows["image"].isna()].iloc[0]
         raise DataError(f"data/split.csv: slice {first.patient}_{first.slice} is not in data/labels.csv")
     size = params.augment.image_size
     resize = preprocess_pipeline(size)
-    n = len(rows)
-    images = np.empty((n, size, size, params.input_channels), np.uint8)
+    context = params.data.context
+    decoded = labels[labels["patient"].isin(rows["patient"])] if context else rows
+    decoded = decoded.sort_values(["patient", "slice"]).reset_index(drop=True)
+    n = len(decoded)
+    images = np.empty((n, size, size, params.slice_channels), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
     distance = np.empty((n, size, size), np.float16)
-    for row, image, mask in read_slices(rows, params, desc="cache"):
+    for row, image, mask in read_slices(decoded, params, desc="cache"):
         out = resize(image=image, mask=mask)
         images[row.Index], masks[row.Index] = out["image"], out["mask"]
         distance[row.Index] = border_distance_sum(out["mask"]).astype(np.float16)
+    if context:
+        stacked = np.empty((n, size, size, params.input_channels), np.uint8)
+        for _, index in volume_indices(decoded["patient"].to_numpy(str), decoded["slice"].to_numpy(np.int64)):
+            stacked[index] = stack_context(images[index], context)
+        images = stacked
+    position = pd.Series(np.arange(n), index=pd.MultiIndex.from_frame(decoded[["patient", "slice"]]))
+    kept = position.loc[list(zip(rows["patient"], rows["slice"]))].to_numpy()
     return SliceArrays(
-        images=images,
-        masks=masks,
-        distance=distance,
+        images=images[kept],
+        masks=masks[kept],
+        distance=distance[kept],
         patient=rows["patient"].to_numpy(str),
         slice=rows["slice"].to_numpy(np.int64),
         subset=rows["subset"].to_numpy(str),

@@ -10,6 +10,7 @@ import numpy as np
 from glioseg import paths
 from glioseg.config import Params
 from glioseg.data.cache import load_cache
+from glioseg.data.context import centre_slice
 from glioseg.errors import DataError
 from glioseg.io import write_json
 from glioseg.transforms import build_pipelines, pipelines_to_dict
@@ -38,7 +39,8 @@ def run(params: Params) -> dict[str, Any]:
     write_json(paths.AUGMENT, pipelines_to_dict(pipelines))
     tumour = (arrays.masks > 0).reshape(len(arrays), -1).sum(axis=1, dtype=np.int64)
     shown = np.argsort(-tumour, kind="stable")[:4]
-    panels = preview(pipelines["train"], arrays.images[shown], arrays.masks[shown], params.seed)
+    images = centre_slice(arrays.images[shown], params.data.context)
+    panels = preview(pipelines["train"], images, arrays.masks[shown], params.seed)
     titles = ["image", "mask", "augmented image", "augmented mask"] * len(shown)
     save_png(paths.AUGMENT_PREVIEW, overlay_grid(panels, titles, columns=4))
     normalise = pipelines["train"].transforms[-1]

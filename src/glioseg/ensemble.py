@@ -1,0 +1,53 @@
+"""A fold ensemble scored against its members: ``glioseg evaluate --model A --model B ...``.
+
+Each model alone and the :class:`~glioseg.model.ModelSet` of all of them are scored by the one
+evaluation path (:func:`glioseg.evaluate.evaluate`) on a cached subset of the pipeline, with the
+params' inference settings, so the table says what averaging the folds' probabilities gains over
+the best single fold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from glioseg import paths
+from glioseg.config import Params
+from glioseg.data.cache import load_cache
+from glioseg.errors import DataError
+from glioseg.evaluate import evaluate
+from glioseg.model import ModelSet
+from glioseg.modelspec import load_model_spec
+from glioseg.scoring import stage_protocol
+
+COMPARED = ("dice_patient_mean", "dice_pooled", "dice_positive_slice_mean", "iou_patient_mean", "hd95_patient_mean")
+
+
+def compare_models(names: list[str], subset: str, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Each model of ``names`` alone and, for several, their ensemble (:class:`ModelSet`), scored on a
+    cached subset with ``params.inference``: one table row per model, and every summary by name.
+
+    Models that were not trained on this pipeline's split may have seen the subset's patients:
+    the comparison is only fair on a subset none of them trained on (a held-out test split).
+    """
+    arrays = load_cache(paths.CACHE)
+    part = arrays.select(subset)
+    if len(part) == 0:
+        raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
+    members = [load_model_spec(name) for name in names]
+    candidates = [(name, loaded, [name]) for name, loaded in zip(names, members)]
+    if len(members) > 1:
+        candidates.append((f"ensemble of {len(members)}", ModelSet(tuple(members), tuple(names)), names))
+    rows, summaries = [], {}
+    for name, loaded, models in candidates:
+        summary = evaluate(loaded, part, params.run.device, params.inference).summary
+        summary["protocol"] |= stage_protocol(params, loaded, arrays.patient) | {"models": list(models)}
+        summaries[name] = summary
+        row = {"model": name, "patients": summary["patients"]}
+        for metric in COMPARED:
+            row[metric] = summary.get(metric)
+            if metric in summary.get("ci95", {}):
+                row[f"{metric} 95% CI"] = "[{low:.3f}, {high:.3f}]".format(**summary["ci95"][metric])
+        rows.append(row)
+    return pd.DataFrame(rows), summaries

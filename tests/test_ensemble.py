@@ -1,0 +1,93 @@
+"""Fold ensembles: a model set averages its members' probabilities, each member normalising the batch its own way."""
+
+import numpy as np
+import pytest
+import torch
+
+from glioseg.config import AugmentParams, InferenceParams, ModelParams
+from glioseg.errors import DataError
+from glioseg.model import LGG_CARD, LoadedModel, ModelSet, describe_models
+from glioseg.predictor import MemberAveraged, Predictor
+from glioseg.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
+
+
+class ConstantProbability(torch.nn.Module):
+    """Logits whose sigmoid is ``probability`` everywhere, whatever the input."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.logit = float(np.log(probability / (1 - probability)))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(batch), 1, *batch.shape[2:]), self.logit)
+
+
+class MeanPixel(torch.nn.Module):
+    """Logit = the normalised input's first channel: shows which normalisation a member got."""
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[:, :1].float()
+
+
+def pipelines(mean: float = 0.0, std: float = 1.0) -> dict:
+    flat = np.full((2, 8, 8, 3), 0, np.uint8)
+    built = pipelines_to_dict(build_pipelines(AugmentParams(image_size=32), flat))
+    built["eval"]["transform"]["transforms"][-1].update(mean=[mean] * 3, std=[std] * 3)
+    return built
+
+
+def member(model: torch.nn.Module, threshold: float = 0.5, card: dict = LGG_CARD, size: int = 32,
+           mean: float = 0.0) -> LoadedModel:
+    built = pipelines(mean)
+    if size != 32:
+        built = pipelines_to_dict(build_pipelines(AugmentParams(image_size=size), np.zeros((2, 8, 8, 3), np.uint8)))
+    return LoadedModel(model, ModelParams(in_channels=3, classes=1), built, InferenceParams(threshold=threshold),
+                       {"mlflow_run_id": f"run-{id(model)}"}, card)
+
+
+def test_an_ensemble_of_two_known_models_averages_their_probabilities():
+    models = ModelSet((member(ConstantProbability(0.2)), member(ConstantProbability(0.7))), ("a.pt", "b.pt"))
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    network = Predictor(models, "cpu").network
+    assert isinstance(network, MemberAveraged)
+    logits = network(torch.from_numpy(images).permute(0, 3, 1, 2))
+    torch.testing.assert_close(torch.sigmoid(logits), torch.full((3, 1, 32, 32), 0.45))
+    # 0.45: below the first member's threshold 0.5 (the set's default), above 0.4 when that is asked
+    assert Predictor(models, "cpu").labels(images).sum() == 0
+    assert Predictor(models, "cpu", InferenceParams(threshold=0.4)).labels(images).sum() == 3 * 32 * 32
+    # each alone: 0.2 -> nothing, 0.7 -> everything
+    assert Predictor(models.members[1], "cpu").labels(images).sum() == 3 * 32 * 32
+
+
+def test_each_member_normalises_with_its_own_statistics():
+    """Folds compute their normalisation on their own training patients: each member applies its own."""
+    first, second = member(MeanPixel(), mean=0.0), member(MeanPixel(), mean=0.5)
+    network = Predictor(ModelSet((first, second), ("a", "b")), "cpu").network
+    batch = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    expected = (torch.sigmoid(torch.tensor(1.0)) + torch.sigmoid(torch.tensor(0.5))) / 2
+    torch.testing.assert_close(torch.sigmoid(network(batch))[0, 0, 0, 0], expected)
+    assert eval_normaliser(second.pipelines).mean == (0.5, 0.5, 0.5)
+
+
+def test_a_set_with_tta_flip_averages_each_member():
+    models = ModelSet((member(ConstantProbability(0.2)), member(ConstantProbability(0.6))), ("a", "b"))
+    predictor = Predictor(models, "cpu", InferenceParams(tta=True, threshold=0.39))
+    assert predictor.labels(np.zeros((1, 32, 32, 3), np.uint8)).sum() == 32 * 32  # mean 0.4 > 0.39
+
+
+def test_models_that_read_cases_differently_cannot_be_ensembled():
+    with pytest.raises(DataError, match=r"b.pt: its preprocessing \(image size\) differs from a.pt's"):
+        ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), size=64)), ("a.pt", "b.pt"))
+    context_card = {**LGG_CARD, "context": 1}
+    with pytest.raises(DataError, match="b.pt: its data card"):
+        ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), card=context_card)),
+                 ("a.pt", "b.pt"))
+
+
+def test_the_model_set_is_recorded():
+    a, b = member(ConstantProbability(0.2)), member(ConstantProbability(0.7))
+    models = ModelSet((a, b), ("a.pt", "runs:/x"))
+    described = describe_models(models, models.names)
+    assert [d["model"] for d in described] == ["a.pt", "runs:/x"]
+    assert [d["mlflow_run_id"] for d in described] == [a.meta["mlflow_run_id"], b.meta["mlflow_run_id"]]
+    assert "mlflow_run_id" not in models.meta  # an ensemble's results belong to no member's run
