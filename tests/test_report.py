@@ -3,7 +3,8 @@
 from glioseg.config import Params
 from glioseg.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table
 
-SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45}
+SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45,
+           "ci95": {"dice_patient_mean": {"low": 0.3125, "high": 0.6875}}}
 
 
 def run(loss: str, lr: float, epochs: int = 16) -> RunResult:
@@ -22,3 +23,6 @@ def test_without_a_combined_loss_run_the_learning_rate_table_is_empty_and_the_fi
 def test_the_learning_rate_table_has_a_row_per_combined_configuration():
     lrs = lr_table([run("combined", 1e-3), run("combined", 5e-4, 22), run("dice", 1e-3)])
     assert lrs[["lr", "epochs"]].values.tolist() == [["0.0005", 22], ["0.001", 16]]
+    assert lrs["test Dice 95% CI"].tolist() == ["[0.312, 0.688]"] * 2  # both tables show the interval
+    losses = loss_table([run("dice", 1e-3)], Params(loss="dice", lr=1e-3, epochs=16)).set_index("loss")
+    assert losses.loc["Dice", "test Dice 95% CI"] == "[0.312, 0.688]"

@@ -125,3 +125,17 @@ def test_site_split_errors_name_the_key_and_the_patient(synthetic_patients):
         Params(dataset="brats", split={"by": "site"})
     with pytest.raises(ValidationError, match="split.folds needs split.by: patient"):
         SplitParams(by="site", folds=5)
+
+
+def test_validation_folds_keep_the_patient_splits_test_set_and_deal_the_rest():
+    labels = make_labels(50)
+    plain = split_slices(labels, SplitParams(), seed=1).drop_duplicates("patient").set_index("patient")["subset"]
+    val_patients = []
+    for fold in range(5):
+        params = SplitParams(folds=5, fold=fold, fold_is="val")
+        subsets = split_slices(labels, params, seed=1).drop_duplicates("patient").set_index("patient")["subset"]
+        assert subsets[subsets == "test"].index.equals(plain[plain == "test"].index)  # the same held-out test
+        val_patients += list(subsets[subsets == "val"].index)
+    assert sorted(val_patients) == sorted(plain[plain != "test"].index)  # every other patient is val once
+    with pytest.raises(ValidationError, match="split.fold_is: val needs split.folds"):
+        SplitParams(fold_is="val")

@@ -143,6 +143,10 @@ class SplitParams(Strict):
     test: float = Field(0.20, gt=0, lt=1)
     folds: int = Field(0, ge=0, description="k-fold cross-validation by patient when >= 2")
     fold: int = Field(0, ge=0, description="which fold (or, with by: site, which site in sorted order) is the test set")
+    fold_is: Literal["test", "val"] = Field(
+        "test", description="with split.folds: what the chosen fold becomes: test (cross-validation, every patient "
+        "tested once) or val (the test split stays as without folds and the other patients are dealt into the "
+        "folds: fold models for an ensemble, as nnU-Net trains them)")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -155,6 +159,8 @@ class SplitParams(Strict):
             raise ValueError(f"split.fold must be below split.folds ({self.folds}), got {self.fold}")
         if self.folds and self.by != "patient":
             raise ValueError("split.folds needs split.by: patient")
+        if self.fold_is == "val" and not self.folds:
+            raise ValueError("split.fold_is: val needs split.folds (the number of folds)")
         return self
 
 

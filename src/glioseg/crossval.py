@@ -5,7 +5,8 @@ split.folds=5 -S split.fold=0,1,2,3,4``), trained and evaluated as one MLflow ru
 finds those runs in the MLflow store and summarises them: each fold's test metrics, their mean
 and standard deviation over the folds, and the per-patient metrics averaged over all patients.
 Each patient is in exactly one test fold, so that last row is the out-of-fold mean over the
-whole data set (the figure Buda et al. report for their 22 folds), given with a bootstrap interval
+whole data set (the figure Buda et al. report for their 22 folds; not for validation folds,
+``split.fold_is: val``, whose models all test the same held-out patients), given with a bootstrap interval
 over those patients from the per-patient tables evaluate logs with each run. Leave-one-site-out
 runs (``split.by: site``, one per site) are summarised the same way, one row per held-out site.
 
@@ -115,8 +116,9 @@ def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> p
     rows = [
         {"fold": "mean over folds", **table[metric_names].mean().to_dict()},
         {"fold": "sd over folds", **table[metric_names].std(ddof=1).to_dict()},
-        {"fold": f"all {int(patients.sum())} patients", "test patients": patients.sum(), **weighted},
     ]
+    if not validation_folds(folds):
+        rows.append({"fold": f"all {int(patients.sum())} patients", "test patients": patients.sum(), **weighted})
     for row in rows[:2]:
         for name in CI_COLUMNS.values():
             row.pop(name, None)  # an interval is not averaged over folds
@@ -124,6 +126,12 @@ def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> p
     table["MLflow run"] = folds["run_id"].to_numpy()
     summary = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     return summary.astype({"test patients": "Int64"})
+
+
+def validation_folds(folds: pd.DataFrame) -> bool:
+    """Whether the folds were validation folds (``split.fold_is: val``): every fold model tested the same
+    held-out patients, so there is no out-of-fold mean over all patients."""
+    return "params.split.fold_is" in folds and bool((folds["params.split.fold_is"] == "val").all())
 
 
 def out_of_fold_patients(folds: pd.DataFrame) -> pd.DataFrame | None:

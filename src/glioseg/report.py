@@ -61,14 +61,21 @@ def collect_runs(params: Params) -> list[RunResult]:
     return runs
 
 
-RUN_COLUMNS = ["train Dice", "test Dice", "test IoU", "test Dice (tumour slices)", "MLflow run"]
+RUN_COLUMNS = ["train Dice", "test Dice", "test Dice 95% CI", "test IoU", "test Dice (tumour slices)", "MLflow run"]
+
+
+def interval_text(summary: dict, metric: str) -> str:
+    """``[low, high]`` of the metric's bootstrap interval over patients, or empty when the summary has none."""
+    interval = summary.get("ci95", {}).get(metric)
+    return f"[{interval['low']:.3f}, {interval['high']:.3f}]" if interval else ""
 
 
 def _row(run: RunResult | None) -> dict[str, object]:
     """A table row's run columns; all missing (NaN) when no run has the row's configuration."""
     if run is None:
         return dict.fromkeys(RUN_COLUMNS, np.nan)
-    values = [run.train["dice_patient_mean"], run.test["dice_patient_mean"], run.test["iou_patient_mean"],
+    values = [run.train["dice_patient_mean"], run.test["dice_patient_mean"],
+              interval_text(run.test, "dice_patient_mean"), run.test["iou_patient_mean"],
               run.test.get("dice_positive_slice_mean", np.nan), f"`{run.run_id}` ({run.name})"]
     return dict(zip(RUN_COLUMNS, values))
 
@@ -224,6 +231,8 @@ def build_report(params: Params) -> Path:
             "",
             "Dice below is the mean per-patient Dice (volumes rebuilt from slices) unless named otherwise;",
             "`metrics/test.json` has every definition (per slice, tumour slices only, pooled, per patient).",
+            "Its 95% interval is a bootstrap over the test patients (`protocol.confidence_interval`): with few",
+            "test patients it is wide, and differences between rows inside it are not evidence.",
             "HD95 means count every patient: a missed tumour, or a tumour predicted in a patient without one,",
             "scores the diagonal of that patient's evaluation grid (`protocol.hd95` in `metrics/test.json`).",
             *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]

@@ -24,7 +24,7 @@ def split_protocol(params: Params, patients) -> dict[str, Any]:
     """How cases were split; for a site split, the held-out site among the sites of ``patients``."""
     split: dict[str, Any] = {"unit": params.split.by}
     if params.split.folds:
-        split |= {"folds": params.split.folds, "fold": params.split.fold}
+        split |= {"folds": params.split.folds, "fold": params.split.fold, "fold_is": params.split.fold_is}
     elif params.split.by == "site":
         split |= {"sites": len(sites(patients)), "fold": params.split.fold,
                   "test_site": held_out_site(patients, params.split.fold)}

@@ -2,7 +2,9 @@
 
 With ``split.folds: k`` the patients are dealt into k stratified folds instead; fold
 ``split.fold`` is the test set (5-fold cross-validation: ``dvc exp run --queue -S
-split.folds=5 -S split.fold=0,1,2,3,4``).
+split.folds=5 -S split.fold=0,1,2,3,4``). With ``split.fold_is: val`` the test set is the one
+of the patient split and the other patients are dealt into the k folds, fold ``split.fold``
+being val: k fold models that never saw the test patients, for an ensemble.
 
 With ``split.by: site`` the test set is every patient of one acquiring site (leave one site out):
 the kaggle_3m patient id ``TCGA_<site>_<id>_<date>`` names the institution, sites are numbered in
@@ -67,8 +69,16 @@ def _stratified_assign(keys: pd.DataFrame, strata: str, fractions: dict[str, flo
 
 
 def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Series:
-    """k-fold by patient: fold ``params.fold`` is the test set, val is drawn from the others."""
+    """k-fold by patient: fold ``params.fold`` is the test set, val is drawn from the others; or, with
+    ``fold_is: val``, the test set is the patient split's and fold ``params.fold`` of the rest is val."""
     shares = dict.fromkeys(range(params.folds), 1 / params.folds)
+    if params.fold_is == "val":
+        fractions = {name: getattr(params, name) for name in SUBSETS}
+        subset = _stratified_assign(burden, "burden", fractions, seed).reindex(burden.index)
+        rest = burden[subset != "test"]
+        folds = _stratified_assign(rest, "burden", shares, seed)
+        subset[rest.index] = np.where(folds.reindex(rest.index) == params.fold, "val", "train")
+        return subset
     folds = _stratified_assign(burden, "burden", shares, seed).reindex(burden.index)
     subset = pd.Series("test", index=burden.index)
     rest = burden[folds != params.fold]
