@@ -1,5 +1,8 @@
 """Fold ensembles: a model set averages its members' probabilities, each member normalising the batch its own way."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +94,30 @@ def test_the_model_set_is_recorded():
     assert [d["model"] for d in described] == ["a.pt", "runs:/x"]
     assert [d["mlflow_run_id"] for d in described] == [a.meta["mlflow_run_id"], b.meta["mlflow_run_id"]]
     assert "mlflow_run_id" not in models.meta  # an ensemble's results belong to no member's run
+
+
+def test_evaluate_command_scores_each_model_and_their_ensemble(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.data.cache import save_cache
+    from tests.conftest import square_slices, train_tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    first = train_tiny_model(tmp_path / "a.pt", epochs=1)
+    second = train_tiny_model(tmp_path / "b.pt", epochs=2)
+    arrays = dataclasses.replace(square_slices(9, 32, seed=5), subset=np.array(["test"] * 9))
+    save_cache(arrays, tmp_path / "data" / "cache" / "slices.npz")
+    (tmp_path / "params.yaml").write_text("run: {device: cpu}\n")
+    out = CliRunner().invoke(app, ["evaluate", "--model", str(first), "--model", str(second),
+                                   "--out", str(tmp_path / "compared.json")])
+    assert out.exit_code == 0, out.output
+    assert "ensemble of 2" in out.output and "dice_patient_mean 95% CI" in out.output
+    compared = json.loads((tmp_path / "compared.json").read_text())
+    assert list(compared) == [str(first), str(second), "ensemble of 2"]
+    assert compared["ensemble of 2"]["protocol"]["models"] == [str(first), str(second)]
+    assert compared[str(first)]["protocol"]["models"] == [str(first)]
+    assert all(summary["patients"] == 3 for summary in compared.values())
+    missing = CliRunner().invoke(app, ["evaluate", "--model", str(first), "--subset", "val"])
+    assert missing.exit_code == 2 and "the val subset is empty" in missing.output

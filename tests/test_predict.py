@@ -1,5 +1,6 @@
 """glioseg predict on TIFs the test writes, with a tiny trained model."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -269,3 +270,40 @@ def test_a_model_from_the_mlflow_store_leaves_no_copy_behind(model_file, patient
         assert list(scratch.iterdir()) == [], spec
     with pytest.raises(DataError, match="models:/glioseg-test/7: no such registered model version"):
         load_model_spec("models:/glioseg-test/7")
+
+
+def test_an_ensemble_prediction_records_its_models_and_averages_them(model_file, postprocessing_model_file,
+                                                                     patient_folder, tmp_path):
+    """Two files with the same weights: the averaged probabilities are the model's own, so the masks
+    equal the single model's (with the first member's settings); prediction.json names both."""
+    single = predict(patient_folder, model_file, tmp_path / "single")
+    both = predict(patient_folder, [str(model_file), str(postprocessing_model_file)], tmp_path / "both")
+    assert both["tumour_pixels"].tolist() == single["tumour_pixels"].tolist()
+    record = json.loads((tmp_path / "both" / "prediction.json").read_text())
+    assert [m["model"] for m in record["models"]] == [str(model_file), str(postprocessing_model_file)]
+    assert record["inference"] == load_model(model_file).inference.model_dump(mode="json")
+    comma = predict(patient_folder, f"{model_file},{postprocessing_model_file}", tmp_path / "comma")
+    assert comma["tumour_pixels"].tolist() == single["tumour_pixels"].tolist()
+
+
+def test_fold_models_are_found_in_the_mlflow_store(model_file, tmp_path, monkeypatch):
+    from glioseg import tracking
+    from glioseg.model import ModelSet
+    from glioseg.modelspec import CHECKPOINT_ARTIFACT, load_models, model_specs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ids = {}
+    for fold in (1, 0):
+        with tracking.start_run("train", {"split.folds": 2, "split.fold": fold, "split.by": "patient"}, {}) as run:
+            tracking.log_artifact(model_file, CHECKPOINT_ARTIFACT.rpartition("/")[0])
+            tracking.log_metrics({"test_dice_patient_mean": 0.5, "test_patients": 3})
+            ids[fold] = run.info.run_id
+    assert model_specs("folds:2") == [f"runs:/{ids[0]}", f"runs:/{ids[1]}"]  # in fold order
+    loaded = load_models("folds:2")
+    assert isinstance(loaded, ModelSet) and len(loaded.members) == 2
+    with pytest.raises(DataError, match="no complete 3-fold cross-validation|no evaluated run named 'train'"):
+        model_specs("folds:3")
+    with pytest.raises(ConfigError, match="folds:five: expected folds:<k>"):
+        model_specs("folds:five")
