@@ -24,6 +24,7 @@ from glioseg.app import logic
 from glioseg.data.lgg import read_mask
 from glioseg.data.synthetic import generate_lgg
 from glioseg.errors import DataError
+from glioseg.model import ModelSet
 from glioseg.predict import predict
 from tests.conftest import train_tiny_model
 
@@ -144,6 +145,20 @@ def test_viewer_masks_equal_what_predict_writes(model_file, cases, tmp_path):
             zipped = tifffile.imread(io.BytesIO(archive.read(f"{name}/{slice_name}_mask.tif")))
             np.testing.assert_array_equal(zipped, written)
             np.testing.assert_array_equal(truth, read_mask(cases / name / f"{slice_name}_mask.tif"))
+
+
+def test_the_viewer_predicts_with_a_model_set_as_predict_does(model_file, cases, tmp_path):
+    second = train_tiny_model(tmp_path / "second.pt", epochs=2)
+    spec = f"{model_file}, {second}"
+    assert len(logic.model_version(spec).split(",")) == 2
+    loaded = logic.load(spec)
+    assert isinstance(loaded, ModelSet) and loaded.names == (str(model_file), str(second))
+    name = logic.list_cases(cases)[0]
+    result = logic.predict_case(loaded, logic.load_case(cases / name), "cpu")
+    predict(cases / name, [str(model_file), str(second)], tmp_path / "out", device="cpu")
+    for slice_name, prediction in zip(result.slices, result.predictions):
+        written = tifffile.imread(tmp_path / "out" / name / f"{slice_name}_mask.tif")
+        np.testing.assert_array_equal(prediction * 255, written)
 
 
 def test_page_messages_leave_out_the_servers_own_folders():
