@@ -200,6 +200,21 @@ def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(pr
     assert changed_stages(root, env) == set()
 
 
+def test_context_rebuilds_the_cache_and_retrains_but_never_downloads(project):
+    root, env = project["root"], project["env"]
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    try:
+        params["data"] = {**params["data"], "context": 1}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(root, env) == {"check_params", "cache", "train",
+                                             *(f"sweep_train@{name}" for name in SWEEPS)}
+    finally:
+        params_file.write_text(original)
+    assert changed_stages(root, env) == set()
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     ({"lr": float("inf")}, "error: params.yaml: key 'lr': Input should be a finite number (got inf)"),
     ({"epoch": 3}, "error: params.yaml: unknown key 'epoch'"),

@@ -164,7 +164,7 @@ def newest_cross_validation(folds: int, run_name: str = "train", by: str = "pati
 def cv_summary(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:
     """The summary table of the newest complete cross-validation in the store."""
     chosen = newest_cross_validation(folds, run_name, by)
-    return summarise(chosen, out_of_fold_patients(chosen))
+    return summarise(chosen, None if validation_folds(chosen) else out_of_fold_patients(chosen))
 
 
 def to_markdown(table: pd.DataFrame) -> str:
