@@ -1,7 +1,7 @@
 """The report's tables: rows from the runs there are, an empty table (not a crash) where there are none."""
 
 from glioseg.config import Params
-from glioseg.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table
+from glioseg.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table, metrics_table
 
 SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45,
            "ci95": {"dice_patient_mean": {"low": 0.3125, "high": 0.6875}}}
@@ -26,3 +26,11 @@ def test_the_learning_rate_table_has_a_row_per_combined_configuration():
     assert lrs["test Dice 95% CI"].tolist() == ["[0.312, 0.688]"] * 2  # both tables show the interval
     losses = loss_table([run("dice", 1e-3)], Params(loss="dice", lr=1e-3, epochs=16)).set_index("loss")
     assert losses.loc["Dice", "test Dice 95% CI"] == "[0.312, 0.688]"
+
+
+def test_the_metrics_table_shows_test_intervals_beside_the_values():
+    table = metrics_table({"test": {**SUMMARY, "patients": 4, "protocol": {}}, "train": SUMMARY}).set_index("metric")
+    assert "ci95" not in table.index and "protocol" not in table.index
+    assert table.loc["dice_patient_mean", "test 95% CI"] == "[0.312, 0.688]"
+    assert table.loc["iou_patient_mean", "test 95% CI"] == ""
+    assert table.loc["patients", "test"] == "4"

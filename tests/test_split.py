@@ -3,7 +3,8 @@ import pytest
 from pydantic import ValidationError
 
 from glioseg.config import Params, SplitParams
-from glioseg.data.split import deal, patient_site, sites, split_slices, subset_sizes, summarise_split
+from glioseg.data.sites import patient_site, sites
+from glioseg.data.split import deal, split_slices, subset_sizes, summarise_split
 from glioseg.data.synthetic import generate_lgg
 from glioseg.errors import DataError
 

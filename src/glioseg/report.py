@@ -177,13 +177,14 @@ def comparison_plot(loss: pd.DataFrame, lr: pd.DataFrame) -> plt.Figure:
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    keys = sorted((set(metrics["test"]) | set(metrics["train"])) - {"regions", "protocol"})
+    keys = sorted((set(metrics["test"]) | set(metrics["train"])) - {"regions", "protocol", "ci95"})
 
     def value(subset: str, key: str) -> object:
         number = metrics[subset].get(key, np.nan)
         return str(int(number)) if key in COUNT_KEYS and not np.isnan(number) else float(number)
 
     return pd.DataFrame({"metric": keys, "test": [value("test", k) for k in keys],
+                         "test 95% CI": [interval_text(metrics["test"], k) for k in keys],
                          "train": [value("train", k) for k in keys]})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from glioseg import distributed, paths, tracking
 from glioseg.config import Params, flatten
 from glioseg.data.cache import load_cache
-from glioseg.data.split import held_out_site, sites
+from glioseg.data.sites import held_out_site, sites
 from glioseg.errors import DataError
 from glioseg.evaluate import evaluate, write_outputs
 from glioseg.inference import autocast_dtype, precision_name, select_device

@@ -19,16 +19,14 @@ one patient then land on both sides, which flatters test scores (documented as l
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 
 from glioseg.config import SplitParams
+from glioseg.data.sites import held_out_site, patient_site
 from glioseg.errors import DataError
 
 SUBSETS = ("train", "val", "test")
-SITE_ID = re.compile(r"TCGA_([A-Za-z0-9]+)_")
 
 
 def subset_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -85,29 +83,6 @@ def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Seri
     share = params.val / (params.train + params.val)
     subset[rest.index] = _stratified_assign(rest, "burden", {"train": 1 - share, "val": share}, seed)
     return subset
-
-
-def patient_site(patient: str) -> str:
-    """The acquiring site of a kaggle_3m patient id (``TCGA_<site>_<id>_<date>``)."""
-    match = SITE_ID.match(patient)
-    if match is None:
-        raise DataError(f"split.by: site: patient '{patient}' is not a TCGA_<site>_<id>_<date> id, so its "
-                        "acquiring site is unknown (use split.by: patient)")
-    return match.group(1)
-
-
-def sites(patients) -> list[str]:
-    """The distinct sites of ``patients``, in fold order (sorted)."""
-    return sorted({patient_site(str(patient)) for patient in patients})
-
-
-def held_out_site(patients, fold: int) -> str:
-    """The site that fold ``fold`` of a leave-one-site-out split tests on."""
-    known = sites(patients)
-    if fold >= len(known):
-        raise DataError(f"split.fold is {fold}, but the data has {len(known)} sites ({', '.join(known)}): "
-                        f"split.by: site takes split.fold 0..{len(known) - 1}")
-    return known[fold]
 
 
 def site_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Series:
