@@ -138,4 +138,4 @@ def test_leave_one_site_out_runs_are_summarised_per_site_with_intervals(tmp_path
     assert pd.isna(table.loc["mean over folds", "Dice per patient 95% CI low"])  # intervals are not averaged
 
     bad = CliRunner().invoke(app, ["cv-summary", "--by", "hospital"])
-    assert bad.exit_code == 2 and "--by must be one of patient, site (got 'hospital')" in bad.output
+    assert bad.exit_code == 2 and "cross-validation by 'hospital': expected one of patient, site" in bad.output

@@ -7,6 +7,7 @@ own client and through the REST API of a real `mlflow server`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,43 +176,51 @@ def test_editing_a_module_changes_exactly_the_stages_that_import_it(project, mod
     assert changed_stages(root, env) == set()
 
 
-def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(project):
-    root, env = project["root"], project["env"]
+@contextlib.contextmanager
+def edited_params(root: Path):
+    """Yields edit(key=value, ...), which writes params.yaml with those keys changed (a dict value
+    updates that section); the original file is back on leaving."""
     params_file = root / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
+
+    def edit(**changes) -> None:
+        for key, value in changes.items():
+            params[key] = {**params[key], **value} if isinstance(value, dict) else value
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
     try:
-        # check_params validates every edit of params.yaml; its stamp never changes, so it re-runs nothing.
-        params["run"] = {**params["run"], "overlay_every": 7, "threads": 2}
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert changed_stages(root, env) == {"check_params"}
-        params["inference"] = {**params["inference"], "tta": True}
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert changed_stages(root, env) == {"check_params", "evaluate",
-                                             *(f"sweep_evaluate@{name}" for name in SWEEPS)}
-        output = run(["dvc", "repro"], root, env).stdout
-        ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-        assert ran == {"check_params", "evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
-        metrics = json.loads((root / "metrics/test.json").read_text())
-        assert metrics["test"]["protocol"]["inference"]["tta"] is True
+        yield edit
     finally:
         params_file.write_text(original)
+
+
+def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(project):
+    root, env = project["root"], project["env"]
+    try:
+        with edited_params(root) as edit:
+            # check_params validates every edit of params.yaml; its stamp never changes, so it re-runs nothing.
+            edit(run={"overlay_every": 7, "threads": 2})
+            assert changed_stages(root, env) == {"check_params"}
+            edit(inference={"tta": True})
+            assert changed_stages(root, env) == {"check_params", "evaluate",
+                                                 *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+            output = run(["dvc", "repro"], root, env).stdout
+            ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+            assert ran == {"check_params", "evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+            metrics = json.loads((root / "metrics/test.json").read_text())
+            assert metrics["test"]["protocol"]["inference"]["tta"] is True
+    finally:
         run(["dvc", "repro"], root, env)
     assert changed_stages(root, env) == set()
 
 
 def test_context_rebuilds_the_cache_and_retrains_but_never_downloads(project):
     root, env = project["root"], project["env"]
-    params_file = root / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    try:
-        params["data"] = {**params["data"], "context": 1}
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    with edited_params(root) as edit:
+        edit(data={"context": 1})
         assert changed_stages(root, env) == {"check_params", "cache", "train",
                                              *(f"sweep_train@{name}" for name in SWEEPS)}
-    finally:
-        params_file.write_text(original)
     assert changed_stages(root, env) == set()
 
 
@@ -222,19 +231,15 @@ def test_context_rebuilds_the_cache_and_retrains_but_never_downloads(project):
 ])
 def test_a_bad_param_stops_repro_before_any_output_is_removed(project, edit, message):
     root, env = project["root"], project["env"]
-    params_file = root / "params.yaml"
-    original = params_file.read_text()
     kept = {name: (root / name).read_bytes() for name in ("models/train.json", "models/history.csv",
                                                           "models/model.pt", "metrics/test.json")}
-    try:
-        params_file.write_text(yaml.safe_dump({**yaml.safe_load(original), **edit}, sort_keys=False))
+    with edited_params(root) as edit_params:
+        edit_params(**edit)
         failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert failed.returncode != 0
         assert message in failed.stdout + failed.stderr
         assert "Running stage 'train'" not in failed.stdout
         assert {name: (root / name).read_bytes() for name in kept} == kept
-    finally:
-        params_file.write_text(original)
     # Only check_params' stamp is back (run again, or restored from DVC's run cache); nothing else runs.
     output = run(["dvc", "repro"], root, env).stdout
     assert [line for line in output.splitlines() if line.startswith("Running stage")] in (
