@@ -29,6 +29,14 @@ def test_gate_passes_on_baseline_and_fails_on_a_worse_model(baseline, tmp_path):
     assert not passed
     assert "test.dice_patient_mean" in table
 
+    widened = copy.deepcopy(metrics)
+    widened["test"]["ci95"]["dice_patient_mean"]["low"] -= 0.1
+    widened_path = tmp_path / "widened.json"
+    widened_path.write_text(json.dumps(widened))
+    passed, table = check_metrics(widened_path, baseline, CI / "floors.yaml")
+    assert not passed, "a lower bound 0.1 down fails even with the point value unchanged"
+    assert "test.ci95.dice_patient_mean.low" in table
+
 
 def test_every_ci_data_kind_has_a_baseline_per_training_precision_that_records_it():
     assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{precision}" for kind in ("real", "synthetic", "brats")
