@@ -34,6 +34,8 @@ def test_dvc_written_float_string_is_coerced(tmp_path):
         ({"lr": -1}, "'lr'"),
         ({"inference": {"threshold": 1.5}}, "'inference.threshold'"),
         ({"augment": {"image_size": 100}}, "'augment.image_size'"),
+        ({"augment": {"image_size": 64, "crop": 48}}, "'augment.crop'"),
+        ({"augment": {"image_size": 64, "crop": 96}}, "augment.crop (96) is larger than augment.image_size (64)"),
         ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
         ({"model": {"encoder_depth": 4}}, "model.decoder_channels"),
         ({"split": {"train": 0.5, "val": 0.1, "test": 0.2}}, "must be 1"),

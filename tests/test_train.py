@@ -7,7 +7,8 @@ from glioseg.errors import TrainingError
 from glioseg.inference import autocast_dtype, cpu_has_native_bf16
 from glioseg.model import load_model, read_checkpoint, save_checkpoint
 from glioseg.train import DeviceArrays, Trainer, scheduled_lr
-from tests.conftest import TINY_PARAMS
+from glioseg.transforms import build_pipelines, pipelines_to_dict
+from tests.conftest import TINY_PARAMS, square_slices
 
 
 def fit(params, data, directory, on_epoch=None):
@@ -168,6 +169,18 @@ def test_keep_last_keeps_the_final_weights(tiny_data, tmp_path):
     assert outcome.best_epoch == params.epochs and outcome.best["meta"]["epoch"] == params.epochs
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, outcome.best["state_dict"][key]), key
+
+
+def test_crop_training_learns_on_crops_and_validates_whole_slices(tmp_path):
+    params = parse_params({**TINY_PARAMS, "augment": {"image_size": 64, "crop": 32}})
+    train, val = square_slices(12, 64, seed=0), square_slices(6, 64, seed=1, patients=2)
+    pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    seen = set()
+    trainer.model.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape[-2:])))
+    outcome = trainer.fit(tmp_path)
+    assert seen == {(32, 32), (64, 64)}  # training batches are crops, validation sees whole slices
+    assert outcome.history["val_dice"].notna().all()
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def test_disabled_augmentation_keeps_only_normalisation(images):
     ("step", "message"),
     [
         (A.GaussianBlur(p=0.5), "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
-                                "batched training augmentation (supported: HorizontalFlip, VerticalFlip, "
+                                "batched training augmentation (supported: RandomCrop, HorizontalFlip, VerticalFlip, "
                                 "RandomRotate90, Normalize)"),
         (A.HorizontalFlip(p=0.5), "step HorizontalFlip appears twice"),
     ],
@@ -120,3 +120,47 @@ def test_geometry_is_seeded(images):
     first = augment.geometry([tensor], torch.Generator().manual_seed(9))[0]
     second = augment.geometry([tensor], torch.Generator().manual_seed(9))[0]
     assert torch.equal(first, second)
+
+
+def test_crop_pipeline_crops_first_and_its_batched_twin_crops_the_same_size(images):
+    pipelines = build_pipelines(AugmentParams(image_size=32, crop=32), images)
+    restored = pipelines_from_dict(pipelines_to_dict(pipelines))
+    assert [type(t).__name__ for t in restored["train"].transforms] == [
+        "RandomCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Normalize"]
+    assert BatchAugment.from_pipeline(restored["train"]).crop == (32, 32)
+    assert BatchAugment.from_pipeline(build_pipelines(AugmentParams(image_size=32), images)["train"]).crop is None
+    assert [type(t).__name__ for t in restored["eval"].transforms] == ["Normalize"]
+    no_augmentation = build_pipelines(AugmentParams(image_size=32, crop=32, enabled=False), images)["train"]
+    assert [type(t).__name__ for t in no_augmentation.transforms] == ["Normalize"]
+
+
+def test_a_random_crop_the_batched_augmentation_does_not_reproduce_is_refused():
+    normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
+    for crop in (A.RandomCrop(32, 32, p=0.5), A.RandomCrop(32, 32, pad_if_needed=True)):
+        with pytest.raises(DataError, match="RandomCrop has p=.*; the batched training augmentation reproduces "
+                                            "only p=1.0, pad_if_needed=False"):
+            BatchAugment.from_pipeline(A.Compose([crop, normalize]))
+
+
+def test_random_crops_are_windows_at_seeded_offsets_shared_by_all_targets():
+    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), crop=(8, 12))
+    # Every pixel value is unique, so a window's top-left value gives its offset.
+    tensor = torch.arange(40 * 3 * 16 * 20).view(40, 3, 16, 20)
+    cropped, mask = augment.geometry([tensor, tensor[:, :1].clone()], torch.Generator().manual_seed(3))
+    assert cropped.shape == (40, 3, 8, 12) and mask.shape == (40, 1, 8, 12)
+    offsets = set()
+    for sample, (original, window) in enumerate(zip(tensor, cropped)):
+        top, left = divmod(int(window[0, 0, 0]) - sample * 3 * 16 * 20, 20)
+        assert torch.equal(window, original[:, top:top + 8, left:left + 12])
+        assert torch.equal(mask[sample], window[:1])
+        offsets.add((top, left))
+    assert all(0 <= top <= 8 and 0 <= left <= 8 for top, left in offsets)
+    assert len(offsets) > 20  # drawn per sample, not once per batch
+    again = augment.geometry([tensor], torch.Generator().manual_seed(3))[0]
+    assert torch.equal(again, cropped)
+
+
+def test_a_crop_larger_than_the_slices_is_one_line():
+    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), crop=(64, 64))
+    with pytest.raises(DataError, match=r"RandomCrop \(64x64\) is larger than the training slices \(32x32\)"):
+        augment.geometry([torch.zeros(2, 3, 32, 32)], torch.Generator().manual_seed(0))

@@ -170,13 +170,22 @@ class AugmentParams(Strict):
     hflip: float = Field(0.5, ge=0, le=1)
     vflip: float = Field(0.5, ge=0, le=1)
     rotate90: float = Field(0.5, ge=0, le=1)
+    crop: int | None = Field(
+        None, ge=32, description="train on random square crops of this size; validation and inference see whole slices"
+    )
 
-    @field_validator("image_size")
+    @field_validator("image_size", "crop")
     @classmethod
-    def _divisible_by_32(cls, value: int) -> int:
-        if value % 32:
+    def _divisible_by_32(cls, value: int | None) -> int | None:
+        if value is not None and value % 32:
             raise ValueError(f"must be divisible by 32 (the U-Net downsamples 5 times), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> AugmentParams:
+        if self.crop is not None and self.crop > self.image_size:
+            raise ValueError(f"augment.crop ({self.crop}) is larger than augment.image_size ({self.image_size})")
+        return self
 
 
 class ModelParams(Strict):

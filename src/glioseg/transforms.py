@@ -5,8 +5,10 @@ format) and inside every model checkpoint, so predict applies exactly what train
 
 - ``preprocess``: resize to ``augment.image_size`` (area for images, nearest for masks), applied
   once when the array cache is built;
-- ``train``: horizontal flip, vertical flip, RandomRotate90 (each with its probability), then
-  normalisation with the train split's per-channel mean and std;
+- ``train``: a random square crop of ``augment.crop`` pixels when set (patch training: the
+  network trains on crops and predicts whole slices, so a higher ``image_size`` costs no more per
+  training step), horizontal flip, vertical flip, RandomRotate90 (each with its probability),
+  then normalisation with the train split's per-channel mean and std;
 - ``eval``: the normalisation alone.
 
 Running albumentations per sample costs more than a small U-Net step on a CPU, so the training
@@ -39,12 +41,11 @@ def normalize(mean: list[float], std: list[float]) -> A.Normalize:
 
 
 def train_pipeline(params: AugmentParams, mean: list[float], std: list[float]) -> A.Compose:
-    flips = (
-        [A.HorizontalFlip(p=params.hflip), A.VerticalFlip(p=params.vflip), A.RandomRotate90(p=params.rotate90)]
-        if params.enabled
-        else []
-    )
-    return A.Compose([*flips, normalize(mean, std)], additional_targets={"distance": "mask"})
+    if not params.enabled:
+        return A.Compose([normalize(mean, std)], additional_targets={"distance": "mask"})
+    crop = [A.RandomCrop(params.crop, params.crop)] if params.crop is not None else []
+    flips = [A.HorizontalFlip(p=params.hflip), A.VerticalFlip(p=params.vflip), A.RandomRotate90(p=params.rotate90)]
+    return A.Compose([*crop, *flips, normalize(mean, std)], additional_targets={"distance": "mask"})
 
 
 def eval_pipeline(mean: list[float], std: list[float]) -> A.Compose:
@@ -96,7 +97,7 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 # What BatchAugment mirrors: these steps of the train pipeline, and Normalize only with these settings.
-SUPPORTED_STEPS: tuple[type, ...] = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.Normalize)
+SUPPORTED_STEPS: tuple[type, ...] = (A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.Normalize)
 NORMALIZE_SETTINGS: dict[str, Any] = {"max_pixel_value": 255.0, "normalization": "standard", "p": 1.0}
 
 
@@ -108,8 +109,8 @@ def _find(pipeline: A.Compose, kind: type) -> Any | None:
 class BatchAugment:
     """The train pipeline applied to a whole batch of tensors (N,C,H,W), on any device.
 
-    Each sample draws its own flips and rotation, as albumentations would per sample; masks and
-    distance maps get the same geometry as their image.
+    Each sample draws its own crop, flips and rotation, as albumentations would per sample; masks
+    and distance maps get the same geometry as their image.
     """
 
     hflip: float
@@ -117,14 +118,15 @@ class BatchAugment:
     rotate90: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop: tuple[int, int] | None = None
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
         """The batched twin of ``pipeline``; a step it would not reproduce exactly is a one-line error.
 
-        Only HorizontalFlip, VerticalFlip and RandomRotate90 (each at most once) and one standard
-        Normalize (always applied, on 0..255 pixels) are mirrored: any other step would silently
-        not be applied in training.
+        Only RandomCrop (always applied, without padding), HorizontalFlip, VerticalFlip and
+        RandomRotate90 (each at most once) and one standard Normalize (always applied, on 0..255
+        pixels) are mirrored: any other step would silently not be applied in training.
         """
         where = "augment.json: the train pipeline's"
         seen: set[type] = set()
@@ -149,6 +151,11 @@ class BatchAugment:
             raise DataError(f"{where} Normalize has {got}; the batched training augmentation reproduces only "
                             f"{expected}")
 
+        crop = _find(pipeline, A.RandomCrop)
+        if crop is not None and (crop.p != 1.0 or crop.pad_if_needed):
+            raise DataError(f"{where} RandomCrop has p={crop.p!r}, pad_if_needed={crop.pad_if_needed!r}; the "
+                            "batched training augmentation reproduces only p=1.0, pad_if_needed=False")
+
         def prob(kind: type) -> float:
             transform = _find(pipeline, kind)
             return float(transform.p) if transform is not None else 0.0
@@ -159,6 +166,7 @@ class BatchAugment:
             rotate90=prob(A.RandomRotate90),
             mean=tuple(float(m) for m in norm.mean),
             std=tuple(float(s) for s in norm.std),
+            crop=None if crop is None else (int(crop.height), int(crop.width)),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -168,11 +176,13 @@ class BatchAugment:
         return (images.float() / 255.0 - mean) / std
 
     def geometry(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        """Random flips and 90-degree rotations, identical across ``tensors`` for each sample.
+        """Random crops, flips and 90-degree rotations, identical across ``tensors`` for each sample.
 
         The draws come from ``generator`` on the host, so a seed gives the same augmentation on
         any device; they reach the device in non-blocking copies (:func:`host_to_device`).
         """
+        if self.crop is not None:
+            tensors = self.random_crop(tensors, generator)
         n, device = tensors[0].shape[0], tensors[0].device
         draw = torch.rand((n, 3), generator=generator)
         turns = torch.randint(0, 4, (n,), generator=generator)
@@ -190,3 +200,18 @@ class BatchAugment:
                 rotated[rows] = torch.rot90(tensor[rows], k, dims=(-2, -1))
             out.append(rotated)
         return out
+
+    def random_crop(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """A ``crop``-sized window of each sample at a uniformly drawn offset, as A.RandomCrop draws it."""
+        (n, _, height, width), device = tensors[0].shape, tensors[0].device
+        crop_height, crop_width = self.crop
+        if crop_height > height or crop_width > width:
+            raise DataError(f"augment.json: the train pipeline's RandomCrop ({crop_height}x{crop_width}) is larger "
+                            f"than the training slices ({height}x{width})")
+        top = torch.randint(0, height - crop_height + 1, (n, 1), generator=generator)
+        left = torch.randint(0, width - crop_width + 1, (n, 1), generator=generator)
+        rows = host_to_device(top + torch.arange(crop_height), device)[:, :, None]
+        cols = host_to_device(left + torch.arange(crop_width), device)[:, None, :]
+        samples = torch.arange(n, device=device)[:, None, None]
+        # Advanced indices around the channel slice put the indexed dims first: (N, h, w, C).
+        return [tensor[samples, :, rows, cols].permute(0, 3, 1, 2).contiguous() for tensor in tensors]
