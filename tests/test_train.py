@@ -183,6 +183,26 @@ def test_crop_training_learns_on_crops_and_validates_whole_slices(tmp_path):
     assert outcome.history["val_dice"].notna().all()
 
 
+def test_brightness_contrast_reaches_the_training_batches(tiny_data, tmp_path):
+    train, val, _ = tiny_data
+
+    def first_training_batch(probability: float) -> torch.Tensor:
+        params = parse_params({**TINY_PARAMS, "epochs": 1,
+                               "augment": {"image_size": 32, "brightness_contrast": probability}})
+        pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
+        trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+        batches = []
+        trainer.model.register_forward_hook(
+            lambda module, inputs, output: batches.append(inputs[0].clone()) if module.training else None)
+        trainer.fit(tmp_path / str(probability))
+        return batches[0]
+
+    plain, adjusted = first_training_batch(0.0), first_training_batch(1.0)
+    assert plain.shape == adjusted.shape
+    # The same slices with the same geometry (crop, flips and turns are drawn first), other values.
+    assert not torch.isclose(plain, adjusted).all(dim=(1, 2, 3)).any()
+
+
 @pytest.mark.slow
 def test_compiled_training_trains_the_same_model_as_eager(tiny_data):
     """torch.compile (inductor on the CPU) changes how the step runs, not what it computes.

@@ -48,7 +48,7 @@ def test_disabled_augmentation_keeps_only_normalisation(images):
     [
         (A.GaussianBlur(p=0.5), "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
                                 "batched training augmentation (supported: RandomCrop, HorizontalFlip, VerticalFlip, "
-                                "RandomRotate90, Normalize)"),
+                                "RandomRotate90, RandomBrightnessContrast, Normalize)"),
         (A.HorizontalFlip(p=0.5), "step HorizontalFlip appears twice"),
     ],
 )
@@ -164,3 +164,55 @@ def test_a_crop_larger_than_the_slices_is_one_line():
     augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), crop=(64, 64))
     with pytest.raises(DataError, match=r"RandomCrop \(64x64\) is larger than the training slices \(32x32\)"):
         augment.geometry([torch.zeros(2, 3, 32, 32)], torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.2, 0.1), (0.8, -0.1), (1.0, 0.0), (1.15, -0.05)])
+def test_batch_brightness_contrast_equals_albumentations(images, alpha, beta):
+    """Limits of zero width fix alpha and beta, so both sides apply the same change to every slice."""
+    reference = A.RandomBrightnessContrast(brightness_limit=(beta, beta), contrast_limit=(alpha - 1, alpha - 1), p=1.0)
+    augment = BatchAugment.from_pipeline(A.Compose([reference, A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)]))
+    assert augment.brightness_contrast == 1.0
+    got = augment.intensity(torch.from_numpy(images).permute(0, 3, 1, 2), torch.Generator().manual_seed(0))
+    expected = np.stack([reference(image=image)["image"] for image in images])
+    assert got.dtype == torch.uint8
+    np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), expected)
+
+
+def test_brightness_contrast_changes_some_slices_by_seeded_draws_within_the_limits():
+    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), brightness_contrast=0.5,
+                           brightness_limit=(-0.1, 0.1), contrast_limit=(-0.2, 0.2))
+    flat = torch.full((200, 3, 4, 4), 100, dtype=torch.uint8)
+    out = augment.intensity(flat, torch.Generator().manual_seed(1))
+    values = out[:, 0, 0, 0].float()
+    changed = (values != 100).sum().item()
+    assert 70 <= changed <= 130  # about half of 200 at p = 0.5
+    assert values.min() >= 100 * 0.8 - 25.5 - 1 and values.max() <= 100 * 1.2 + 25.5
+    assert all(torch.equal(sample, sample[0, 0, 0].expand_as(sample)) for sample in out)  # one draw per slice
+    assert torch.equal(out, augment.intensity(flat, torch.Generator().manual_seed(1)))
+
+
+def test_brightness_contrast_off_draws_nothing_and_leaves_images_alone(images):
+    augment = BatchAugment(0.5, 0.5, 0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    tensor, generator = torch.from_numpy(images).permute(0, 3, 1, 2), torch.Generator().manual_seed(4)
+    before = generator.get_state()
+    assert augment.intensity(tensor, generator) is tensor
+    assert torch.equal(generator.get_state(), before)
+
+
+def test_a_brightness_contrast_the_batched_augmentation_does_not_reproduce_is_refused():
+    normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
+    refused = (A.RandomBrightnessContrast(brightness_by_max=False), A.RandomBrightnessContrast(ensure_safe_range=True))
+    for step in refused:
+        with pytest.raises(DataError, match="RandomBrightnessContrast has brightness_by_max=.*; the batched training "
+                                            "augmentation reproduces only brightness_by_max=True"):
+            BatchAugment.from_pipeline(A.Compose([step, normalize]))
+
+
+def test_brightness_contrast_joins_the_train_pipeline_only_when_its_probability_is_set(images):
+    names = [type(t).__name__ for t in build_pipelines(
+        AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)["train"].transforms]
+    assert names == ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "RandomBrightnessContrast", "Normalize"]
+    restored = BatchAugment.from_pipeline(pipelines_from_dict(pipelines_to_dict(
+        build_pipelines(AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)))["train"])
+    assert (restored.brightness_contrast, restored.contrast_limit, restored.brightness_limit) == (
+        0.3, (-0.1, 0.1), (-0.2, 0.2))

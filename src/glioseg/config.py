@@ -173,6 +173,9 @@ class AugmentParams(Strict):
     crop: int | None = Field(
         None, ge=32, description="train on random square crops of this size; validation and inference see whole slices"
     )
+    brightness_contrast: float = Field(0.0, ge=0, le=1, description="probability of A.RandomBrightnessContrast")
+    brightness_limit: float = Field(0.2, ge=0, le=1, description="brightness shift of up to +- this x 255")
+    contrast_limit: float = Field(0.2, ge=0, le=1, description="contrast factor 1 +- up to this")
 
     @field_validator("image_size", "crop")
     @classmethod

@@ -211,6 +211,7 @@ class Trainer:
             )
             share = self.world.share(len(index))
             images, masks, distance = (t[share.rows] for t in (images, masks, distance))
+            images = self.augment.intensity(images, self.augment_rng)
             images = self.augment.normalise(images).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.network(images)

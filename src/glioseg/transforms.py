@@ -8,7 +8,8 @@ format) and inside every model checkpoint, so predict applies exactly what train
 - ``train``: a random square crop of ``augment.crop`` pixels when set (patch training: the
   network trains on crops and predicts whole slices, so a higher ``image_size`` costs no more per
   training step), horizontal flip, vertical flip, RandomRotate90 (each with its probability),
-  then normalisation with the train split's per-channel mean and std;
+  RandomBrightnessContrast (with ``augment.brightness_contrast``: intensity differences between
+  scanners and sites), then normalisation with the train split's per-channel mean and std;
 - ``eval``: the normalisation alone.
 
 Running albumentations per sample costs more than a small U-Net step on a CPU, so the training
@@ -45,7 +46,13 @@ def train_pipeline(params: AugmentParams, mean: list[float], std: list[float]) -
         return A.Compose([normalize(mean, std)], additional_targets={"distance": "mask"})
     crop = [A.RandomCrop(params.crop, params.crop)] if params.crop is not None else []
     flips = [A.HorizontalFlip(p=params.hflip), A.VerticalFlip(p=params.vflip), A.RandomRotate90(p=params.rotate90)]
-    return A.Compose([*crop, *flips, normalize(mean, std)], additional_targets={"distance": "mask"})
+    intensity = (
+        [A.RandomBrightnessContrast(brightness_limit=params.brightness_limit, contrast_limit=params.contrast_limit,
+                                    p=params.brightness_contrast)]
+        if params.brightness_contrast > 0
+        else []
+    )
+    return A.Compose([*crop, *flips, *intensity, normalize(mean, std)], additional_targets={"distance": "mask"})
 
 
 def eval_pipeline(mean: list[float], std: list[float]) -> A.Compose:
@@ -97,7 +104,9 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 # What BatchAugment mirrors: these steps of the train pipeline, and Normalize only with these settings.
-SUPPORTED_STEPS: tuple[type, ...] = (A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.Normalize)
+SUPPORTED_STEPS: tuple[type, ...] = (
+    A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.RandomBrightnessContrast, A.Normalize
+)
 NORMALIZE_SETTINGS: dict[str, Any] = {"max_pixel_value": 255.0, "normalization": "standard", "p": 1.0}
 
 
@@ -110,7 +119,8 @@ class BatchAugment:
     """The train pipeline applied to a whole batch of tensors (N,C,H,W), on any device.
 
     Each sample draws its own crop, flips and rotation, as albumentations would per sample; masks
-    and distance maps get the same geometry as their image.
+    and distance maps get the same geometry as their image. Brightness and contrast change the
+    image alone.
     """
 
     hflip: float
@@ -119,14 +129,18 @@ class BatchAugment:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop: tuple[int, int] | None = None
+    brightness_contrast: float = 0.0
+    brightness_limit: tuple[float, float] = (0.0, 0.0)
+    contrast_limit: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
         """The batched twin of ``pipeline``; a step it would not reproduce exactly is a one-line error.
 
-        Only RandomCrop (always applied, without padding), HorizontalFlip, VerticalFlip and
-        RandomRotate90 (each at most once) and one standard Normalize (always applied, on 0..255
-        pixels) are mirrored: any other step would silently not be applied in training.
+        Only RandomCrop (always applied, without padding), HorizontalFlip, VerticalFlip,
+        RandomRotate90, RandomBrightnessContrast (brightness relative to 255, no safe-range
+        clipping of its draws), each at most once, and one standard Normalize (always applied, on
+        0..255 pixels) are mirrored: any other step would silently not be applied in training.
         """
         where = "augment.json: the train pipeline's"
         seen: set[type] = set()
@@ -156,6 +170,12 @@ class BatchAugment:
             raise DataError(f"{where} RandomCrop has p={crop.p!r}, pad_if_needed={crop.pad_if_needed!r}; the "
                             "batched training augmentation reproduces only p=1.0, pad_if_needed=False")
 
+        intensity = _find(pipeline, A.RandomBrightnessContrast)
+        if intensity is not None and (not intensity.brightness_by_max or intensity.ensure_safe_range):
+            raise DataError(f"{where} RandomBrightnessContrast has brightness_by_max={intensity.brightness_by_max!r}, "
+                            f"ensure_safe_range={intensity.ensure_safe_range!r}; the batched training augmentation "
+                            "reproduces only brightness_by_max=True, ensure_safe_range=False")
+
         def prob(kind: type) -> float:
             transform = _find(pipeline, kind)
             return float(transform.p) if transform is not None else 0.0
@@ -167,6 +187,9 @@ class BatchAugment:
             mean=tuple(float(m) for m in norm.mean),
             std=tuple(float(s) for s in norm.std),
             crop=None if crop is None else (int(crop.height), int(crop.width)),
+            brightness_contrast=prob(A.RandomBrightnessContrast),
+            brightness_limit=(0.0, 0.0) if intensity is None else tuple(map(float, intensity.brightness_limit)),
+            contrast_limit=(0.0, 0.0) if intensity is None else tuple(map(float, intensity.contrast_limit)),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -215,3 +238,22 @@ class BatchAugment:
         samples = torch.arange(n, device=device)[:, None, None]
         # Advanced indices around the channel slice put the indexed dims first: (N, h, w, C).
         return [tensor[samples, :, rows, cols].permute(0, 3, 1, 2).contiguous() for tensor in tensors]
+
+    def intensity(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random brightness and contrast of uint8 images (N,C,H,W), as A.RandomBrightnessContrast.
+
+        With probability ``brightness_contrast`` a sample becomes ``x * alpha + beta * 255``,
+        ``alpha = 1 + U(contrast_limit)``, ``beta = U(brightness_limit)``, truncated to 0..255
+        (albumentations' uint8 lookup table); the others stay as they are.
+        """
+        if self.brightness_contrast == 0:
+            return images
+        n, device = images.shape[0], images.device
+        chosen, contrast, brightness = torch.rand((3, n), generator=generator, dtype=torch.float64)
+        applied = chosen < self.brightness_contrast
+        low, high = self.contrast_limit
+        alpha = torch.where(applied, 1.0 + low + (high - low) * contrast, 1.0)
+        low, high = self.brightness_limit
+        beta = torch.where(applied, (low + (high - low) * brightness) * 255.0, 0.0)
+        alpha, beta = (host_to_device(v.float().view(-1, 1, 1, 1), device) for v in (alpha, beta))
+        return (images.float() * alpha + beta).floor().clamp(0, 255).to(images.dtype)
