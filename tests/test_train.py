@@ -199,7 +199,7 @@ def test_brightness_contrast_reaches_the_training_batches(tiny_data, tmp_path):
 
     plain, adjusted = first_training_batch(0.0), first_training_batch(1.0)
     assert plain.shape == adjusted.shape
-    # The same slices with the same geometry (crop, flips and turns are drawn first), other values.
+    # p = 1: every slice of the batch has its values changed.
     assert not torch.isclose(plain, adjusted).all(dim=(1, 2, 3)).any()
 
 

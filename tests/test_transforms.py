@@ -136,10 +136,24 @@ def test_crop_pipeline_crops_first_and_its_batched_twin_crops_the_same_size(imag
 
 def test_a_random_crop_the_batched_augmentation_does_not_reproduce_is_refused():
     normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
-    for crop in (A.RandomCrop(32, 32, p=0.5), A.RandomCrop(32, 32, pad_if_needed=True)):
+    for crop in (A.RandomCrop(32, 32, p=0.5), A.RandomCrop(32, 32, pad_if_needed=True), A.RandomCrop(32, 64)):
         with pytest.raises(DataError, match="RandomCrop has p=.*; the batched training augmentation reproduces "
-                                            "only p=1.0, pad_if_needed=False"):
+                                            "only p=1.0, pad_if_needed=False, square crops"):
             BatchAugment.from_pipeline(A.Compose([crop, normalize]))
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([A.HorizontalFlip(p=0.5), A.RandomCrop(32, 32)], "RandomCrop is not its first step"),
+        ([A.RandomBrightnessContrast(p=0.5)], "Normalize is not its last step"),
+    ],
+)
+def test_steps_out_of_the_mirrored_order_are_refused(steps, message):
+    normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
+    ordered = [*steps, normalize] if "first" in message else [normalize, *steps]
+    with pytest.raises(DataError, match=message):
+        BatchAugment.from_pipeline(A.Compose(ordered))
 
 
 def test_random_crops_are_windows_at_seeded_offsets_shared_by_all_targets():
@@ -154,7 +168,8 @@ def test_random_crops_are_windows_at_seeded_offsets_shared_by_all_targets():
         assert torch.equal(window, original[:, top:top + 8, left:left + 12])
         assert torch.equal(mask[sample], window[:1])
         offsets.add((top, left))
-    assert all(0 <= top <= 8 and 0 <= left <= 8 for top, left in offsets)
+    tops, lefts = {top for top, _ in offsets}, {left for _, left in offsets}
+    assert tops == set(range(9)) and lefts == set(range(9))  # every offset, the last one included
     assert len(offsets) > 20  # drawn per sample, not once per batch
     again = augment.geometry([tensor], torch.Generator().manual_seed(3))[0]
     assert torch.equal(again, cropped)
@@ -172,7 +187,8 @@ def test_batch_brightness_contrast_equals_albumentations(images, alpha, beta):
     reference = A.RandomBrightnessContrast(brightness_limit=(beta, beta), contrast_limit=(alpha - 1, alpha - 1), p=1.0)
     augment = BatchAugment.from_pipeline(A.Compose([reference, A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)]))
     assert augment.brightness_contrast == 1.0
-    got = augment.intensity(torch.from_numpy(images).permute(0, 3, 1, 2), torch.Generator().manual_seed(0))
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    got = augment.adjust_brightness_contrast(tensor, torch.Generator().manual_seed(0))
     expected = np.stack([reference(image=image)["image"] for image in images])
     assert got.dtype == torch.uint8
     np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), expected)
@@ -182,20 +198,20 @@ def test_brightness_contrast_changes_some_slices_by_seeded_draws_within_the_limi
     augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), brightness_contrast=0.5,
                            brightness_limit=(-0.1, 0.1), contrast_limit=(-0.2, 0.2))
     flat = torch.full((200, 3, 4, 4), 100, dtype=torch.uint8)
-    out = augment.intensity(flat, torch.Generator().manual_seed(1))
+    out = augment.adjust_brightness_contrast(flat, torch.Generator().manual_seed(1))
     values = out[:, 0, 0, 0].float()
     changed = (values != 100).sum().item()
     assert 70 <= changed <= 130  # about half of 200 at p = 0.5
     assert values.min() >= 100 * 0.8 - 25.5 - 1 and values.max() <= 100 * 1.2 + 25.5
     assert all(torch.equal(sample, sample[0, 0, 0].expand_as(sample)) for sample in out)  # one draw per slice
-    assert torch.equal(out, augment.intensity(flat, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, augment.adjust_brightness_contrast(flat, torch.Generator().manual_seed(1)))
 
 
 def test_brightness_contrast_off_draws_nothing_and_leaves_images_alone(images):
     augment = BatchAugment(0.5, 0.5, 0.5, mean=(0, 0, 0), std=(1, 1, 1))
     tensor, generator = torch.from_numpy(images).permute(0, 3, 1, 2), torch.Generator().manual_seed(4)
     before = generator.get_state()
-    assert augment.intensity(tensor, generator) is tensor
+    assert augment.adjust_brightness_contrast(tensor, generator) is tensor
     assert torch.equal(generator.get_state(), before)
 
 

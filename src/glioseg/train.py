@@ -209,9 +209,10 @@ class Trainer:
             images, masks, distance = self.augment.geometry(
                 [data.images[index], data.masks[index], data.distance[index]], self.augment_rng
             )
+            # Every rank draws for the whole global batch, so the generators stay in step across ranks.
+            images = self.augment.adjust_brightness_contrast(images, self.augment_rng)
             share = self.world.share(len(index))
             images, masks, distance = (t[share.rows] for t in (images, masks, distance))
-            images = self.augment.intensity(images, self.augment_rng)
             images = self.augment.normalise(images).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.network(images)

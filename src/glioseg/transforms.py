@@ -46,13 +46,15 @@ def train_pipeline(params: AugmentParams, mean: list[float], std: list[float]) -
         return A.Compose([normalize(mean, std)], additional_targets={"distance": "mask"})
     crop = [A.RandomCrop(params.crop, params.crop)] if params.crop is not None else []
     flips = [A.HorizontalFlip(p=params.hflip), A.VerticalFlip(p=params.vflip), A.RandomRotate90(p=params.rotate90)]
-    intensity = (
+    # Left out at p = 0 (unlike the flips) so pipelines without it serialize as they always have.
+    brightness_contrast = (
         [A.RandomBrightnessContrast(brightness_limit=params.brightness_limit, contrast_limit=params.contrast_limit,
                                     p=params.brightness_contrast)]
         if params.brightness_contrast > 0
         else []
     )
-    return A.Compose([*crop, *flips, *intensity, normalize(mean, std)], additional_targets={"distance": "mask"})
+    return A.Compose([*crop, *flips, *brightness_contrast, normalize(mean, std)],
+                     additional_targets={"distance": "mask"})
 
 
 def eval_pipeline(mean: list[float], std: list[float]) -> A.Compose:
@@ -104,6 +106,7 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 # What BatchAugment mirrors: these steps of the train pipeline, and Normalize only with these settings.
+TRAIN_PIPELINE = "augment.json: the train pipeline's"
 SUPPORTED_STEPS: tuple[type, ...] = (
     A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.RandomBrightnessContrast, A.Normalize
 )
@@ -137,12 +140,13 @@ class BatchAugment:
     def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
         """The batched twin of ``pipeline``; a step it would not reproduce exactly is a one-line error.
 
-        Only RandomCrop (always applied, without padding), HorizontalFlip, VerticalFlip,
-        RandomRotate90, RandomBrightnessContrast (brightness relative to 255, no safe-range
-        clipping of its draws), each at most once, and one standard Normalize (always applied, on
-        0..255 pixels) are mirrored: any other step would silently not be applied in training.
+        Only RandomCrop (square, always applied, without padding, first), HorizontalFlip,
+        VerticalFlip, RandomRotate90, RandomBrightnessContrast (brightness relative to 255, no
+        safe-range clipping of its draws), each at most once, and one standard Normalize (always
+        applied, on 0..255 pixels, last) are mirrored: any other step, or another order, would
+        silently not be applied in training as albumentations applies it.
         """
-        where = "augment.json: the train pipeline's"
+        where = TRAIN_PIPELINE
         seen: set[type] = set()
         for step in pipeline.transforms:
             kind = type(step)
@@ -156,6 +160,10 @@ class BatchAugment:
         norm = _find(pipeline, A.Normalize)
         if norm is None:
             raise DataError("augment.json: the train pipeline has no Normalize step")
+        steps = list(pipeline.transforms)
+        if steps[-1] is not norm:
+            raise DataError(f"{where} Normalize is not its last step; the batched training augmentation "
+                            "normalises after every other step")
         unsupported = {name: value for name, value in (("max_pixel_value", norm.max_pixel_value),
                                                        ("normalization", norm.normalization), ("p", norm.p))
                        if value != NORMALIZE_SETTINGS[name]}
@@ -166,14 +174,18 @@ class BatchAugment:
                             f"{expected}")
 
         crop = _find(pipeline, A.RandomCrop)
-        if crop is not None and (crop.p != 1.0 or crop.pad_if_needed):
-            raise DataError(f"{where} RandomCrop has p={crop.p!r}, pad_if_needed={crop.pad_if_needed!r}; the "
-                            "batched training augmentation reproduces only p=1.0, pad_if_needed=False")
+        if crop is not None and (crop.p != 1.0 or crop.pad_if_needed or crop.height != crop.width):
+            raise DataError(f"{where} RandomCrop has p={crop.p!r}, pad_if_needed={crop.pad_if_needed!r}, "
+                            f"{crop.height}x{crop.width}; the batched training augmentation reproduces only "
+                            "p=1.0, pad_if_needed=False, square crops")
+        if crop is not None and steps[0] is not crop:
+            raise DataError(f"{where} RandomCrop is not its first step; the batched training augmentation "
+                            "crops before every other step")
 
-        intensity = _find(pipeline, A.RandomBrightnessContrast)
-        if intensity is not None and (not intensity.brightness_by_max or intensity.ensure_safe_range):
-            raise DataError(f"{where} RandomBrightnessContrast has brightness_by_max={intensity.brightness_by_max!r}, "
-                            f"ensure_safe_range={intensity.ensure_safe_range!r}; the batched training augmentation "
+        adjust = _find(pipeline, A.RandomBrightnessContrast)
+        if adjust is not None and (not adjust.brightness_by_max or adjust.ensure_safe_range):
+            raise DataError(f"{where} RandomBrightnessContrast has brightness_by_max={adjust.brightness_by_max!r}, "
+                            f"ensure_safe_range={adjust.ensure_safe_range!r}; the batched training augmentation "
                             "reproduces only brightness_by_max=True, ensure_safe_range=False")
 
         def prob(kind: type) -> float:
@@ -188,8 +200,8 @@ class BatchAugment:
             std=tuple(float(s) for s in norm.std),
             crop=None if crop is None else (int(crop.height), int(crop.width)),
             brightness_contrast=prob(A.RandomBrightnessContrast),
-            brightness_limit=(0.0, 0.0) if intensity is None else tuple(map(float, intensity.brightness_limit)),
-            contrast_limit=(0.0, 0.0) if intensity is None else tuple(map(float, intensity.contrast_limit)),
+            brightness_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.brightness_limit)),
+            contrast_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.contrast_limit)),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -229,7 +241,7 @@ class BatchAugment:
         (n, _, height, width), device = tensors[0].shape, tensors[0].device
         crop_height, crop_width = self.crop
         if crop_height > height or crop_width > width:
-            raise DataError(f"augment.json: the train pipeline's RandomCrop ({crop_height}x{crop_width}) is larger "
+            raise DataError(f"{TRAIN_PIPELINE} RandomCrop ({crop_height}x{crop_width}) is larger "
                             f"than the training slices ({height}x{width})")
         top = torch.randint(0, height - crop_height + 1, (n, 1), generator=generator)
         left = torch.randint(0, width - crop_width + 1, (n, 1), generator=generator)
@@ -239,7 +251,7 @@ class BatchAugment:
         # Advanced indices around the channel slice put the indexed dims first: (N, h, w, C).
         return [tensor[samples, :, rows, cols].permute(0, 3, 1, 2).contiguous() for tensor in tensors]
 
-    def intensity(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def adjust_brightness_contrast(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random brightness and contrast of uint8 images (N,C,H,W), as A.RandomBrightnessContrast.
 
         With probability ``brightness_contrast`` a sample becomes ``x * alpha + beta * 255``,
