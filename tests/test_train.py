@@ -171,6 +171,51 @@ def test_keep_last_keeps_the_final_weights(tiny_data, tmp_path):
         assert torch.equal(value, outcome.best["state_dict"][key]), key
 
 
+def test_ema_keeps_the_moving_average_of_the_weights_and_batch_norm_statistics(tiny_data, tmp_path):
+    """One step per epoch, decay 0.25: the average after two steps is 0.25 w1 + 0.75 w2 (known answer)."""
+    train, val, pipelines = tiny_data
+    params = parse_params({**TINY_PARAMS, "epochs": 2, "batch_size": len(train.images),
+                           "train": {"ema": 0.25, "keep": "last"}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    trainer.train_epoch()
+    first = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for key, value in trainer.kept_model.state_dict().items():
+        assert torch.equal(value, first[key]), key  # the first update copies
+    trainer.train_epoch()
+    second = trainer.model.state_dict()
+    averaged = trainer.kept_model.state_dict()
+    floats = [k for k, v in second.items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)
+    for key in floats:
+        torch.testing.assert_close(averaged[key], 0.25 * first[key] + 0.75 * second[key], msg=key)
+    assert not torch.equal(averaged[floats[0]], second[floats[0]])
+    assert all(torch.equal(v, trainer.payload()["state_dict"][k]) for k, v in averaged.items())
+
+
+def test_ema_run_resumes_to_the_same_average(tiny_data, tmp_path):
+    params = parse_params({**TINY_PARAMS, "train": {"ema": 0.9, "keep": "last"}})
+    reference = fit(params, tiny_data, tmp_path / "reference")
+
+    def interrupt(epoch, row, model):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(params, tiny_data, tmp_path / "resumed", interrupt)
+    resumed = fit(params, tiny_data, tmp_path / "resumed")
+    assert resumed.resumed_from == 2
+    for key, value in reference.best["state_dict"].items():
+        assert torch.equal(value, resumed.best["state_dict"][key]), key
+
+
+@pytest.mark.parametrize("decay", [0, 1, -0.5])
+def test_ema_decay_must_lie_between_0_and_1(decay):
+    from glioseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ema"):
+        parse_params({**TINY_PARAMS, "train": {"ema": decay}})
+
+
 def test_crop_training_learns_on_crops_and_validates_whole_slices(tmp_path):
     params = parse_params({**TINY_PARAMS, "augment": {"image_size": 64, "crop": 32}})
     train, val = square_slices(12, 64, seed=0), square_slices(6, 64, seed=1, patients=2)

@@ -226,6 +226,10 @@ class TrainParams(Strict):
     clip_grad_norm: float | None = Field(
         None, gt=0, description="clip the gradient's global L2 norm to this before each step; null: no clipping"
     )
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="decay per optimiser step of an exponential moving average of the weights "
+        "and batch-norm statistics, which validation, the kept epoch and the model file use; null: the raw weights"
+    )
     keep: Literal["best_val", "last"] = Field(
         "best_val", description="the weights a run keeps: its epoch of best validation Dice, or its last "
         "epoch (the usual choice with a decaying schedule and a small validation set)"

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from glioseg import distributed
@@ -157,6 +158,9 @@ class Trainer:
             network, mode=None if params.train.compile == "default" else params.train.compile)
         # One fused kernel for the whole update: per-tensor Adam is a large share of a small U-Net's CPU step.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr, fused=True)
+        # Batch-norm statistics are averaged with the weights (use_buffers), so the average is a whole model.
+        self.average = None if params.train.ema is None else AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epochs_done = 0
         self.order_rng = torch.Generator().manual_seed(params.seed)
@@ -167,6 +171,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "epoch": epoch,
             "model": self.model.state_dict(),
+            "average": None if self.average is None else self.average.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "order_rng": self.order_rng.get_state(),
@@ -179,6 +184,8 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.order_rng.set_state(state["order_rng"])
@@ -224,6 +231,8 @@ class Trainer:
                 grad_norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.average is not None:
+                self.average.update_parameters(self.model)
             # Statistics count this rank's own samples only (none where the share is a padding repeat).
             total_loss += loss.detach().double() * share.own
             counts.append(self.confusion(logits.detach()[: share.own], masks[: share.own]))
@@ -235,16 +244,22 @@ class Trainer:
             summary["grad_norm"] = float(np.median(torch.stack(grad_norms).double().cpu().numpy()))
         return summary
 
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights a run validates and keeps: the moving average where ``train.ema`` is set."""
+        return self.model if self.average is None else self.average.module
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        self.model.eval()
+        model = self.kept_model
+        model.eval()
         data, counts = self.val_data, []
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, len(data), 64):
             part = slice(start, start + 64)
             images = self.augment.normalise(data.images[part]).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
-                logits = self.model(images)
+                logits = model(images)
             masks = data.masks[part]
             total_loss += self.loss_fn(logits, masks, data.distance[part].float()).double() * len(masks)
             counts.append(self.confusion(logits, masks))
@@ -294,7 +309,7 @@ class Trainer:
                           disable=not self.world.main):
             began = time.perf_counter()
             train_stats = self.train_epoch()
-            self.world.sync_buffers(self.model)  # every rank validates the same model: rank 0's
+            self.world.sync_buffers(self.kept_model)  # every rank validates the same model: rank 0's
             val_stats = self.validate()
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                    **{f"val_{k}": v for k, v in val_stats.items()}, "lr": self.optimizer.param_groups[0]["lr"],
@@ -307,11 +322,11 @@ class Trainer:
             if self.world.main:
                 save_checkpoint(last_path, self._state(epoch, history, best, best_epoch) | {"mlflow_run_id": run_id})
                 if on_epoch is not None:
-                    on_epoch(epoch, row, self.model)
+                    on_epoch(epoch, row, self.kept_model)
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:
         """The model file's content; its meta records the precision it trained in (bf16 and fp32 differ)."""
-        return model_payload(self.model, self.params.model, self.pipelines, self.params.inference,
+        return model_payload(self.kept_model, self.params.model, self.pipelines, self.params.inference,
                              self.params.data_card(), training_precision=precision_name(self.precision), **meta)
 
