@@ -38,7 +38,8 @@ def trainer(epochs: int) -> Trainer:
     # Class-balanced weights: without them this tiny set's tumour gradients are weaker and two
     # reduction orders drift up to 1.5e-4 apart in 2 epochs (5% of one Adam step at lr 0.003),
     # above the tolerance that still tells a wrong gradient (a full step) from rounding.
-    train = {**TINY_PARAMS["train"], "amp": False, "weight_map": {"class_balance": True}}
+    # A moving average of the weights (train.ema) follows the same steps on every rank.
+    train = {**TINY_PARAMS["train"], "amp": False, "weight_map": {"class_balance": True}, "ema": 0.5}
     # Brightness and contrast are drawn per slice of the global batch: the ranks must draw alike.
     augment = {**TINY_PARAMS["augment"], "brightness_contrast": 0.5}
     params = parse_params({**TINY_PARAMS, "epochs": epochs, "batch_size": BATCH, "model": model, "train": train,
@@ -61,7 +62,7 @@ def train_rank(rank: int, port: int, out: Path) -> None:
     trainer(1).fit(out / "shared")
     resumed = trainer(EPOCHS)
     resumed_outcome = resumed.fit(out / "shared")
-    torch.save({"model": whole.model.state_dict(), "train_loss": outcome.history["train_loss"].tolist(),
+    torch.save({"model": whole.model.state_dict(), "kept": whole.kept_model.state_dict(), "train_loss": outcome.history["train_loss"].tolist(),
                 "val_dice": outcome.history["val_dice"].tolist(), "resumed_model": resumed.model.state_dict(),
                 "resumed_from": resumed_outcome.resumed_from}, out / f"result{rank}.pt")
 
@@ -94,6 +95,9 @@ def test_two_gloo_ranks_train_the_model_of_one_process(tmp_path, monkeypatch):
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(written[key], value, rtol=1e-4, atol=1e-5, msg=key)
         assert torch.equal(results[0]["model"][key], results[1]["model"][key]), key
+        assert torch.equal(results[0]["kept"][key], results[1]["kept"][key]), key
+        torch.testing.assert_close(results[0]["kept"][key], single.kept_model.state_dict()[key], rtol=1e-4, atol=1e-5,
+                                   msg=key)
         assert torch.equal(results[0]["resumed_model"][key], results[0]["model"][key]), key
     np.testing.assert_allclose(results[0]["train_loss"], outcome.history["train_loss"], rtol=1e-4)
     assert results[0]["val_dice"] == results[1]["val_dice"]
