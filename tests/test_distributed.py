@@ -62,7 +62,8 @@ def train_rank(rank: int, port: int, out: Path) -> None:
     trainer(1).fit(out / "shared")
     resumed = trainer(EPOCHS)
     resumed_outcome = resumed.fit(out / "shared")
-    torch.save({"model": whole.model.state_dict(), "kept": whole.kept_model.state_dict(), "train_loss": outcome.history["train_loss"].tolist(),
+    torch.save({"model": whole.model.state_dict(), "kept": whole.kept_model.state_dict(),
+                "train_loss": outcome.history["train_loss"].tolist(),
                 "val_dice": outcome.history["val_dice"].tolist(), "resumed_model": resumed.model.state_dict(),
                 "resumed_from": resumed_outcome.resumed_from}, out / f"result{rank}.pt")
 
