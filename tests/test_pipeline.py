@@ -215,10 +215,11 @@ def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(pr
     assert changed_stages(root, env) == set()
 
 
-def test_context_rebuilds_the_cache_and_retrains_but_never_downloads(project):
+@pytest.mark.parametrize("data", [{"context": 1}, {"window": [1, 99]}], ids=["context", "window"])
+def test_context_and_window_rebuild_the_cache_and_retrain_but_never_download(project, data):
     root, env = project["root"], project["env"]
     with edited_params(root) as edit:
-        edit(data={"context": 1})
+        edit(data=data)
         assert changed_stages(root, env) == {"check_params", "cache", "train",
                                              *(f"sweep_train@{name}" for name in SWEEPS)}
     assert changed_stages(root, env) == set()

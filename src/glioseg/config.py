@@ -65,6 +65,13 @@ class SyntheticParams(Strict):
 BRATS_2020_LABELS = {0: 0, 1: 1, 2: 2, 4: 3}
 
 
+def check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(percentiles)}")
+    return percentiles
+
+
 class BratsParams(Strict):
     """How BraTS NIfTI cases (``<case>/<case>_<suffix>.nii.gz``) become slices and class labels."""
 
@@ -90,6 +97,11 @@ class BratsParams(Strict):
         (0.5, 99.5), description="per-volume intensity window inside the brain, mapped to 0..255"
     )
 
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return check_percentiles(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> BratsParams:
         missing = [name for name in (*self.modalities, "seg") if name not in self.suffixes]
@@ -105,9 +117,6 @@ class BratsParams(Strict):
                 raise ValueError(f"region '{name}' must list tumour classes 1..{len(classes) - 1}")
         if self.slice_range is not None and not 0 <= self.slice_range[0] < self.slice_range[1]:
             raise ValueError(f"slice_range must be [first, stop) with 0 <= first < stop, got {self.slice_range}")
-        low, high = self.percentiles
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         return self
 
     @property
@@ -124,8 +133,16 @@ class DataParams(Strict):
     patients: int | None = Field(None, ge=1, description="use only the first N patients (sorted)")
     context: int = Field(0, ge=0, le=8, description="2.5-D input: the N slices above and below each slice "
                          "as extra channels (the volume's ends repeat the nearest slice); 0: each slice alone")
+    window: tuple[float, float] | None = Field(
+        None, description="LGG: each channel of a patient's slices windowed between these two percentiles of "
+        "its own pixels and mapped to 0..255, so every patient's intensities share one scale; null: as stored")
     synthetic: SyntheticParams = SyntheticParams()
     brats: BratsParams = BratsParams()
+
+    @field_validator("window")
+    @classmethod
+    def _window_is_percentiles(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        return None if value is None else check_percentiles(value)
 
 
 class CleanParams(Strict):
@@ -309,6 +326,9 @@ class Params(Strict):
             if given is not None and given != value:
                 raise ValueError(f"model.{key} is {given} but dataset '{self.dataset}' needs {value}")
         object.__setattr__(self, "model", self.model.model_copy(update=expected))
+        if self.data.window is not None and self.dataset == "brats":
+            raise ValueError("data.window applies to LGG slices; BraTS volumes are always windowed, by "
+                             "data.brats.percentiles")
         if self.split.by == "site" and self.dataset == "brats":
             raise ValueError("split.by: site needs kaggle_3m patient ids (TCGA_<site>_<id>_<date>); BraTS case "
                              "names carry no acquiring site, so dataset brats splits by patient")
@@ -337,6 +357,8 @@ class Params(Strict):
         """What a checkpoint must carry to read and score new cases like the training data."""
         card: dict[str, Any] = {"dataset": self.dataset, "regions": {k: list(v) for k, v in self.regions().items()},
                                 "context": self.data.context}
+        if self.data.window is not None:
+            card["window"] = list(self.data.window)
         if self.dataset == "brats":
             card["brats"] = self.data.brats.model_dump(mode="json")
         return card

@@ -103,6 +103,12 @@ class LoadedModel:
         """Neighbouring slices on each side stacked as extra channels (``data.context``; 0: 2-D)."""
         return int(self.data_card.get("context", 0))
 
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The per-patient intensity window's percentiles (``data.window``); None: slices as stored."""
+        window = self.data_card.get("window")
+        return None if window is None else (float(window[0]), float(window[1]))
+
 
 @dataclass(frozen=True)
 class ModelSet:
@@ -123,7 +129,8 @@ class ModelSet:
         first = self.members[0]
         for loaded, name in zip(self.members[1:], self.names[1:]):
             for what, ours, theirs in (
-                ("data card (dataset, regions, context, how cases are read)", loaded.data_card, first.data_card),
+                ("data card (dataset, regions, context, intensity window, how cases are read)",
+                 loaded.data_card, first.data_card),
                 ("input channels", loaded.params.in_channels, first.params.in_channels),
                 ("classes", loaded.classes, first.classes),
                 ("preprocessing (image size)", loaded.pipelines.get("preprocess"), first.pipelines.get("preprocess")),
@@ -145,6 +152,7 @@ class ModelSet:
     brats = property(lambda self: self.first.brats)
     classes = property(lambda self: self.first.classes)
     context = property(lambda self: self.first.context)
+    window = property(lambda self: self.first.window)
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import torch
 from glioseg.config import InferenceParams
 from glioseg.data.cache import SliceArrays
 from glioseg.data.context import stack_context
+from glioseg.data.intensity import window_case
 from glioseg.errors import DataError
 from glioseg.inference import predict_labels, select_device
 from glioseg.model import LoadedModel, ModelSet
@@ -144,19 +145,24 @@ class Predictor:
 
     def preprocess(self, originals: Sequence[np.ndarray]) -> np.ndarray:
         """One case's original-size slices (in slice order) -> model size, through the model file's own
-        preprocess pipeline, each stacked with its neighbours when the model reads context."""
+        preprocess pipeline, windowed over the case when the model's training windowed its patients, each
+        stacked with its neighbours when the model reads context."""
         resized = np.stack([self.resize(image=image)["image"] for image in originals])
-        return stack_context(resized, self.loaded.context)
+        return stack_context(window_case(resized, self.loaded.window), self.loaded.context)
 
     def predict_case(self, originals: Sequence[np.ndarray], case: str = "the case") -> np.ndarray:
         """Model-size (Z,H,W) labels of one case's original-size slices (in slice order), post-processed as a case.
 
-        A context model reads each slice with its neighbours, so a case of one slice is refused.
+        A context model reads each slice with its neighbours, and a windowing model scales a slice by
+        its whole patient's intensities, so either refuses a case of one slice.
         """
-        context = self.loaded.context
-        if context and len(originals) < 2:
+        context, window = self.loaded.context, self.loaded.window
+        if len(originals) < 2 and context:
             raise DataError(f"{case}: a single slice, but the model reads each slice with the {context} slice(s) "
                             "above and below it (data.context); give the patient's folder of slices")
+        if len(originals) < 2 and window is not None:
+            raise DataError(f"{case}: a single slice, but the model scales each slice by its patient's intensity "
+                            f"percentiles {list(window)} (data.window); give the patient's folder of slices")
         return postprocess_case(self.labels(self.preprocess(originals)), self.inference.postprocess)
 
     def predict_arrays(self, arrays: SliceArrays) -> np.ndarray:

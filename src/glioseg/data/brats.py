@@ -23,6 +23,7 @@ import numpy as np
 from nibabel import orientations
 
 from glioseg.config import BratsParams
+from glioseg.data.intensity import window_to_uint8
 from glioseg.errors import DataError
 
 EXTENSIONS = (".nii.gz", ".nii")
@@ -162,15 +163,6 @@ def brain_mask(channels: np.ndarray) -> np.ndarray:
     """Voxels (Z,H,W) where any channel of (C,Z,H,W) rises above that channel's minimum."""
     minima = channels.reshape(len(channels), -1).min(axis=1)
     return np.any(channels > minima[:, None, None, None], axis=0)
-
-
-def window_to_uint8(channel: np.ndarray, brain: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Intensities inside the brain windowed between two of their percentiles to 0..255; outside 0."""
-    if not brain.any():
-        return np.zeros(channel.shape, np.uint8)
-    low, high = np.percentile(channel[brain], percentiles)
-    scaled = (channel - low) / max(high - low, 1e-6)
-    return np.where(brain, np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5, 0).astype(np.uint8)
 
 
 def open_case(
