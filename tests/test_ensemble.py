@@ -121,3 +121,8 @@ def test_evaluate_command_scores_each_model_and_their_ensemble(tmp_path, monkeyp
     assert all(summary["patients"] == 3 for summary in compared.values())
     missing = CliRunner().invoke(app, ["evaluate", "--model", str(first), "--subset", "val"])
     assert missing.exit_code == 2 and "the val subset is empty" in missing.output
+    (tmp_path / "params.yaml").write_text("run: {device: cpu}\ndata: {window: [1, 99]}\n")
+    windowed = CliRunner().invoke(app, ["evaluate", "--model", str(first)])
+    assert windowed.exit_code == 2
+    assert (f"{first}: trained with data.window null, but this pipeline's cache (data/cache) was built with "
+            "data.window [1.0, 99.0]") in windowed.output

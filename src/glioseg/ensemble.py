@@ -17,11 +17,23 @@ from glioseg.config import Params
 from glioseg.data.cache import load_cache
 from glioseg.errors import DataError
 from glioseg.evaluate import evaluate
-from glioseg.model import ModelSet
+from glioseg.model import LoadedModel, ModelSet
 from glioseg.modelspec import load_model_spec
 from glioseg.scoring import stage_protocol
 
 COMPARED = ("dice_patient_mean", "dice_pooled", "dice_positive_slice_mean", "iou_patient_mean", "hd95_patient_mean")
+
+
+def check_reads_cache(name: str, loaded: LoadedModel, params: Params) -> None:
+    """A model scored on the pipeline's cache must have been trained on slices windowed as the cache's are:
+    the arrays carry no record of their window, and the model would read other intensities than it learnt."""
+    if loaded.window != params.data.window:
+        raise DataError(f"{name}: trained with data.window {window_text(loaded.window)}, but this pipeline's "
+                        f"cache (data/cache) was built with data.window {window_text(params.data.window)}")
+
+
+def window_text(window: tuple[float, float] | None) -> str:
+    return "null" if window is None else str(list(window))
 
 
 def compare_models(names: list[str], subset: str, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -36,6 +48,8 @@ def compare_models(names: list[str], subset: str, params: Params) -> tuple[pd.Da
     if len(part) == 0:
         raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
     members = [load_model_spec(name) for name in names]
+    for name, loaded in zip(names, members):
+        check_reads_cache(name, loaded, params)
     candidates = [(name, loaded, [name]) for name, loaded in zip(names, members)]
     if len(members) > 1:
         candidates.append((f"ensemble of {len(members)}", ModelSet(tuple(members), tuple(names)), names))
