@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+import tifffile
 
 from glioseg.config import parse_params
 from glioseg.data.cache import SliceArrays
@@ -35,6 +36,19 @@ def square_slices(n: int, size: int, seed: int, patients: int = 3) -> SliceArray
     distance = np.stack([border_distance_sum(m) for m in masks]).astype(np.float16)
     patient = np.array([f"P{i % patients}" for i in range(n)])
     return SliceArrays(images, masks, distance, patient, np.arange(n), np.array(["train"] * n))
+
+
+def write_slice(root, patient: str, n: int, brightness: int, two_tone: bool = False) -> dict:
+    """A 32x32 kaggle_3m slice of one brightness (``two_tone``: its top half at half of it) with an empty mask."""
+    folder = root / patient
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path, mask_path = folder / f"{patient}_{n}.tif", folder / f"{patient}_{n}_mask.tif"
+    image = np.full((32, 32, 3), brightness, np.uint8)
+    if two_tone:
+        image[:16] //= 2
+    tifffile.imwrite(image_path, image, photometric="rgb")
+    tifffile.imwrite(mask_path, np.zeros((32, 32), np.uint8), photometric="minisblack")
+    return {"patient": patient, "slice": n, "image": str(image_path), "mask": str(mask_path)}
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
 """2.5-D context: stacks of neighbouring slices, built in the cache stage and by the predictor alike."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 import torch
 
 from glioseg.config import InferenceParams, ModelParams, parse_params
@@ -15,6 +13,7 @@ from glioseg.errors import DataError
 from glioseg.model import LGG_CARD, LoadedModel
 from glioseg.predictor import Predictor
 from glioseg.transforms import build_pipelines, pipelines_to_dict
+from tests.conftest import write_slice
 
 
 def volume(depth: int, channels: int = 3, size: int = 4) -> np.ndarray:
@@ -38,15 +37,6 @@ def test_stacks_hold_the_neighbouring_slices_with_the_ends_repeated():
     assert [slice_of_block(wide[3], b) for b in range(5)] == [1, 2, 3, 3, 3]
     np.testing.assert_array_equal(centre_slice(wide, 2), volume(4))
     np.testing.assert_array_equal(stack_context(volume(4), 0), volume(4))  # no context: the slices themselves
-
-
-def write_slice(root: Path, patient: str, n: int, brightness: int) -> dict:
-    folder = root / patient
-    folder.mkdir(parents=True, exist_ok=True)
-    image_path, mask_path = folder / f"{patient}_{n}.tif", folder / f"{patient}_{n}_mask.tif"
-    tifffile.imwrite(image_path, np.full((32, 32, 3), brightness, np.uint8), photometric="rgb")
-    tifffile.imwrite(mask_path, np.zeros((32, 32), np.uint8), photometric="minisblack")
-    return {"patient": patient, "slice": n, "image": str(image_path), "mask": str(mask_path)}
 
 
 def test_the_cache_stacks_each_kept_slice_from_all_its_patients_slices(tmp_path):

@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 import torch
 
 from glioseg.config import InferenceParams, ModelParams, parse_params
@@ -13,6 +12,7 @@ from glioseg.errors import DataError
 from glioseg.model import LGG_CARD, LoadedModel
 from glioseg.predictor import Predictor
 from glioseg.transforms import build_pipelines, pipelines_to_dict
+from tests.conftest import write_slice
 
 
 def ramp_case() -> np.ndarray:
@@ -36,21 +36,10 @@ def test_one_patient_at_two_intensity_scales_becomes_one_input():
     np.testing.assert_array_equal(window_case(case * 2, (1, 99)), window_case(case, (1, 99)))
 
 
-def write_slice(root, patient: str, n: int, brightness: int) -> dict:
-    folder = root / patient
-    folder.mkdir(parents=True, exist_ok=True)
-    image_path, mask_path = folder / f"{patient}_{n}.tif", folder / f"{patient}_{n}_mask.tif"
-    image = np.full((32, 32, 3), brightness, np.uint8)
-    image[:16] //= 2  # two intensities a slice, so every slice has a percentile range of its own
-    tifffile.imwrite(image_path, image, photometric="rgb")
-    tifffile.imwrite(mask_path, np.zeros((32, 32), np.uint8), photometric="minisblack")
-    return {"patient": patient, "slice": n, "image": str(image_path), "mask": str(mask_path)}
-
-
 def test_the_cache_windows_each_patient_over_all_its_slices(tmp_path):
     """P1's slice 1 is removed (dark) but counts in P1's percentiles; P2 is P1 at twice the brightness."""
-    rows = [write_slice(tmp_path, "P1", n, 20 * n) for n in (1, 2, 3)] + \
-           [write_slice(tmp_path, "P2", n, 40 * n) for n in (1, 2, 3)]
+    rows = [write_slice(tmp_path, "P1", n, 20 * n, two_tone=True) for n in (1, 2, 3)] + \
+           [write_slice(tmp_path, "P2", n, 40 * n, two_tone=True) for n in (1, 2, 3)]
     labels = pd.DataFrame(rows).assign(kept=[0, 1, 1, 1, 1, 1], diagnosis=0)
     split = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].assign(subset="train")
     params = parse_params({"augment": {"image_size": 32}, "data": {"window": [0, 100]}})
