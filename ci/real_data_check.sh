@@ -9,8 +9,10 @@
 #   GLIOSEG_CI_GATES=brats bash ci/real_data_check.sh      # only some gates (default: "lgg brats")
 #   GLIOSEG_CI_PRECISION=fp32 bash ci/real_data_check.sh   # train in fp32 even where the CPU has bf16
 # Training precision changes the numbers (bf16 autocast where the CPU has native bf16, fp32
-# elsewhere), so each gate has one baseline per precision, ci/baseline-KIND-PRECISION.json, and a
-# machine is gated against the one of the precision it trains in (check-metrics refuses a mix).
+# elsewhere), and so do the CPU's vector kernels (torch's CPU capability, AVX2 or AVX512: the same
+# seeded fp32 run differs by up to 0.13 in a BraTS region's Dice between them), so each gate has
+# one baseline per precision and capability, ci/baseline-KIND-PRECISION-CAPABILITY.json, and a
+# machine is gated against the one it trains with (check-metrics refuses a precision mix).
 set -euo pipefail
 write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,11 +25,12 @@ case "$precision" in
     fp32) forced=(--set train.amp=false) ;;  # the same numbers as amp on a CPU without bf16
     *) echo "ci: GLIOSEG_CI_PRECISION must be bf16 or fp32 (got '$precision')" >&2; exit 2 ;;
 esac
-echo "ci: training precision $precision"
+capability=$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')
+echo "ci: training precision $precision, CPU capability $capability"
 
 # gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and
 # data.source SOURCE, `dvc repro evaluate`, then check metrics/test.json against
-# ci/baseline-KIND-PRECISION.json with ci/floors-KIND.yaml (or ci/floors.yaml).
+# ci/baseline-KIND-PRECISION-CAPABILITY.json with ci/floors-KIND.yaml (or ci/floors.yaml).
 gate() {
     local kind=$1 source_path=$2 work start baseline
     work=$(mktemp -d)
@@ -43,13 +46,13 @@ gate() {
         echo "ci: $kind-data run took $(( $(date +%s) - start )) s"
         rules="$ROOT/ci/floors-$kind.yaml"
         [ -f "$rules" ] || rules="$ROOT/ci/floors.yaml"
-        baseline="ci/baseline-$kind-$precision.json"
+        baseline="ci/baseline-$kind-$precision-$capability.json"
         if [ "$write_baseline" = "--write-baseline" ]; then
             cp metrics/test.json "$ROOT/$baseline"
             echo "ci: wrote $baseline"
         elif [ ! -f "$ROOT/$baseline" ]; then
-            echo "ci: no $baseline: write it on a machine that trains in $precision" \
-                 "(GLIOSEG_CI_PRECISION=$precision bash ci/real_data_check.sh --write-baseline)" >&2
+            echo "ci: no $baseline: write it on a machine that trains in $precision with CPU capability" \
+                 "$capability (GLIOSEG_CI_PRECISION=$precision bash ci/real_data_check.sh --write-baseline)" >&2
             exit 1
         else
             glioseg check-metrics metrics/test.json --baseline "$ROOT/$baseline" --rules "$rules"

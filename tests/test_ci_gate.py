@@ -38,19 +38,23 @@ def test_gate_passes_on_baseline_and_fails_on_a_worse_model(baseline, tmp_path):
     assert "test.ci95.dice_patient_mean.low" in table
 
 
-def test_every_ci_data_kind_has_a_baseline_per_training_precision_that_records_it():
-    assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{precision}" for kind in ("real", "synthetic", "brats")
-                                           for precision in ("bf16", "fp32")}
+# bf16 training needs native bf16 (AVX512-BF16 or AMX), so an AVX2 CPU trains in fp32 only.
+NUMERICS = ("bf16-avx512", "fp32-avx512", "fp32-avx2")
+
+
+def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that_records_its_precision():
+    assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{numerics}" for kind in ("real", "synthetic", "brats")
+                                           for numerics in NUMERICS}
     for baseline in BASELINES:
         recorded = json.loads(baseline.read_text())["test"]["protocol"]["training_precision"]
-        assert baseline.stem.endswith(f"-{recorded}"), baseline.name
+        assert baseline.stem.split("-")[2] == recorded, baseline.name
 
 
 def test_metrics_of_one_precision_are_never_gated_against_a_baseline_of_the_other(tmp_path):
-    bf16 = CI / "baseline-real-bf16.json"
+    bf16 = CI / "baseline-real-bf16-avx512.json"
     metrics = json.loads(bf16.read_text())
     metrics["test"]["protocol"]["training_precision"] = "fp32"
     current = tmp_path / "test.json"
     current.write_text(json.dumps(metrics))
-    with pytest.raises(DataError, match=r"test\.json: trained in fp32, but .*baseline-real-bf16\.json in bf16"):
+    with pytest.raises(DataError, match=r"test\.json: trained in fp32, but .*baseline-real-bf16-avx512\.json in bf16"):
         check_metrics(current, bf16, CI / "floors.yaml")
