@@ -4,9 +4,11 @@ The lent GPU machine has neither DVC nor MLflow. This runs what ``dvc repro eval
 params profile (composed onto the defaults, as ``glioseg params`` does), through the same
 functions: the data stages (``glioseg.steps``, in a scratch working folder),
 :class:`glioseg.train.Trainer` and :func:`glioseg.evaluate.evaluate`, and writes one JSON: data
-counts, device, seconds per epoch and in all, training images/s, CUDA peak memory, and the test
-and train metrics (``metrics/test.json``'s definitions). ``--data`` replaces the params'
-``data.source`` (an unpacked kit: gpu/unpack.py).
+counts, device, seconds per epoch and in all, training images/s, CUDA peak memory, the test
+and train metrics (``metrics/test.json``'s definitions) and the per-patient test Dice, which
+:mod:`gpu.cv_pool` pools over the folds of a cross-validation. ``--data`` replaces the params'
+``data.source`` (an unpacked kit: gpu/unpack.py); ``--set KEY=VALUE`` overrides a key after the
+profile, as ``glioseg params --set`` does (``--set split.folds=5 --set split.fold=2``).
 """
 
 from __future__ import annotations
@@ -34,13 +36,9 @@ from glioseg.runner import DATA_STAGES, stage_function
 from glioseg.train import Trainer
 
 
-def run(params_file: Path, data: Path, epochs: int | None, device: str | None, workdir: Path) -> dict[str, Any]:
-    given: dict[str, Any] = {"data": {"source": str(Path(data).resolve())}}
-    if epochs:
-        given["epochs"] = epochs
-    if device:
-        given["run"] = {"device": device}
-    params = parse_params(compose_params(params_file, given))
+def run(params_file: Path, data: Path, overrides: list[str], workdir: Path) -> dict[str, Any]:
+    given = {"data": {"source": str(Path(data).resolve())}}
+    params = parse_params(compose_params(params_file, given, overrides=overrides))
     with contextlib.chdir(workdir):
         stages = {stage: stage_function(stage)(params) for stage in DATA_STAGES}
         arrays = load_cache(paths.CACHE)
@@ -55,9 +53,11 @@ def run(params_file: Path, data: Path, epochs: int | None, device: str | None, w
     save_checkpoint(workdir / "model.pt", outcome.best)
     loaded = load_model(workdir / "model.pt")
     history = outcome.history
+    test = evaluate(loaded, arrays.select("test"), params.run.device)
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "params": str(params_file),
+        "overrides": overrides,
         "device": str(trainer.device),
         "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -74,8 +74,9 @@ def run(params_file: Path, data: Path, epochs: int | None, device: str | None, w
                                    if trainer.device.type == "cuda" else None),
         "best_epoch": outcome.best_epoch,
         "history": history.to_dict("records"),
-        "test": evaluate(loaded, arrays.select("test"), params.run.device).summary,
+        "test": test.summary,
         "train": evaluate(loaded, train, params.run.device).summary,
+        "test_per_patient": test.region_rows(test.per_patient)[["patient", "dice"]].to_dict("records"),
     }
 
 
@@ -84,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("profiles/seed-gpu.yaml"),
                         help="a profile: its differences from the defaults")
     parser.add_argument("--data", type=Path, required=True, help="a kaggle_3m folder")
-    parser.add_argument("--epochs", type=int, default=None, help="instead of the params' epochs (smoke runs)")
-    parser.add_argument("--device", default=None, help="instead of the params' run.device")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one dotted key after the profile (YAML value), e.g. --set epochs=1")
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     args = parser.parse_args(argv)
     out = args.json.resolve()
     params_file = args.params.resolve()
     try:
         with tempfile.TemporaryDirectory(prefix="glioseg-seed-") as workdir:
-            result = run(params_file, args.data, args.epochs, args.device, Path(workdir))
+            result = run(params_file, args.data, args.overrides, Path(workdir))
     except GliosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

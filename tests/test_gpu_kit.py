@@ -16,7 +16,7 @@ from glioseg.data.synthetic import generate_lgg  # noqa: E402
 from glioseg.errors import GliosegError  # noqa: E402
 from glioseg.runner import DATA_STAGES  # noqa: E402
 from glioseg.transforms import preprocess_pipeline  # noqa: E402
-from gpu import pack, seed_protocol, unpack  # noqa: E402
+from gpu import cv_pool, pack, seed_protocol, unpack  # noqa: E402
 from tests.conftest import TINY_PARAMS  # noqa: E402
 
 
@@ -87,10 +87,40 @@ def test_the_seed_protocol_runner_trains_and_evaluates_from_a_kaggle_folder(kagg
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({**TINY_PARAMS, "augment": {"image_size": 32}}))  # JSON is YAML
     out = tmp_path / "result.json"
-    assert seed_protocol.main(["--params", str(params), "--data", str(root), "--epochs", "1", "--device", "cpu",
-                               "--json", str(out)]) == 0
+    assert seed_protocol.main(["--params", str(params), "--data", str(root), "--set", "epochs=1",
+                               "--set", "run.device=cpu", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert list(result["data_stages"]) == list(DATA_STAGES) and result["epochs"] == 1
     assert result["device"] == "cpu" and result["cuda_max_allocated_mib"] is None
     assert len(result["epoch_seconds"]) == 1 and result["training_seconds"] > 0 and result["train_slices"] > 0
     assert 0.0 <= result["test"]["dice_patient_mean"] <= 1.0 and result["train"]["patients"] >= 1
+    rows = result["test_per_patient"]
+    assert len(rows) == result["test"]["patients"] and result["overrides"] == ["epochs=1", "run.device=cpu"]
+    assert np.mean([row["dice"] for row in rows]) == pytest.approx(result["test"]["dice_patient_mean"])
+
+
+def fold_result(fold: int, dice: dict[str, float], extra: tuple[str, ...] = ()) -> dict:
+    return {"params": "/repo/profiles/cpu-real.yaml", "training_seconds": 10.0 * (fold + 1),
+            "overrides": ["split.folds=2", f"split.fold={fold}", "run.threads=1", *extra],
+            "test_per_patient": [{"patient": name, "dice": value} for name, value in dice.items()]}
+
+
+def test_fold_results_pool_per_configuration_over_all_patients(tmp_path, capsys):
+    results = [fold_result(0, {"a": 0.9, "b": 0.7}), fold_result(1, {"c": 0.5, "d": 0.3}),
+               fold_result(1, {"a": 0.0, "b": 0.0}, ("epochs=5",)), fold_result(0, {"c": 1.0, "d": 1.0}, ("epochs=5",))]
+    table = cv_pool.pool(results).set_index("configuration")
+    assert list(table.index) == ["cpu-real.yaml", "cpu-real.yaml epochs=5"]
+    assert table.loc["cpu-real.yaml", "Dice per patient"] == pytest.approx(0.6)
+    assert table.loc["cpu-real.yaml epochs=5", "Dice per patient"] == pytest.approx(0.5)
+    assert table["patients"].tolist() == [4, 4] and table["training s per fold"].tolist() == [15.0, 15.0]
+    low, high = table.loc["cpu-real.yaml", ["95% CI low", "95% CI high"]]
+    assert 0.3 <= low < 0.6 < high <= 0.9
+    with pytest.raises(GliosegError, match="1 fold result"):
+        cv_pool.pool(results[:1])
+    with pytest.raises(GliosegError, match="more than one fold: a"):
+        cv_pool.pool([fold_result(0, {"a": 0.9}), fold_result(1, {"a": 0.5})])
+    stale = tmp_path / "old.json"
+    stale.write_text(json.dumps({"params": "p.yaml", "overrides": [], "training_seconds": 1.0}))
+    assert cv_pool.main([str(stale)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {stale}: not a seed-protocol result with per-patient rows (no test_per_patient)")

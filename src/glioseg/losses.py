@@ -80,9 +80,15 @@ def weight_map(
     sigma: float,
     class_weights: tuple[float, ...],
 ) -> Tensor:
-    """Per-pixel weights: the class weight of the pixel's true class (labels) plus the border term."""
-    lookup = torch.tensor(class_weights, dtype=torch.float32, device=target.device)
-    return lookup[target.long()] + border_weights(distance_sum.float(), w0, sigma)
+    """Per-pixel weights: the class weight of the pixel's true class (labels) plus the border term.
+
+    The class weight is picked by comparisons with Python numbers rather than from a lookup tensor:
+    building that tensor on a GPU is a blocking host-to-device copy, a synchronisation every step.
+    """
+    weights = border_weights(distance_sum.float(), w0, sigma)
+    for label, weight in enumerate(class_weights):
+        weights = weights + weight * (target == label)
+    return weights
 
 
 def weighted_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
