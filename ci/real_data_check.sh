@@ -12,7 +12,7 @@
 # elsewhere), and so do the CPU's vector kernels (torch's CPU capability, AVX2 or AVX512: the same
 # seeded fp32 run differs by up to 0.21 in a BraTS region's Dice between them), so each gate has
 # one baseline per precision and capability, ci/baseline-KIND-PRECISION-CAPABILITY.json, and a
-# machine is gated against the one it trains with (check-metrics refuses a precision mix).
+# machine is gated against the one it trains with (check-metrics refuses a precision or kernel mix).
 set -euo pipefail
 write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +25,7 @@ case "$precision" in
     fp32) forced=(--set train.amp=false) ;;  # the same numbers as amp on a CPU without bf16
     *) echo "ci: GLIOSEG_CI_PRECISION must be bf16 or fp32 (got '$precision')" >&2; exit 2 ;;
 esac
-capability=$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')
+capability=$(python -c 'import torch; from glioseg.inference import kernel_name; print(kernel_name(torch.device("cpu")))')
 echo "ci: training precision $precision, CPU capability $capability"
 
 # gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and

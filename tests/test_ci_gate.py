@@ -42,12 +42,13 @@ def test_gate_passes_on_baseline_and_fails_on_a_worse_model(baseline, tmp_path):
 NUMERICS = ("bf16-avx512", "fp32-avx512", "fp32-avx2")
 
 
-def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that_records_its_precision():
+def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that_records_both():
     assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{numerics}" for kind in ("real", "synthetic", "brats")
                                            for numerics in NUMERICS}
     for baseline in BASELINES:
-        recorded = json.loads(baseline.read_text())["test"]["protocol"]["training_precision"]
-        assert baseline.stem.split("-")[2] == recorded, baseline.name
+        protocol = json.loads(baseline.read_text())["test"]["protocol"]
+        recorded = [protocol["training_precision"], protocol["training_kernels"]]
+        assert baseline.stem.split("-")[2:] == recorded, baseline.name
 
 
 def test_metrics_of_one_precision_are_never_gated_against_a_baseline_of_the_other(tmp_path):
@@ -58,3 +59,22 @@ def test_metrics_of_one_precision_are_never_gated_against_a_baseline_of_the_othe
     current.write_text(json.dumps(metrics))
     with pytest.raises(DataError, match=r"test\.json: trained in fp32, but .*baseline-real-bf16-avx512\.json in bf16"):
         check_metrics(current, bf16, CI / "floors.yaml")
+
+
+def test_metrics_trained_with_other_cpu_kernels_are_never_gated_against_the_baseline(tmp_path):
+    avx512 = CI / "baseline-real-fp32-avx512.json"
+    metrics = json.loads(avx512.read_text())
+    metrics["test"]["protocol"]["training_kernels"] = "avx2"
+    current = tmp_path / "test.json"
+    current.write_text(json.dumps(metrics))
+    mixed = r"test\.json: trained with avx2 kernels, but .*avx512\.json with avx512 kernels"
+    with pytest.raises(DataError, match=mixed):
+        check_metrics(current, avx512, CI / "floors.yaml")
+    # Metrics from before the kernels were recorded (or of an unknown model) are still gated.
+    for unrecorded in ("unknown", None):
+        if unrecorded is None:
+            del metrics["test"]["protocol"]["training_kernels"]
+        else:
+            metrics["test"]["protocol"]["training_kernels"] = unrecorded
+        current.write_text(json.dumps(metrics))
+        assert check_metrics(current, avx512, CI / "floors.yaml")[0]

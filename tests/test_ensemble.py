@@ -94,6 +94,11 @@ def test_the_model_set_is_recorded():
     assert [d["model"] for d in described] == ["a.pt", "runs:/x"]
     assert [d["mlflow_run_id"] for d in described] == [a.meta["mlflow_run_id"], b.meta["mlflow_run_id"]]
     assert "mlflow_run_id" not in models.meta  # an ensemble's results belong to no member's run
+    assert [d["training_kernels"] for d in described] == ["unknown", "unknown"]  # model files from before the stamp
+    a.meta |= {"training_precision": "bf16", "training_kernels": "avx512"}
+    b.meta |= {"training_precision": "fp32", "training_kernels": "avx2"}
+    assert [d["training_kernels"] for d in describe_models(models, models.names)] == ["avx512", "avx2"]
+    assert models.meta["training_precision"] == "bf16,fp32" and models.meta["training_kernels"] == "avx2,avx512"
 
 
 def test_evaluate_command_scores_each_model_and_their_ensemble(tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 """The GPU kit (gpu/): pack, unpack and the seed-protocol runner, on small data the test builds."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -124,3 +126,42 @@ def test_fold_results_pool_per_configuration_over_all_patients(tmp_path, capsys)
     assert cv_pool.main([str(stale)]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: {stale}: not a seed-protocol result with per-patient rows (no test_per_patient)")
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# gpu.cv_pool runs for real; gpu.seed_protocol is replaced by a result that echoes its arguments.
+if [ "$2" = gpu.cv_pool ]; then exec {python} "$@"; fi
+exec {python} -c '
+import json, sys
+args = sys.argv[1:]
+sets = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+fold = int(next(item for item in sets if item.startswith("split.fold=")).partition("=")[2])
+result = {{"params": args[args.index("--params") + 1], "overrides": sets, "training_seconds": 1.0,
+           "test_per_patient": [{{"patient": f"p{{fold}}", "dice": fold / 10}}]}}
+open(args[args.index("--json") + 1], "w").write(json.dumps(result))
+print("fold", fold, "done")
+' "${{@:3}}"
+"""
+
+
+def test_cross_validate_runs_every_fold_of_every_configuration_and_pools_them(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    candidates = tmp_path / "candidates.txt"
+    candidates.write_text("# a comment\nprofile profiles/cpu-real.yaml\n\n"
+                          "small profiles/cpu-real.yaml epochs=3 lr=0.002\n")
+    results = tmp_path / "results"
+    done = subprocess.run(["bash", str(REPO / "gpu/cross_validate.sh"), str(candidates), "/data", str(results), "3"],
+                          env={**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, check=True)
+    assert sorted(p.name for p in results.glob("*.json")) == [f"{name}-f{f}.json" for name in ("profile", "small")
+                                                              for f in range(5)]
+    small = json.loads((results / "small-f3.json").read_text())
+    assert small["overrides"] == ["split.folds=5", "split.fold=3", "run.threads=1", "epochs=3", "lr=0.002"]
+    assert json.loads((results / "profile-f0.json").read_text())["overrides"][-1] == "run.threads=1"
+    assert done.stdout.count("done") == 10 and "cpu-real.yaml epochs=3 lr=0.002" in done.stdout
+    table = cv_pool.pool([json.loads(p.read_text()) for p in sorted(results.glob("*.json"))])
+    assert table.set_index("configuration")["Dice per patient"].to_dict() == pytest.approx(
+        {"cpu-real.yaml": 0.2, "cpu-real.yaml epochs=3 lr=0.002": 0.2})
+    assert table["patients"].tolist() == [5, 5]

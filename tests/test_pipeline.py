@@ -19,9 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from glioseg.config import compose_params
+from glioseg.inference import kernel_name
 
 PROJECT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore",
@@ -210,6 +212,7 @@ def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(pr
             assert ran == {"check_params", "evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
             metrics = json.loads((root / "metrics/test.json").read_text())
             assert metrics["test"]["protocol"]["inference"]["tta"] is True
+            assert metrics["test"]["protocol"]["training_kernels"] == kernel_name(torch.device("cpu"))
     finally:
         run(["dvc", "repro"], root, env)
     assert changed_stages(root, env) == set()

@@ -130,7 +130,11 @@ def test_cpu_training_precision_follows_the_cpu(tiny_params, tiny_data):
     train, val, pipelines = tiny_data
     assert Trainer(tiny_params, train, val, pipelines, fingerprint="f").precision == native
     fp32 = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "amp": False}})
-    assert Trainer(fp32, train, val, pipelines, fingerprint="f").precision is None
+    trainer = Trainer(fp32, train, val, pipelines, fingerprint="f")
+    assert trainer.precision is None
+    meta = trainer.payload()["meta"]
+    assert meta["training_precision"] == "fp32"
+    assert meta["training_kernels"] == torch.backends.cpu.get_cpu_capability().lower() != "cuda"
 
 
 def test_gradient_clipping_bounds_every_step(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ import pandas as pd
 from glioseg.config import flatten
 from glioseg.errors import ConfigError, DataError
 from glioseg.io import read_yaml
+from glioseg.numerics import TRAINING_NUMERICS, UNKNOWN
 
 RULE_KEYS = ("min", "tolerance")
 COLUMNS = ["metric", "baseline", "current", "delta", "floor", "ok", "note"]
@@ -141,25 +142,33 @@ def check_metrics(
 ) -> tuple[bool, str]:
     """Whether every rule passes, and the comparison as a markdown table.
 
-    Metrics and baseline must come from the same training precision where both record it
-    (``test.protocol.training_precision``): bf16 and fp32 training give different numbers, so a
-    gate across them would pass or fail on the machine rather than on the change.
+    Metrics and baseline must come from the same training precision and kernels where both record
+    them (``test.protocol.training_precision`` and ``training_kernels``, :mod:`glioseg.numerics`).
     """
     rules = load_floors(rules_path)
     current, baseline = load_metrics(metrics_path), load_metrics(baseline_path)
-    check_same_precision(current, baseline, metrics_path, baseline_path)
+    check_same_numerics(current, baseline, metrics_path, baseline_path)
     table = compare(current, baseline, rules)
     return bool(table["ok"].all()), to_markdown(table)
 
 
-def training_precision(metrics: dict) -> str | None:
-    """The precision the metrics' model trained in, from nested or flattened metrics (None: not recorded)."""
-    return flatten(metrics).get("test.protocol.training_precision")
+# How an error names each of TRAINING_NUMERICS: "trained in fp32", "trained with avx2 kernels".
+NUMERICS_WORDING = {"training_precision": "in {}", "training_kernels": "with {} kernels"}
 
 
-def check_same_precision(current: dict, baseline: dict, metrics_path: str | os.PathLike,
-                         baseline_path: str | os.PathLike) -> None:
-    ours, theirs = training_precision(current), training_precision(baseline)
-    if ours and theirs and ours != theirs:
-        raise DataError(f"{metrics_path}: trained in {ours}, but {baseline_path} in {theirs}; compare with a "
-                        f"baseline trained in {ours}")
+def training_numerics(metrics: dict) -> dict[str, str]:
+    """The precision and kernels the metrics' model trained with, from nested or flattened metrics;
+    those not recorded (older files, or ``unknown``) are left out."""
+    flat = flatten(metrics)
+    recorded = {key: flat.get(f"test.protocol.{key}") for key in TRAINING_NUMERICS}
+    return {key: str(value) for key, value in recorded.items() if value not in (None, UNKNOWN)}
+
+
+def check_same_numerics(current: dict, baseline: dict, metrics_path: str | os.PathLike,
+                        baseline_path: str | os.PathLike) -> None:
+    ours, theirs = training_numerics(current), training_numerics(baseline)
+    for key in ours.keys() & theirs.keys():
+        if ours[key] != theirs[key]:
+            mine, other = (NUMERICS_WORDING[key].format(value) for value in (ours[key], theirs[key]))
+            raise DataError(f"{metrics_path}: trained {mine}, but {baseline_path} {other}; compare with a "
+                            f"baseline trained {mine}")

@@ -25,6 +25,7 @@ from glioseg.errors import DataError
 from glioseg.inference import predict_labels
 from glioseg.io import exclusive_lock, read_json, write_csv, write_json
 from glioseg.model import build_model, save_checkpoint
+from glioseg.numerics import recorded_numerics
 from glioseg.train import CURVE_METRICS, VALIDATION_THRESHOLD, Trainer
 from glioseg.transforms import eval_normaliser
 from glioseg.viz import figure_to_array, learning_curves, overlay, overlay_grid
@@ -161,8 +162,7 @@ def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: 
         if register:
             summary["registered_version"] = tracking.register_checkpoint(run.info.run_id, params.dataset, {
                 "data_manifest_sha256": tracking.file_sha256(paths.MANIFEST), "best_epoch": str(outcome.best_epoch),
-                "val_dice": f"{summary['val']['dice']:.4f}",
-                "training_precision": best["meta"]["training_precision"]})
+                "val_dice": f"{summary['val']['dice']:.4f}", **recorded_numerics(best["meta"])})
     return summary
 
 

@@ -33,6 +33,15 @@ def select_device(choice: str = "auto", setting: str = "run.device") -> torch.de
     return torch.device(choice)
 
 
+def kernel_name(device: torch.device) -> str:
+    """Which kernels a device computes with: ``cuda``, or torch's CPU capability (``avx2``, ``avx512``, ...).
+
+    The same seeded CPU training gives different numbers under AVX2 and AVX512 kernels, so metrics
+    record it beside the precision and CI keeps a baseline per pair.
+    """
+    return "cuda" if device.type == "cuda" else torch.backends.cpu.get_cpu_capability().lower()
+
+
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

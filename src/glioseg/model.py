@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from glioseg.config import BratsParams, InferenceParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
+from glioseg.numerics import TRAINING_NUMERICS, recorded_numerics
 
 
 def build_model(params: ModelParams) -> torch.nn.Module:
@@ -157,16 +158,16 @@ class ModelSet:
     @property
     def meta(self) -> dict[str, Any]:
         """No single MLflow run: an ensemble's results are not logged to any member's run."""
+        members = [recorded_numerics(m.meta) for m in self.members]
         return {"ensemble": list(self.names),
-                "training_precision": ",".join(sorted({str(m.meta.get("training_precision", "unknown"))
-                                                       for m in self.members}))}
+                **{key: ",".join(sorted({numerics[key] for numerics in members})) for key in TRAINING_NUMERICS}}
 
 
 def describe_models(loaded: LoadedModel | ModelSet, names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """What a prediction records about the model(s) it came from: spec, MLflow run, training precision."""
+    """What a prediction records about the model(s) it came from: spec, MLflow run, training precision and kernels."""
     members = loaded.members if isinstance(loaded, ModelSet) else (loaded,)
-    return [{"model": name, "mlflow_run_id": m.meta.get("mlflow_run_id"),
-             "training_precision": m.meta.get("training_precision")} for m, name in zip(members, names)]
+    return [{"model": name, "mlflow_run_id": m.meta.get("mlflow_run_id"), **recorded_numerics(m.meta)}
+            for m, name in zip(members, names)]
 
 
 def model_payload(

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from glioseg.check_metrics import check_same_precision, compare, load_floors, to_markdown
+from glioseg.check_metrics import check_same_numerics, compare, load_floors, to_markdown
 from glioseg.config import flatten
 from glioseg.errors import DataError
+from glioseg.numerics import TRAINING_NUMERICS
 
 ALIAS = "champion"
 
@@ -43,9 +44,9 @@ def run_metrics(client: Any, run_id: str) -> dict[str, Any]:
         subset, _, name = key.partition("_")
         if subset in ("test", "train") and name:
             nested.setdefault(subset, {})[name] = value
-    precision = run.data.tags.get("training_precision")
-    if precision and "test" in nested:
-        nested["test"]["protocol"] = {"training_precision": precision}
+    numerics = {key: run.data.tags[key] for key in TRAINING_NUMERICS if key in run.data.tags}
+    if numerics and "test" in nested:
+        nested["test"]["protocol"] = numerics
     return nested
 
 
@@ -87,7 +88,7 @@ def promote(client: Any, name: str, rules_path: str, version: str | None = None,
         client.set_registered_model_alias(name, alias, candidate.version)
         return Promotion(True, candidate.version, None, "")
     baseline = run_metrics(client, champion.run_id)
-    check_same_precision(current, baseline, f"{name} version {candidate.version}",
+    check_same_numerics(current, baseline, f"{name} version {candidate.version}",
                          f"{name}@{alias} (version {champion.version})")
     table = compare(current, baseline, rules)
     passed = bool(table["ok"].all())

@@ -18,6 +18,7 @@ from glioseg.evaluate import evaluate, write_outputs
 from glioseg.inference import autocast_dtype, precision_name, select_device
 from glioseg.io import write_json
 from glioseg.model import LoadedModel, load_model
+from glioseg.numerics import recorded_numerics
 
 
 def split_protocol(params: Params, patients) -> dict[str, Any]:
@@ -33,12 +34,12 @@ def split_protocol(params: Params, patients) -> dict[str, Any]:
 
 def stage_protocol(params: Params, loaded: LoadedModel, patients) -> dict[str, Any]:
     """What the metrics' protocol takes from the params, the cached patients and the model: how
-    cases were split, how the model predicted, and the precisions it trained and predicted in
-    (bf16 and fp32 give different numbers, so CI keeps a baseline per training precision)."""
+    cases were split, how the model predicted, the precision and kernels it trained with and the
+    precision it predicted in (each changes the numbers: :mod:`glioseg.numerics`)."""
     split = split_protocol(params, patients)
     device = select_device(params.run.device)
     return {"split": split, "inference": params.inference.model_dump(mode="json"),
-            "training_precision": loaded.meta.get("training_precision", "unknown"),
+            **recorded_numerics(loaded.meta),
             "inference_precision": precision_name(autocast_dtype(device, enabled=True))}
 
 
@@ -72,10 +73,10 @@ def evaluate_run(
         flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         inference = {f"inference.{k}": str(v) for k, v in params.inference.model_dump().items()}
-        precision = {"training_precision": str(loaded.meta.get("training_precision", "unknown"))}
+        numerics = recorded_numerics(loaded.meta)
         site = {"test_site": protocol["split"]["test_site"], "split_sites": str(protocol["split"]["sites"])} \
             if "test_site" in protocol["split"] else {}
-        tracking.log_to_run(run_id, flat, images, inference | precision | site, tables)
+        tracking.log_to_run(run_id, flat, images, inference | numerics | site, tables)
     return {"mlflow_run_id": run_id, **results}
 
 

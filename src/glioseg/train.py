@@ -34,6 +34,7 @@ from glioseg.errors import DataError, TrainingError
 from glioseg.inference import (
     autocast,
     autocast_dtype,
+    kernel_name,
     labels_from_logits,
     precision_name,
     select_device,
@@ -326,7 +327,9 @@ class Trainer:
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:
-        """The model file's content; its meta records the precision it trained in (bf16 and fp32 differ)."""
+        """The model file's content; its meta records the precision and kernels it trained with (each
+        changes the numbers)."""
         return model_payload(self.kept_model, self.params.model, self.pipelines, self.params.inference,
-                             self.params.data_card(), training_precision=precision_name(self.precision), **meta)
+                             self.params.data_card(), training_precision=precision_name(self.precision),
+                             training_kernels=kernel_name(self.device), **meta)
 
