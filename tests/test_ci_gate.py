@@ -51,30 +51,23 @@ def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that
         assert baseline.stem.split("-")[2:] == recorded, baseline.name
 
 
-def test_metrics_of_one_precision_are_never_gated_against_a_baseline_of_the_other(tmp_path):
-    bf16 = CI / "baseline-real-bf16-avx512.json"
-    metrics = json.loads(bf16.read_text())
-    metrics["test"]["protocol"]["training_precision"] = "fp32"
+@pytest.mark.parametrize(("baseline", "key", "ours", "refusal"), [
+    ("real-bf16-avx512", "training_precision", "fp32", r"trained in fp32, but .*bf16-avx512\.json in bf16"),
+    ("real-fp32-avx512", "training_kernels", "avx2",
+     r"trained with avx2 kernels, but .*fp32-avx512\.json with avx512 kernels"),
+], ids=["precision", "kernels"])
+def test_metrics_are_never_gated_against_a_baseline_of_other_numerics(tmp_path, baseline, key, ours, refusal):
+    baseline = CI / f"baseline-{baseline}.json"
+    metrics = json.loads(baseline.read_text())
     current = tmp_path / "test.json"
+    metrics["test"]["protocol"][key] = ours
     current.write_text(json.dumps(metrics))
-    with pytest.raises(DataError, match=r"test\.json: trained in fp32, but .*baseline-real-bf16-avx512\.json in bf16"):
-        check_metrics(current, bf16, CI / "floors.yaml")
-
-
-def test_metrics_trained_with_other_cpu_kernels_are_never_gated_against_the_baseline(tmp_path):
-    avx512 = CI / "baseline-real-fp32-avx512.json"
-    metrics = json.loads(avx512.read_text())
-    metrics["test"]["protocol"]["training_kernels"] = "avx2"
-    current = tmp_path / "test.json"
+    with pytest.raises(DataError, match=r"test\.json: " + refusal):
+        check_metrics(current, baseline, CI / "floors.yaml")
+    # Metrics that do not record it (older files, or a model of unknown numerics) are still gated.
+    metrics["test"]["protocol"][key] = "unknown"
     current.write_text(json.dumps(metrics))
-    mixed = r"test\.json: trained with avx2 kernels, but .*avx512\.json with avx512 kernels"
-    with pytest.raises(DataError, match=mixed):
-        check_metrics(current, avx512, CI / "floors.yaml")
-    # Metrics from before the kernels were recorded (or of an unknown model) are still gated.
-    for unrecorded in ("unknown", None):
-        if unrecorded is None:
-            del metrics["test"]["protocol"]["training_kernels"]
-        else:
-            metrics["test"]["protocol"]["training_kernels"] = unrecorded
-        current.write_text(json.dumps(metrics))
-        assert check_metrics(current, avx512, CI / "floors.yaml")[0]
+    assert check_metrics(current, baseline, CI / "floors.yaml")[0]
+    del metrics["test"]["protocol"][key]
+    current.write_text(json.dumps(metrics))
+    assert check_metrics(current, baseline, CI / "floors.yaml")[0]
