@@ -209,12 +209,13 @@ def test_crop_training_learns_on_crops_and_validates_whole_slices(tmp_path):
     assert outcome.history["val_dice"].notna().all()
 
 
-def test_brightness_contrast_reaches_the_training_batches(tiny_data, tmp_path):
+@pytest.mark.parametrize("augmentation", ["brightness_contrast", "affine"])
+def test_intensity_and_affine_augmentation_reach_the_training_batches(tiny_data, tmp_path, augmentation):
     train, val, _ = tiny_data
 
     def first_training_batch(probability: float) -> torch.Tensor:
         params = parse_params({**TINY_PARAMS, "epochs": 1,
-                               "augment": {"image_size": 32, "brightness_contrast": probability}})
+                               "augment": {"image_size": 32, augmentation: probability}})
         pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
         trainer = Trainer(params, train, val, pipelines, fingerprint="f")
         batches = []

@@ -1,4 +1,5 @@
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -48,7 +49,7 @@ def test_disabled_augmentation_keeps_only_normalisation(images):
     [
         (A.GaussianBlur(p=0.5), "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
                                 "batched training augmentation (supported: RandomCrop, HorizontalFlip, VerticalFlip, "
-                                "RandomRotate90, RandomBrightnessContrast, Normalize)"),
+                                "RandomRotate90, Affine, RandomBrightnessContrast, Normalize)"),
         (A.HorizontalFlip(p=0.5), "step HorizontalFlip appears twice"),
     ],
 )
@@ -232,3 +233,88 @@ def test_brightness_contrast_joins_the_train_pipeline_only_when_its_probability_
         build_pipelines(AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)))["train"])
     assert (restored.brightness_contrast, restored.contrast_limit, restored.brightness_limit) == (
         0.3, (-0.1, 0.1), (-0.2, 0.2))
+
+
+def _reference_affine(angle: float, scale: float, **settings) -> A.Affine:
+    """An A.Affine whose ranges are single values, so every sample gets the same warp."""
+    chosen = dict(rotate=(angle, angle), scale=(scale, scale), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
+                  mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0)
+    return A.Affine(**{**chosen, **settings})
+
+
+@pytest.fixture
+def tumour_slices():
+    """Four 64 px slices with a bright off-centre block and its mask, on scanner-like noise."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 30, size=(4, 64, 64, 3), dtype=np.uint8)
+    images[:, 10:40, 20:30] += 200
+    masks = np.zeros((4, 64, 64), dtype=np.uint8)
+    masks[:, 10:40, 20:30] = 1
+    return images, masks
+
+
+@pytest.mark.parametrize(("angle", "scale"), [(30.0, 1.2), (-20.0, 0.9), (90.0, 1.0), (7.5, 1.05)])
+def test_batch_affine_equals_albumentations(tumour_slices, angle, scale):
+    images, masks = tumour_slices
+    reference = _reference_affine(angle, scale)
+    augment = BatchAugment.from_pipeline(A.Compose([reference, A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)]))
+    assert (augment.affine, augment.rotate_limit, augment.scale_limit) == (1.0, (angle, angle), (scale, scale))
+    tensors = [torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(masks)[:, None]]
+    got_images, got_masks = augment.geometry(tensors, torch.Generator().manual_seed(0))
+    expected = [reference(image=image, mask=mask) for image, mask in zip(images, masks)]
+    assert got_images.dtype == torch.uint8 and got_masks.dtype == torch.uint8
+    difference = np.abs(got_images.permute(0, 2, 3, 1).numpy().astype(int) - np.stack([e["image"] for e in expected]))
+    # cv2 interpolates in fixed point: a rare pixel is one grey level off torch's float bilinear.
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999
+    np.testing.assert_array_equal(got_masks[:, 0].numpy(), np.stack([e["mask"] for e in expected]))
+
+
+def test_affine_distance_maps_are_infinite_outside_the_slice_and_zoom_inside():
+    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=1.0,
+                           rotate_limit=(45.0, 45.0), scale_limit=(0.5, 0.5))
+    images = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
+    distance = torch.full((2, 1, 32, 32), 4.0, dtype=torch.float16)
+    warped_images, warped = augment.geometry([images, distance], torch.Generator().manual_seed(0))
+    outside = torch.isinf(warped)
+    assert warped.dtype == torch.float16
+    assert outside[:, :, 0, 0].all() and not outside[:, :, 16, 16].any()  # corners come from outside at half size
+    assert torch.equal(warped[~outside], torch.full_like(warped[~outside], 2.0))  # distances halve with the slice
+    assert torch.equal(warped_images[:, :, 16, 16], images[:, :, 16, 16]) and (warped_images[:, :, 0, 0] == 0).all()
+
+
+def test_affine_warps_about_its_probability_of_samples_by_seeded_draws():
+    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=0.5,
+                           rotate_limit=(-15.0, 15.0), scale_limit=(0.9, 1.1))
+    stripes = torch.zeros((200, 1, 32, 32), dtype=torch.uint8)
+    stripes[:, :, :, ::4] = 255
+    first = augment.geometry([stripes], torch.Generator().manual_seed(2))[0]
+    changed = (first != stripes).flatten(1).any(dim=1).sum().item()
+    assert 70 <= changed <= 130  # about half of 200 at p = 0.5
+    assert torch.equal(first, augment.geometry([stripes], torch.Generator().manual_seed(2))[0])
+
+
+@pytest.mark.parametrize(
+    ("settings", "shown"),
+    [({"shear": (5, 5)}, "shear="), ({"translate_px": (2, 2)}, "translate_px="),
+     ({"keep_ratio": False}, "keep_ratio="), ({"border_mode": cv2.BORDER_REFLECT_101}, "border_mode=4"),
+     ({"interpolation": cv2.INTER_CUBIC}, "interpolation=2")],
+)
+def test_an_affine_the_batched_augmentation_does_not_reproduce_is_refused(settings, shown):
+    step = _reference_affine(10.0, 1.0, **settings)
+    normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
+    with pytest.raises(DataError, match=rf"augment.json: the train pipeline's Affine has .*{shown}.*; the batched "
+                                        "training augmentation reproduces only rotation and an isotropic zoom"):
+        BatchAugment.from_pipeline(A.Compose([step, normalize]))
+    with pytest.raises(DataError, match="RandomBrightnessContrast comes before Affine"):
+        BatchAugment.from_pipeline(A.Compose([A.RandomBrightnessContrast(), _reference_affine(10.0, 1.0), normalize]))
+
+
+def test_affine_joins_the_train_pipeline_only_when_its_probability_is_set(images):
+    default = build_pipelines(AugmentParams(image_size=32), images)["train"]
+    assert "Affine" not in [type(t).__name__ for t in default.transforms]
+    params = AugmentParams(image_size=32, affine=0.4, rotate_limit=20, scale_limit=0.15, brightness_contrast=0.5)
+    pipelines = pipelines_from_dict(pipelines_to_dict(build_pipelines(params, images)))
+    assert [type(t).__name__ for t in pipelines["train"].transforms] == [
+        "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine", "RandomBrightnessContrast", "Normalize"]
+    restored = BatchAugment.from_pipeline(pipelines["train"])
+    assert (restored.affine, restored.rotate_limit, restored.scale_limit) == (0.4, (-20.0, 20.0), (0.85, 1.15))

@@ -193,6 +193,9 @@ class AugmentParams(Strict):
     brightness_contrast: float = Field(0.0, ge=0, le=1, description="probability of A.RandomBrightnessContrast")
     brightness_limit: float = Field(0.2, ge=0, le=1, description="brightness shift of up to +- this x 255")
     contrast_limit: float = Field(0.2, ge=0, le=1, description="contrast factor 1 +- up to this")
+    affine: float = Field(0.0, ge=0, le=1, description="probability of A.Affine: a random rotation and zoom")
+    rotate_limit: float = Field(15.0, ge=0, le=180, description="rotation of up to +- this many degrees")
+    scale_limit: float = Field(0.1, ge=0, lt=1, description="zoom factor 1 +- up to this")
 
     @field_validator("image_size", "crop")
     @classmethod

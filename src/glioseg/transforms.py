@@ -8,8 +8,9 @@ format) and inside every model checkpoint, so predict applies exactly what train
 - ``train``: a random square crop of ``augment.crop`` pixels when set (patch training: the
   network trains on crops and predicts whole slices, so a higher ``image_size`` costs no more per
   training step), horizontal flip, vertical flip, RandomRotate90 (each with its probability),
-  RandomBrightnessContrast (with ``augment.brightness_contrast``: intensity differences between
-  scanners and sites), then normalisation with the train split's per-channel mean and std;
+  Affine (with ``augment.affine``: a random rotation and zoom about the centre, as nnU-Net
+  augments), RandomBrightnessContrast (with ``augment.brightness_contrast``: intensity differences
+  between scanners and sites), then normalisation with the train split's per-channel mean and std;
 - ``eval``: the normalisation alone.
 
 Running albumentations per sample costs more than a small U-Net step on a CPU, so the training
@@ -26,6 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from glioseg.config import AugmentParams
 from glioseg.errors import DataError
@@ -53,7 +55,15 @@ def train_pipeline(params: AugmentParams, mean: list[float], std: list[float]) -
         if params.brightness_contrast > 0
         else []
     )
-    return A.Compose([*crop, *flips, *brightness_contrast, normalize(mean, std)],
+    affine = (
+        [A.Affine(rotate=(-params.rotate_limit, params.rotate_limit),
+                  scale=(1 - params.scale_limit, 1 + params.scale_limit), keep_ratio=True,
+                  interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=params.affine)]
+        if params.affine > 0
+        else []
+    )
+    return A.Compose([*crop, *flips, *affine, *brightness_contrast, normalize(mean, std)],
                      additional_targets={"distance": "mask"})
 
 
@@ -108,9 +118,27 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 # What BatchAugment mirrors: these steps of the train pipeline, and Normalize only with these settings.
 TRAIN_PIPELINE = "augment.json: the train pipeline's"
 SUPPORTED_STEPS: tuple[type, ...] = (
-    A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.RandomBrightnessContrast, A.Normalize
+    A.RandomCrop, A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.Affine, A.RandomBrightnessContrast,
+    A.Normalize
 )
+# The Affine that BatchAugment mirrors: rotation and an isotropic zoom about the centre, bilinear
+# images, nearest masks, zeros outside the slice.
+AFFINE_SETTINGS: dict[str, Any] = {
+    "keep_ratio": True, "fit_output": False, "balanced_scale": False, "border_mode": cv2.BORDER_CONSTANT,
+    "fill": 0.0, "fill_mask": 0.0, "interpolation": cv2.INTER_LINEAR, "mask_interpolation": cv2.INTER_NEAREST,
+    "shear": {"x": (0.0, 0.0), "y": (0.0, 0.0)}, "translate_px": {"x": (0, 0), "y": (0, 0)},
+    "translate_percent": None,
+}
 NORMALIZE_SETTINGS: dict[str, Any] = {"max_pixel_value": 255.0, "normalization": "standard", "p": 1.0}
+
+
+def _settings_differ(got: Any, expected: Any) -> bool:
+    """Whether an albumentations setting differs; its ranges may be lists after a JSON round trip."""
+    if isinstance(expected, dict):
+        return not isinstance(got, dict) or any(_settings_differ(got.get(k), v) for k, v in expected.items())
+    if isinstance(expected, tuple):
+        return got is None or tuple(got) != expected
+    return got != expected
 
 
 def _find(pipeline: A.Compose, kind: type) -> Any | None:
@@ -135,14 +163,18 @@ class BatchAugment:
     brightness_contrast: float = 0.0
     brightness_limit: tuple[float, float] = (0.0, 0.0)
     contrast_limit: tuple[float, float] = (0.0, 0.0)
+    affine: float = 0.0
+    rotate_limit: tuple[float, float] = (0.0, 0.0)
+    scale_limit: tuple[float, float] = (1.0, 1.0)
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> BatchAugment:
         """The batched twin of ``pipeline``; a step it would not reproduce exactly is a one-line error.
 
         Only RandomCrop (square, always applied, without padding, first), HorizontalFlip,
-        VerticalFlip, RandomRotate90, RandomBrightnessContrast (brightness relative to 255, no
-        safe-range clipping of its draws), each at most once, and one standard Normalize (always
+        VerticalFlip, RandomRotate90, Affine (:data:`AFFINE_SETTINGS`, before any brightness or
+        contrast change), RandomBrightnessContrast (brightness relative to 255, no safe-range
+        clipping of its draws), each at most once, and one standard Normalize (always
         applied, on 0..255 pixels, last) are mirrored: any other step, or another order, would
         silently not be applied in training as albumentations applies it.
         """
@@ -188,6 +220,21 @@ class BatchAugment:
                             f"ensure_safe_range={adjust.ensure_safe_range!r}; the batched training augmentation "
                             "reproduces only brightness_by_max=True, ensure_safe_range=False")
 
+        affine = _find(pipeline, A.Affine)
+        if affine is not None:
+            unsupported = {name: getattr(affine, name) for name, value in AFFINE_SETTINGS.items()
+                           if _settings_differ(getattr(affine, name), value)}
+            if affine.scale["x"] != affine.scale["y"]:
+                unsupported["scale"] = affine.scale
+            if unsupported:
+                got = ", ".join(f"{name}={value!r}" for name, value in unsupported.items())
+                raise DataError(f"{where} Affine has {got}; the batched training augmentation reproduces only "
+                                "rotation and an isotropic zoom (keep_ratio=True, no shear or translation, "
+                                "linear images, nearest masks, zeros outside)")
+            if adjust is not None and steps.index(adjust) < steps.index(affine):
+                raise DataError(f"{where} RandomBrightnessContrast comes before Affine; the batched training "
+                                "augmentation changes brightness and contrast after the geometry")
+
         def prob(kind: type) -> float:
             transform = _find(pipeline, kind)
             return float(transform.p) if transform is not None else 0.0
@@ -202,6 +249,9 @@ class BatchAugment:
             brightness_contrast=prob(A.RandomBrightnessContrast),
             brightness_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.brightness_limit)),
             contrast_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.contrast_limit)),
+            affine=prob(A.Affine),
+            rotate_limit=(0.0, 0.0) if affine is None else tuple(map(float, affine.rotate)),
+            scale_limit=(1.0, 1.0) if affine is None else tuple(map(float, affine.scale["x"])),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -211,10 +261,11 @@ class BatchAugment:
         return (images.float() / 255.0 - mean) / std
 
     def geometry(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        """Random crops, flips and 90-degree rotations, identical across ``tensors`` for each sample.
+        """Random crops, flips, 90-degree rotations and affine warps, identical across ``tensors`` per sample.
 
-        The draws come from ``generator`` on the host, so a seed gives the same augmentation on
-        any device; they reach the device in non-blocking copies (:func:`host_to_device`).
+        ``tensors`` are the images first, then label maps (see :meth:`random_affine`). The draws
+        come from ``generator`` on the host, so a seed gives the same augmentation on any device;
+        they reach the device in non-blocking copies (:func:`host_to_device`).
         """
         if self.crop is not None:
             tensors = self.random_crop(tensors, generator)
@@ -234,6 +285,51 @@ class BatchAugment:
             for k, rows in chosen.items():
                 rotated[rows] = torch.rot90(tensor[rows], k, dims=(-2, -1))
             out.append(rotated)
+        return self.random_affine(out, generator) if self.affine > 0 else out
+
+    def random_affine(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """A random rotation and zoom about the centre on the samples drawn, as A.Affine applies them.
+
+        With probability ``affine`` a sample is rotated by ``U(rotate_limit)`` degrees and zoomed
+        by ``U(scale_limit)``. The images (``tensors[0]``) are sampled bilinearly and rounded
+        back to their dtype (a rare pixel one grey level off cv2's fixed-point interpolation),
+        the label maps after them at the nearest pixel; what comes from
+        outside the slice is 0, except in a floating-point label map, which holds distances in
+        pixels (the cache's border-distance map): there it is +inf (no border), and the distances
+        inside zoom with the slice.
+        """
+        n, device = tensors[0].shape[0], tensors[0].device
+        chosen, turn, zoom = torch.rand((3, n), generator=generator, dtype=torch.float64)
+        rows = (chosen < self.affine).nonzero().flatten()
+        if rows.numel() == 0:
+            return tensors
+        low, high = self.rotate_limit
+        angle = torch.deg2rad(low + (high - low) * turn[rows])
+        low, high = self.scale_limit
+        scale = low + (high - low) * zoom[rows]
+        # affine_grid maps output to input coordinates: the inverse of "rotate by angle, zoom by scale".
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        rows, theta = host_to_device(rows, device), host_to_device(theta.float(), device)
+        zoom_on_device = host_to_device(scale.float().view(-1, 1, 1, 1), device)
+        grid = F.affine_grid(theta, [len(rows), 1, *tensors[0].shape[-2:]], align_corners=False)
+        inside = (grid.abs() <= 1).all(dim=-1).unsqueeze(1)
+        out = []
+        for index, tensor in enumerate(tensors):
+            chosen_rows = tensor[rows].float()
+            if index == 0:
+                warped = F.grid_sample(chosen_rows, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                if not tensor.is_floating_point():
+                    warped = warped.round().clamp(0, torch.iinfo(tensor.dtype).max)
+            elif tensor.is_floating_point():
+                warped = F.grid_sample(chosen_rows, grid, mode="nearest", padding_mode="border", align_corners=False)
+                warped = torch.where(inside, warped * zoom_on_device, torch.inf)
+            else:
+                warped = F.grid_sample(chosen_rows, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            result = tensor.clone()
+            result[rows] = warped.to(tensor.dtype)
+            out.append(result)
         return out
 
     def random_crop(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
