@@ -303,8 +303,17 @@ def test_an_affine_the_batched_augmentation_does_not_reproduce_is_refused(settin
     step = _reference_affine(10.0, 1.0, **settings)
     normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
     with pytest.raises(DataError, match=rf"augment.json: the train pipeline's Affine has .*{shown}.*; the batched "
-                                        "training augmentation reproduces only rotation and an isotropic zoom"):
+                                        "training augmentation reproduces only rotation and a positive isotropic zoom"):
         BatchAugment.from_pipeline(A.Compose([step, normalize]))
+
+
+def test_a_zero_zoom_and_an_affine_out_of_the_batched_order_are_refused():
+    normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
+    with pytest.raises(DataError, match=r"Affine has scale=.*reproduces only rotation and a positive isotropic zoom"):
+        BatchAugment.from_pipeline(A.Compose([_reference_affine(10.0, 0.0), normalize]))
+    with pytest.raises(DataError, match="HorizontalFlip, RandomRotate90 comes after Affine"):
+        BatchAugment.from_pipeline(A.Compose([_reference_affine(10.0, 1.0), A.HorizontalFlip(), A.RandomRotate90(),
+                                              normalize]))
     with pytest.raises(DataError, match="RandomBrightnessContrast comes before Affine"):
         BatchAugment.from_pipeline(A.Compose([A.RandomBrightnessContrast(), _reference_affine(10.0, 1.0), normalize]))
 

@@ -149,9 +149,12 @@ def _find(pipeline: A.Compose, kind: type) -> Any | None:
 class BatchAugment:
     """The train pipeline applied to a whole batch of tensors (N,C,H,W), on any device.
 
-    Each sample draws its own crop, flips and rotation, as albumentations would per sample; masks
-    and distance maps get the same geometry as their image. Brightness and contrast change the
-    image alone.
+    Each sample draws its own crop, flips, quarter turns, rotation and zoom, as albumentations
+    would per sample; masks and distance maps get the same geometry as their image. Brightness and
+    contrast change the image alone. One difference is deliberate: where a warp brings in pixels
+    from outside the slice, the distance map gets +inf (no border nearby) and zooms with the
+    slice, where albumentations, which treats it as a mask, would fill 0 (the highest border
+    weight) and keep its values.
     """
 
     hflip: float
@@ -224,13 +227,19 @@ class BatchAugment:
         if affine is not None:
             unsupported = {name: getattr(affine, name) for name, value in AFFINE_SETTINGS.items()
                            if _settings_differ(getattr(affine, name), value)}
-            if affine.scale["x"] != affine.scale["y"]:
+            if affine.scale["x"] != affine.scale["y"] or min(affine.scale["x"]) <= 0:
                 unsupported["scale"] = affine.scale
             if unsupported:
                 got = ", ".join(f"{name}={value!r}" for name, value in unsupported.items())
                 raise DataError(f"{where} Affine has {got}; the batched training augmentation reproduces only "
-                                "rotation and an isotropic zoom (keep_ratio=True, no shear or translation, "
-                                "linear images, nearest masks, zeros outside)")
+                                "rotation and a positive isotropic zoom (keep_ratio=True, no shear or "
+                                "translation, linear images, nearest masks, zeros outside)")
+            # A flip after the warp turns its angle round, which changes an uneven rotation range.
+            later = [type(step).__name__ for step in steps[steps.index(affine) + 1:]
+                       if isinstance(step, (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90))]
+            if later:
+                raise DataError(f"{where} {', '.join(later)} comes after Affine; the batched training "
+                                "augmentation warps after the flips and quarter turns")
             if adjust is not None and steps.index(adjust) < steps.index(affine):
                 raise DataError(f"{where} RandomBrightnessContrast comes before Affine; the batched training "
                                 "augmentation changes brightness and contrast after the geometry")
