@@ -181,6 +181,32 @@ def test_soft_dice_loss_hand_value_per_image_then_batch_mean():
     assert soft_dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_batch_soft_dice_is_one_dice_over_all_the_batch_pixels():
+    # The batch of the test above as one image of 32 px: overlap 2, sum(p) = 16, sum(t) = 4,
+    # Dice = (2*2 + 1) / (20 + 1) = 5/21; the empty slice's false positives join the denominator.
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2, :2] = 1.0
+    logits = torch.zeros(2, 1, 4, 4)
+    assert soft_dice_loss(logits, target, batch=True).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
+    single = logits[:1] + torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert soft_dice_loss(single, target[:1], batch=True).item() == pytest.approx(
+        soft_dice_loss(single, target[:1]).item(), rel=1e-6)  # a batch of one: the same Dice
+
+
+def test_segmentation_loss_batch_dice_reaches_both_dice_forms():
+    binary_target = torch.zeros(2, 1, 4, 4)
+    binary_target[0, 0, :2, :2] = 1.0
+    distance = torch.full((2, 1, 4, 4), float("inf"))
+    batch_loss = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0), batch_dice=True)
+    assert batch_loss(torch.zeros(2, 1, 4, 4), binary_target, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
+    # Two classes, uniform softmax (p = 0.5): tumour pixels 4 of 32, overlap 2, sum(p) + sum(t) = 20.
+    labels = binary_target.to(torch.uint8)
+    loss = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0), batch_dice=True)
+    assert loss(torch.zeros(2, 2, 4, 4), labels, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
+    per_image = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0))
+    assert per_image(torch.zeros(2, 2, 4, 4), labels, distance).item() == pytest.approx(1 - (5 / 13 + 1 / 9) / 2, rel=1e-6)
+
+
 def test_soft_dice_loss_empty_truth_rewards_empty_prediction():
     target = torch.zeros(1, 1, 4, 4)
     empty = soft_dice_loss(torch.full((1, 1, 4, 4), -20.0), target)

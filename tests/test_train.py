@@ -91,6 +91,14 @@ def test_every_loss_trains(loss, tiny_data, tmp_path):
     assert np.isfinite(outcome.history["train_loss"]).all()
 
 
+def test_train_batch_dice_reaches_the_training_loss(tiny_data):
+    train, val, pipelines = tiny_data
+    default = Trainer(parse_params(TINY_PARAMS), train, val, pipelines, fingerprint="f")
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "batch_dice": True}})
+    batched = Trainer(params, train, val, pipelines, fingerprint="f")
+    assert (default.loss_fn.batch_dice, batched.loss_fn.batch_dice) == (False, True)
+
+
 def test_best_model_round_trips_with_weights_only(tiny_params, tiny_data, tmp_path):
     outcome = fit(tiny_params, tiny_data, tmp_path)
     save_checkpoint(tmp_path / "model.pt", outcome.best)

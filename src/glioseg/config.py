@@ -261,6 +261,10 @@ class TrainParams(Strict):
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="learning rate per optimiser step: constant lr, or cosine decay from lr to lr/100"
     )
+    batch_dice: bool = Field(
+        False, description="the Dice loss term as one Dice over all the batch's pixels (nnU-Net's batch_dice) "
+        "instead of the mean of each image's Dice"
+    )
     weight_map: WeightMapParams = WeightMapParams()
 
 

@@ -97,18 +97,23 @@ def weighted_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     return (weights.float() * per_pixel).mean()
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0, batch: bool = False) -> Tensor:
     """``1 - soft Dice``, Dice computed per image over its pixels, then averaged over the batch.
 
     ``Dice = (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)``. The smoothing ``eps`` keeps an image
     with empty truth defined: predicting (almost) nothing there scores Dice ~ 1 (loss ~ 0), and
     predicting tumour is penalised, where unsmoothed Dice would be 0/0.
+
+    With ``batch`` the sums run over all the batch's pixels at once, one Dice per batch
+    (nnU-Net's ``batch_dice``): a tumour-free slice then adds its false positives to the batch's
+    denominator, as a patient's tumour-free slices do to the per-patient Dice it is evaluated by,
+    instead of scoring 0 or 1 on its own.
     """
     probabilities = torch.sigmoid(logits.float())
     target = target.float()
-    pixel_dims = tuple(range(1, logits.dim()))
-    overlap = (probabilities * target).sum(pixel_dims)
-    total = probabilities.sum(pixel_dims) + target.sum(pixel_dims)
+    sum_dims = tuple(range(0 if batch else 1, logits.dim()))
+    overlap = (probabilities * target).sum(sum_dims)
+    total = probabilities.sum(sum_dims) + target.sum(sum_dims)
     dice = (2.0 * overlap + eps) / (total + eps)
     return 1.0 - dice.mean()
 
@@ -119,17 +124,19 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor) -> T
     return (weights.float() * per_pixel).mean()
 
 
-def multiclass_soft_dice_loss(logits: Tensor, labels: Tensor, eps: float = 1.0) -> Tensor:
+def multiclass_soft_dice_loss(logits: Tensor, labels: Tensor, eps: float = 1.0, batch: bool = False) -> Tensor:
     """``1 - soft Dice`` of the softmax against one-hot labels, per image and tumour class, averaged.
 
     Background (class 0) is left out, as in the BraTS regions; ``eps`` smooths each class's Dice as
-    in :func:`soft_dice_loss`, so a class absent from an image and not predicted scores ~1.
+    in :func:`soft_dice_loss`, so a class absent from an image and not predicted scores ~1. With
+    ``batch``, one Dice per tumour class over all the batch's pixels, as in :func:`soft_dice_loss`.
     """
     classes = logits.shape[1]
     probabilities = torch.softmax(logits.float(), dim=1)[:, 1:]
     one_hot = F.one_hot(labels.long(), classes).permute(0, 3, 1, 2)[:, 1:].float()
-    overlap = (probabilities * one_hot).sum((2, 3))
-    total = probabilities.sum((2, 3)) + one_hot.sum((2, 3))
+    sum_dims = (0, 2, 3) if batch else (2, 3)
+    overlap = (probabilities * one_hot).sum(sum_dims)
+    total = probabilities.sum(sum_dims) + one_hot.sum(sum_dims)
     return 1.0 - ((2.0 * overlap + eps) / (total + eps)).mean()
 
 
@@ -137,12 +144,15 @@ class SegmentationLoss(nn.Module):
     """The training loss chosen by params ``loss``: ``wbce``, ``dice`` or ``combined`` (their sum).
 
     ``w0``, ``sigma`` and ``class_weights`` (one per class: 2 for binary masks) configure the
-    weight map of the cross-entropy term; the Dice term ignores them and ``distance_sum``. The
+    weight map of the cross-entropy term; the Dice term ignores them and ``distance_sum``, and
+    ``batch_dice`` makes it one Dice over the whole batch instead of a mean over its images. The
     logits' channel count decides the form: 1 = sigmoid BCE and Dice, C > 1 = softmax
     cross-entropy and Dice over tumour classes.
     """
 
-    def __init__(self, name: str, w0: float, sigma: float, class_weights: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, w0: float, sigma: float, class_weights: tuple[float, ...], batch_dice: bool = False
+    ) -> None:
         super().__init__()
         if name not in LOSS_NAMES:
             raise ConfigError(
@@ -152,6 +162,7 @@ class SegmentationLoss(nn.Module):
         self.w0 = w0
         self.sigma = sigma
         self.class_weights = class_weights
+        self.batch_dice = batch_dice
 
     def forward(self, logits: Tensor, target: Tensor, distance_sum: Tensor) -> Tensor:
         """The loss of (B,C,H,W) ``logits`` against (B,1,H,W) class labels with their ``d1 + d2`` maps."""
@@ -166,8 +177,10 @@ class SegmentationLoss(nn.Module):
             cross_entropy = weighted_cross_entropy if multiclass else weighted_bce
             terms.append(cross_entropy(logits, labels, weights))
         if self.name in ("dice", "combined"):
-            terms.append(multiclass_soft_dice_loss(logits, labels) if multiclass else soft_dice_loss(logits, labels))
+            dice = multiclass_soft_dice_loss if multiclass else soft_dice_loss
+            terms.append(dice(logits, labels, batch=self.batch_dice))
         return torch.stack(terms).sum()
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, w0={self.w0}, sigma={self.sigma}, class_weights={self.class_weights}"
+        return (f"name={self.name!r}, w0={self.w0}, sigma={self.sigma}, class_weights={self.class_weights}, "
+                f"batch_dice={self.batch_dice}")

@@ -149,7 +149,8 @@ class Trainer:
         self.val_data = DeviceArrays.from_arrays(val, self.device)
         weight = params.train.weight_map
         self.loss_fn = SegmentationLoss(params.loss, w0=weight.w0, sigma=weight.sigma,
-                                        class_weights=class_weights(params, train.masks))
+                                        class_weights=class_weights(params, train.masks),
+                                        batch_dice=params.train.batch_dice)
         self.regions: Regions = params.regions()
         model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
         network = self.world.wrap(model)  # DDP under torchrun, else the model itself
