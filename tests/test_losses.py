@@ -194,17 +194,18 @@ def test_batch_soft_dice_is_one_dice_over_all_the_batch_pixels():
 
 
 def test_segmentation_loss_batch_dice_reaches_both_dice_forms():
-    binary_target = torch.zeros(2, 1, 4, 4)
-    binary_target[0, 0, :2, :2] = 1.0
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2, :2] = 1.0
     distance = torch.full((2, 1, 4, 4), float("inf"))
-    batch_loss = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0), batch_dice=True)
-    assert batch_loss(torch.zeros(2, 1, 4, 4), binary_target, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
-    # Two classes, uniform softmax (p = 0.5): tumour pixels 4 of 32, overlap 2, sum(p) + sum(t) = 20.
-    labels = binary_target.to(torch.uint8)
-    loss = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0), batch_dice=True)
-    assert loss(torch.zeros(2, 2, 4, 4), labels, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
-    per_image = SegmentationLoss("dice", w0=10.0, sigma=5.0, class_weights=(1.0, 1.0))
-    assert per_image(torch.zeros(2, 2, 4, 4), labels, distance).item() == pytest.approx(1 - (5 / 13 + 1 / 9) / 2, rel=1e-6)
+    settings = dict(w0=10.0, sigma=5.0, class_weights=(1.0, 1.0))
+    batched = SegmentationLoss("dice", **settings, batch_dice=True)
+    per_image = SegmentationLoss("dice", **settings)
+    assert batched(torch.zeros(2, 1, 4, 4), target, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
+    # Two classes, uniform softmax (p = 0.5 for the tumour class): the same sums as the sigmoid.
+    labels = target.to(torch.uint8)
+    uniform = torch.zeros(2, 2, 4, 4)
+    assert batched(uniform, labels, distance).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
+    assert per_image(uniform, labels, distance).item() == pytest.approx(1 - (5 / 13 + 1 / 9) / 2, rel=1e-6)
 
 
 def test_soft_dice_loss_empty_truth_rewards_empty_prediction():
