@@ -97,6 +97,19 @@ def weighted_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     return (weights.float() * per_pixel).mean()
 
 
+def dice_loss_of(probabilities: Tensor, target: Tensor, channels: bool, batch: bool, eps: float) -> Tensor:
+    """``1 -`` the mean smoothed Dice of (B,C,H,W) ``probabilities`` against ``target``.
+
+    Sums run over each image's pixels, with ``channels`` per channel, with ``batch`` over the
+    batch's images as well.
+    """
+    pixel_dims = tuple(range(2 if channels else 1, probabilities.dim()))
+    sum_dims = ((0,) if batch else ()) + pixel_dims
+    overlap = (probabilities * target).sum(sum_dims)
+    total = probabilities.sum(sum_dims) + target.sum(sum_dims)
+    return 1.0 - ((2.0 * overlap + eps) / (total + eps)).mean()
+
+
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0, batch: bool = False) -> Tensor:
     """``1 - soft Dice``, Dice computed per image over its pixels, then averaged over the batch.
 
@@ -109,13 +122,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0, batch: bool
     denominator, as a patient's tumour-free slices do to the per-patient Dice it is evaluated by,
     instead of scoring 0 or 1 on its own.
     """
-    probabilities = torch.sigmoid(logits.float())
-    target = target.float()
-    sum_dims = tuple(range(0 if batch else 1, logits.dim()))
-    overlap = (probabilities * target).sum(sum_dims)
-    total = probabilities.sum(sum_dims) + target.sum(sum_dims)
-    dice = (2.0 * overlap + eps) / (total + eps)
-    return 1.0 - dice.mean()
+    return dice_loss_of(torch.sigmoid(logits.float()), target.float(), channels=False, batch=batch, eps=eps)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
@@ -134,10 +141,7 @@ def multiclass_soft_dice_loss(logits: Tensor, labels: Tensor, eps: float = 1.0, 
     classes = logits.shape[1]
     probabilities = torch.softmax(logits.float(), dim=1)[:, 1:]
     one_hot = F.one_hot(labels.long(), classes).permute(0, 3, 1, 2)[:, 1:].float()
-    sum_dims = (0, 2, 3) if batch else (2, 3)
-    overlap = (probabilities * one_hot).sum(sum_dims)
-    total = probabilities.sum(sum_dims) + one_hot.sum(sum_dims)
-    return 1.0 - ((2.0 * overlap + eps) / (total + eps)).mean()
+    return dice_loss_of(probabilities, one_hot, channels=True, batch=batch, eps=eps)
 
 
 class SegmentationLoss(nn.Module):
