@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from glioseg import distributed
 from glioseg.config import parse_params
-from glioseg.errors import TrainingError
+from glioseg.errors import ConfigError, TrainingError
 from glioseg.inference import autocast_dtype, cpu_has_native_bf16
 from glioseg.model import load_model, read_checkpoint, save_checkpoint
 from glioseg.train import DeviceArrays, Trainer, scheduled_lr
@@ -97,6 +98,14 @@ def test_train_batch_dice_reaches_the_training_loss(tiny_data):
     params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "batch_dice": True}})
     batched = Trainer(params, train, val, pipelines, fingerprint="f")
     assert (default.loss_fn.batch_dice, batched.loss_fn.batch_dice) == (False, True)
+
+
+def test_train_batch_dice_under_torchrun_is_refused_with_one_line(tiny_data, monkeypatch):
+    train, val, pipelines = tiny_data
+    monkeypatch.setattr(distributed, "init", lambda device: distributed.World(device, rank=0, size=2))
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "batch_dice": True}})
+    with pytest.raises(ConfigError, match=r"^train.batch_dice: true is not supported under torchrun"):
+        Trainer(params, train, val, pipelines, fingerprint="f")
 
 
 def test_best_model_round_trips_with_weights_only(tiny_params, tiny_data, tmp_path):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from glioseg import distributed
 from glioseg.config import Params
 from glioseg.data.cache import SliceArrays
-from glioseg.errors import DataError, TrainingError
+from glioseg.errors import ConfigError, DataError, TrainingError
 from glioseg.inference import (
     autocast,
     autocast_dtype,
@@ -140,6 +140,11 @@ class Trainer:
         self.fingerprint = fingerprint
         self.world = distributed.init(select_device(params.run.device, "run.device"))
         self.device = self.world.device
+        if params.train.batch_dice and self.world.distributed:
+            # Each rank sees only its share of the batch, so one Dice over the global batch would need
+            # the ranks' pixel counts gathered with their gradients; the shares' weighted Dice is another loss.
+            raise ConfigError("train.batch_dice: true is not supported under torchrun (each rank sees only "
+                              "its share of the batch); set train.batch_dice: false to train with DDP")
         self.precision = autocast_dtype(self.device, params.train.amp, cpu=True)
         seed_everything(params.seed)
         if params.run.threads:
