@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from glioseg.cli import app
@@ -10,11 +11,27 @@ from glioseg.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["stage"], ["check-metrics"], ["check-params"], ["ui"]])
+def command_paths(group, prefix=()):
+    """Every command and command group of the CLI, as the argument lists that reach it."""
+    yield list(prefix)
+    for name, command in getattr(group, "commands", {}).items():
+        yield from command_paths(command, (*prefix, name))
+
+
+ALL_COMMANDS = list(command_paths(typer.main.get_command(app)))
+
+
+def test_the_cli_has_its_commands_and_groups():
+    assert {"evaluate", "predict", "serve"} <= {path[0] for path in ALL_COMMANDS if path}
+    assert ["server", "start"] in ALL_COMMANDS and ["tracking"] in ALL_COMMANDS
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=lambda path: " ".join(path) or "glioseg")
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_bad_param_is_one_line_naming_the_key(tmp_path):

@@ -23,6 +23,7 @@ app = typer.Typer(
     help="glioseg: reproducible brain-tumour segmentation (DVC + MLflow).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show "[/<run name>]" and such literally, not as Rich markup
 )
 
 
@@ -220,7 +221,7 @@ def serve(
 
 
 server_app = typer.Typer(help="A team's MLflow tracking server on PostgreSQL (started and stopped by process id).",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(server_app, name="server")
 
 
@@ -272,7 +273,7 @@ def server_status() -> None:
     typer.echo(json.dumps(asdict(server.read_state(repo_root())), indent=2))
 
 
-tracking_app = typer.Typer(help="The MLflow store.", no_args_is_help=True)
+tracking_app = typer.Typer(help="The MLflow store.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tracking_app, name="tracking")
 
 
