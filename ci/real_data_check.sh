@@ -10,9 +10,10 @@
 #   GLIOSEG_CI_PRECISION=fp32 bash ci/real_data_check.sh   # train in fp32 even where the CPU has bf16
 # Training precision changes the numbers (bf16 autocast where the CPU has native bf16, fp32
 # elsewhere), and so do the CPU's vector kernels (torch's CPU capability, AVX2 or AVX512: the same
-# seeded fp32 run differs by up to 0.21 in a BraTS region's Dice between them), so each gate has
-# one baseline per precision and capability, ci/baseline-KIND-PRECISION-CAPABILITY.json, and a
-# machine is gated against the one it trains with (check-metrics refuses a precision or kernel mix).
+# seeded fp32 run differs by up to 0.21 in a BraTS region's Dice between them; an AVX512 CPU with
+# AMX, avx512_amx, differs again), so each gate has one baseline per precision and capability,
+# ci/baseline-KIND-PRECISION-CAPABILITY.json, and a machine is gated against the one it trains
+# with (check-metrics refuses a precision or kernel mix).
 set -euo pipefail
 write_baseline=${1:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

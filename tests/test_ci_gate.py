@@ -39,7 +39,7 @@ def test_gate_passes_on_baseline_and_fails_on_a_worse_model(baseline, tmp_path):
 
 
 # bf16 training needs native bf16 (AVX512-BF16 or AMX), so an AVX2 CPU trains in fp32 only.
-NUMERICS = ("bf16-avx512", "fp32-avx512", "fp32-avx2")
+NUMERICS = ("bf16-avx512", "fp32-avx512", "bf16-avx512_amx", "fp32-avx512_amx", "fp32-avx2")
 
 
 def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that_records_both():

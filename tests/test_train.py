@@ -5,7 +5,7 @@ import torch
 from glioseg import distributed
 from glioseg.config import parse_params
 from glioseg.errors import ConfigError, TrainingError
-from glioseg.inference import autocast_dtype, cpu_has_native_bf16
+from glioseg.inference import autocast_dtype, cpu_has_native_bf16, kernel_name
 from glioseg.model import load_model, read_checkpoint, save_checkpoint
 from glioseg.train import DeviceArrays, Trainer, scheduled_lr
 from glioseg.transforms import build_pipelines, pipelines_to_dict
@@ -151,7 +151,19 @@ def test_cpu_training_precision_follows_the_cpu(tiny_params, tiny_data):
     assert trainer.precision is None
     meta = trainer.payload()["meta"]
     assert meta["training_precision"] == "fp32"
-    assert meta["training_kernels"] == torch.backends.cpu.get_cpu_capability().lower() != "cuda"
+    assert meta["training_kernels"] == kernel_name(cpu)
+    assert meta["training_kernels"].startswith(torch.backends.cpu.get_cpu_capability().lower())
+
+
+@pytest.mark.parametrize(("capability", "amx", "name"), [
+    ("AVX2", False, "avx2"), ("AVX512", False, "avx512"), ("AVX512", True, "avx512_amx"),
+])
+def test_kernel_name_tells_amx_cpus_apart(monkeypatch, capability, amx, name):
+    """torch reports AVX512 on AMD AVX512 and Intel AMX CPUs alike, which train to different numbers."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert kernel_name(torch.device("cpu")) == name
+    assert kernel_name(torch.device("cuda")) == "cuda"
 
 
 def test_gradient_clipping_bounds_every_step(tiny_data, tmp_path):

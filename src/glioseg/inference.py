@@ -34,12 +34,18 @@ def select_device(choice: str = "auto", setting: str = "run.device") -> torch.de
 
 
 def kernel_name(device: torch.device) -> str:
-    """Which kernels a device computes with: ``cuda``, or torch's CPU capability (``avx2``, ``avx512``, ...).
+    """Which kernels a device computes with: ``cuda``, or torch's CPU capability (``avx2``,
+    ``avx512``, ...), with ``_amx`` added where the CPU has AMX tiles (``avx512_amx``).
 
-    The same seeded CPU training gives different numbers under AVX2 and AVX512 kernels, so metrics
+    The same seeded CPU training gives different numbers under AVX2 and AVX512 kernels, and again
+    on an AVX512 CPU with AMX, where oneDNN picks other convolution kernels (in bf16 and in fp32
+    alike; docs/results.md, CI gate), although torch reports the same capability there. So metrics
     record it beside the precision and CI keeps a baseline per pair.
     """
-    return "cuda" if device.type == "cuda" else torch.backends.cpu.get_cpu_capability().lower()
+    if device.type == "cuda":
+        return "cuda"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"{capability}_amx" if torch.cpu._is_amx_tile_supported() else capability
 
 
 def cpu_has_native_bf16() -> bool:
