@@ -38,8 +38,8 @@ def kernel_name(device: torch.device) -> str:
     ``avx512``, ...), with ``_amx`` added where the CPU has AMX tiles (``avx512_amx``).
 
     The same seeded CPU training gives different numbers under AVX2 and AVX512 kernels, and again
-    on an AVX512 CPU with AMX, where oneDNN picks other convolution kernels (in bf16 and in fp32
-    alike; docs/results.md, CI gate), although torch reports the same capability there. So metrics
+    on an AVX512 CPU with AMX, in bf16 (whose convolutions oneDNN runs on AMX tiles there) and in
+    fp32 alike (docs/results.md, CI gate), although torch reports the same capability. So metrics
     record it beside the precision and CI keeps a baseline per pair.
     """
     if device.type == "cuda":
