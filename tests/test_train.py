@@ -38,7 +38,8 @@ def test_history_has_train_and_val_curves(tiny_params, tiny_data, tmp_path):
 
 
 # The moving average (train.ema) is part of the resumed state: its kept weights must come back too.
-@pytest.mark.parametrize("train", [{"schedule": "constant"}, {"schedule": "cosine"}, {"ema": 0.9, "keep": "last"}])
+@pytest.mark.parametrize("train", [{"schedule": "constant"}, {"schedule": "cosine"}, {"ema": 0.9, "keep": "last"},
+                                   {"empty_slices": 0.5}])
 def test_interrupted_run_resumes_to_the_same_weights(train, tiny_data, tmp_path):
     tiny_params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], **train}})
     reference = fit(tiny_params, tiny_data, tmp_path / "reference")
@@ -55,6 +56,34 @@ def test_interrupted_run_resumes_to_the_same_weights(train, tiny_data, tmp_path)
     np.testing.assert_allclose(resumed.history["train_loss"], reference.history["train_loss"], rtol=1e-6)
     for key, value in reference.best["state_dict"].items():
         assert torch.equal(value, resumed.best["state_dict"][key]), key
+
+
+def test_empty_slices_draws_every_foreground_slice_and_a_fresh_share_of_the_empty_ones(tiny_data):
+    train, val, pipelines = tiny_data  # 12 slices: 0, 3, 6 and 9 without foreground
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "empty_slices": 0.5}})
+    trainer = Trainer(params, train, val, pipelines, fingerprint="f")
+    orders = [trainer.epoch_order().tolist() for _ in range(8)]
+    foreground = {1, 2, 4, 5, 7, 8, 10, 11}
+    for order in orders:
+        assert len(order) == len(set(order)) == 10
+        assert foreground <= set(order)
+        assert len(set(order) - foreground) == 2 and set(order) - foreground <= {0, 3, 6, 9}
+    assert len({frozenset(order) for order in orders}) > 1  # a fresh draw each epoch
+    assert len({tuple(order) for order in orders}) == 8  # and a fresh shuffle
+
+
+def test_every_slice_every_epoch_is_the_default_order(tiny_params, tiny_data):
+    train, val, pipelines = tiny_data
+    trainer = Trainer(tiny_params, train, val, pipelines, fingerprint="f")
+    assert sorted(trainer.epoch_order().tolist()) == list(range(12))
+
+
+def test_no_empty_slices_and_no_foreground_is_refused_with_one_line(tiny_data):
+    train, val, pipelines = tiny_data
+    train.masks[:] = 0
+    params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "empty_slices": 0}})
+    with pytest.raises(ConfigError, match="train.empty_slices: 0 leaves no training slices"):
+        Trainer(params, train, val, pipelines, fingerprint="f")
 
 
 def test_a_loss_that_stops_being_finite_stops_training_and_keeps_the_last_good_epoch(

@@ -265,6 +265,10 @@ class TrainParams(Strict):
         False, description="the Dice loss term as one Dice over all the batch's pixels (nnU-Net's batch_dice) "
         "instead of the mean of each image's Dice"
     )
+    empty_slices: float = Field(
+        1.0, ge=0, le=1, description="share of the training slices without foreground drawn afresh each epoch; "
+        "every slice with foreground is always drawn. 1: every slice, every epoch"
+    )
     weight_map: WeightMapParams = WeightMapParams()
 
 

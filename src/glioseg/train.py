@@ -170,6 +170,10 @@ class Trainer:
             self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epochs_done = 0
+        self.foreground = np.flatnonzero(train.masks.reshape(len(train.masks), -1).any(axis=1))
+        self.empty = np.setdiff1d(np.arange(len(train.masks)), self.foreground)
+        if params.train.empty_slices == 0 and len(self.foreground) == 0:
+            raise ConfigError("train.empty_slices: 0 leaves no training slices (no training slice has foreground)")
         self.order_rng = torch.Generator().manual_seed(params.seed)
         self.augment_rng = torch.Generator().manual_seed(params.seed + 1)
 
@@ -208,7 +212,7 @@ class Trainer:
         """
         self.network.train()
         data, batch_size = self.train_data, self.params.batch_size
-        order = torch.randperm(len(data), generator=self.order_rng)
+        order = self.epoch_order()
         order_on_device, order_on_host = host_to_device(order, self.device), order.numpy()
         counts, patients, grad_norms = [], [], []
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -250,6 +254,22 @@ class Trainer:
         if grad_norms:  # before clipping; NaN/inf where a GradScaler step was skipped
             summary["grad_norm"] = float(np.median(torch.stack(grad_norms).double().cpu().numpy()))
         return summary
+
+    def epoch_order(self) -> torch.Tensor:
+        """The training slice indices of one epoch, shuffled.
+
+        Every slice with foreground, and a fresh random ``train.empty_slices`` share of the others
+        (at least one while the share is above 0): nnU-Net's foreground oversampling, which spends a
+        short CPU budget on the slices that teach the tumour. Drawn from the order generator, so a
+        resumed run draws what an uninterrupted one would.
+        """
+        share = self.params.train.empty_slices
+        if share >= 1:
+            return torch.randperm(len(self.train_data), generator=self.order_rng)
+        count = math.ceil(share * len(self.empty))
+        empty = self.empty[torch.randperm(len(self.empty), generator=self.order_rng)[:count].numpy()]
+        drawn = torch.from_numpy(np.concatenate([self.foreground, empty]))
+        return drawn[torch.randperm(len(drawn), generator=self.order_rng)]
 
     @property
     def kept_model(self) -> torch.nn.Module:
