@@ -170,9 +170,9 @@ class Trainer:
             self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epochs_done = 0
-        self.foreground = np.flatnonzero(train.masks.reshape(len(train.masks), -1).any(axis=1))
-        self.empty = np.setdiff1d(np.arange(len(train.masks)), self.foreground)
-        if params.train.empty_slices == 0 and len(self.foreground) == 0:
+        self.foreground_slices = np.flatnonzero(train.masks.reshape(len(train.masks), -1).any(axis=1))
+        self.tumour_free_slices = np.setdiff1d(np.arange(len(train.masks)), self.foreground_slices)
+        if params.train.empty_slices == 0 and len(self.foreground_slices) == 0:
             raise ConfigError("train.empty_slices: 0 leaves no training slices (no training slice has foreground)")
         self.order_rng = torch.Generator().manual_seed(params.seed)
         self.augment_rng = torch.Generator().manual_seed(params.seed + 1)
@@ -266,9 +266,10 @@ class Trainer:
         share = self.params.train.empty_slices
         if share >= 1:
             return torch.randperm(len(self.train_data), generator=self.order_rng)
-        count = math.ceil(share * len(self.empty))
-        empty = self.empty[torch.randperm(len(self.empty), generator=self.order_rng)[:count].numpy()]
-        drawn = torch.from_numpy(np.concatenate([self.foreground, empty]))
+        tumour_free = self.tumour_free_slices
+        count = math.ceil(share * len(tumour_free))
+        chosen = tumour_free[torch.randperm(len(tumour_free), generator=self.order_rng)[:count].numpy()]
+        drawn = torch.from_numpy(np.concatenate([self.foreground_slices, chosen]))
         return drawn[torch.randperm(len(drawn), generator=self.order_rng)]
 
     @property
