@@ -170,9 +170,9 @@ class Trainer:
             self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epochs_done = 0
-        self.foreground_slices = np.flatnonzero(train.masks.reshape(len(train.masks), -1).any(axis=1))
-        self.tumour_free_slices = np.setdiff1d(np.arange(len(train.masks)), self.foreground_slices)
-        if params.train.empty_slices == 0 and len(self.foreground_slices) == 0:
+        has_foreground = train.masks.reshape(len(train.masks), -1).any(axis=1)
+        self.foreground_indices, self.empty_indices = np.flatnonzero(has_foreground), np.flatnonzero(~has_foreground)
+        if params.train.empty_slices == 0 and len(self.foreground_indices) == 0:
             raise ConfigError("train.empty_slices: 0 leaves no training slices (no training slice has foreground)")
         self.order_rng = torch.Generator().manual_seed(params.seed)
         self.augment_rng = torch.Generator().manual_seed(params.seed + 1)
@@ -256,20 +256,17 @@ class Trainer:
         return summary
 
     def epoch_order(self) -> torch.Tensor:
-        """The training slice indices of one epoch, shuffled.
+        """One epoch's training slice indices, shuffled: every slice with foreground and a fresh
+        ``train.empty_slices`` share of the others (at least one while the share is above 0).
 
-        Every slice with foreground, and a fresh random ``train.empty_slices`` share of the others
-        (at least one while the share is above 0): nnU-Net's foreground oversampling, which spends a
-        short CPU budget on the slices that teach the tumour. Drawn from the order generator, so a
-        resumed run draws what an uninterrupted one would.
+        Drawn from the order generator, so a resumed run draws what an uninterrupted one would.
         """
-        share = self.params.train.empty_slices
-        if share >= 1:
+        empty_share = self.params.train.empty_slices
+        if empty_share >= 1:
             return torch.randperm(len(self.train_data), generator=self.order_rng)
-        tumour_free = self.tumour_free_slices
-        count = math.ceil(share * len(tumour_free))
-        chosen = tumour_free[torch.randperm(len(tumour_free), generator=self.order_rng)[:count].numpy()]
-        drawn = torch.from_numpy(np.concatenate([self.foreground_slices, chosen]))
+        count = math.ceil(empty_share * len(self.empty_indices))
+        chosen = self.empty_indices[torch.randperm(len(self.empty_indices), generator=self.order_rng)[:count].numpy()]
+        drawn = torch.from_numpy(np.concatenate([self.foreground_indices, chosen]))
         return drawn[torch.randperm(len(drawn), generator=self.order_rng)]
 
     @property
