@@ -205,12 +205,13 @@ def test_predict_refuses_a_folder_of_other_files_and_with_overwrite_replaces_onl
     assert "areas.csv" in owned and "notes.txt" not in owned
     assert len([name for name in owned if name.endswith("_mask.tif")]) == 3
 
-    # A second run into its own folder needs no --overwrite; its earlier files that it does not
-    # write again go, the user's stay.
+    # A second run into its own folder needs no --overwrite and removes nothing: its earlier files
+    # that it does not write again stay, and so do the user's.
     one_slice = patient_folder / "TCGA_XX_0001_20000101_2.tif"
     predict(one_slice, model_file, out)
     masks = sorted(p.name for p in out.rglob("*_mask.tif"))
-    assert masks == ["TCGA_XX_0001_20000101_2_mask.tif"]
+    assert masks == sorted(f"TCGA_XX_0001_20000101_{n}_mask.tif" for n in (1, 2, 10))
+    assert set(owned_files(out)) == set(owned)
     assert (out / "notes.txt").read_text() == "mine"
     assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
@@ -299,6 +300,9 @@ def test_fold_models_are_found_in_the_mlflow_store(model_file, tmp_path, monkeyp
         with tracking.start_run("train", {"split.folds": 2, "split.fold": fold, "split.by": "patient"}, {}) as run:
             tracking.log_artifact(model_file, CHECKPOINT_ARTIFACT.rpartition("/")[0])
             tracking.log_metrics({"test_dice_patient_mean": 0.5, "test_patients": 3})
+            # evaluated with the inference settings its model carries, as cross-validation requires
+            tracking.client().set_tag(run.info.run_id, tracking.INFERENCE_KEY, "k")
+            tracking.client().set_tag(run.info.run_id, tracking.MODEL_INFERENCE_KEY, "k")
             ids[fold] = run.info.run_id
     assert model_specs("folds:2") == [f"runs:/{ids[0]}", f"runs:/{ids[1]}"]  # in fold order
     loaded = load_models("folds:2")

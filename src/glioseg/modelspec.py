@@ -4,7 +4,8 @@ A spec is a checkpoint file, ``runs:/<run id>``, ``models:/<name>/<version>``,
 ``models:/<name>@<alias>``, or ``folds:<k|site>[/<run name>]``: the fold models of the newest
 complete cross-validation in the MLflow store (k folds by patient, or leave one site out).
 Several specs, comma-separated or given one by one, load as a :class:`ModelSet` whose
-probabilities are averaged (a fold ensemble).
+probabilities are averaged (a fold ensemble). A spec read from the MLflow store needs the store
+to exist: opening a missing local one would create an empty store (:func:`check_store`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,34 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
 
 from glioseg.errors import ConfigError, DataError
 from glioseg.model import LoadedModel, ModelSet, load_model
 
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 FOLDS_SPEC = "folds:"
+
+
+def local_store(uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (``sqlite:///``, ``file:``, a bare path); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path)
+    return None if "://" in uri else Path(uri)
+
+
+def check_store(spec: str) -> None:
+    """Refuse ``spec`` when the MLflow store it reads from is a local one that does not exist."""
+    from glioseg import tracking
+
+    uri = tracking.tracking_uri()
+    store = local_store(uri)
+    if store is not None and not store.exists():
+        raise DataError(f"{spec}: no MLflow store at {store} (tracking URI {uri}); train a model first, set "
+                        "MLFLOW_TRACKING_URI, or give a model file")
 
 
 def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
@@ -33,6 +56,7 @@ def load_model_spec(spec: str | os.PathLike) -> LoadedModel:
         return load_model(spec)
     from glioseg import tracking
 
+    check_store(spec)
     client = tracking.client()
     if spec.startswith("models:/"):
         reference = spec.removeprefix("models:/")
@@ -72,6 +96,7 @@ def fold_specs(spec: str) -> list[str]:
     kind, _, run_name = spec.removeprefix(FOLDS_SPEC).partition("/")
     if kind != "site" and not kind.isdigit():
         raise ConfigError(f"{spec}: expected folds:<k>[/<run name>] or folds:site[/<run name>]")
+    check_store(spec)
     by = "site" if kind == "site" else "patient"
     folds = crossval.newest_cross_validation(0 if by == "site" else int(kind), run_name or "train", by)
     return [f"runs:/{run_id}" for run_id in folds["run_id"]]

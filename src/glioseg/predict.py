@@ -13,7 +13,12 @@ viewer take, with the model file's inference settings (threshold, TTA, post-proc
 
 ``areas.csv`` has the tumour pixels per slice (per class for BraTS), ``cases.csv`` the totals
 per case, with volumes in millilitres for NIfTI input, and ``prediction.json`` the model(s) and
-inference settings the masks came from.
+inference settings the masks came from; the three describe the latest run.
+
+The output folder is shared with the user (:mod:`glioseg.owned_output`): predict removes no file,
+so cases predicted one after another into one folder accumulate; it replaces only files it wrote
+there before unless told to, never an input's own truth mask, and never writes through a symlink
+out of the folder.
 
 Models are named as :mod:`glioseg.modelspec` reads them; several make a fold ensemble.
 """
@@ -21,6 +26,7 @@ Models are named as :mod:`glioseg.modelspec` reads them; several make a fold ens
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +45,6 @@ from glioseg.config import InferenceParams
 from glioseg.data import brats
 from glioseg.data.lgg import read_image
 from glioseg.errors import ConfigError, DataError
-from glioseg.io import write_csv, write_json
 from glioseg.model import LoadedModel, describe_models
 from glioseg.modelspec import load_models, model_specs
 from glioseg.owned_output import check_output_folder, staged_output
@@ -91,13 +96,15 @@ def find_inputs(source: Path) -> list[SliceInput]:
             raise DataError(f"{source}: expected a .tif image slice (not a mask)")
         return [SliceInput(source.parent.name, source.stem, source)]
     direct = find_inputs_in_case(source)
-    if direct:
-        return direct
     nested = [p for p in sorted(source.iterdir()) if p.is_dir()]
     found = [item for folder in nested for item in find_inputs_in_case(folder)]
-    if not found:
+    if direct and found:  # either reading alone would silently leave the other's slices out
+        raise DataError(f"{source}: holds both slices ({direct[0].path.name}{', ...' if len(direct) > 1 else ''}) "
+                        f"and patient folders of slices ({found[0].case}, ...); move the loose slices out, or give "
+                        "one patient folder")
+    if not (direct or found):
         raise DataError(f"{source}: no .tif image slices found")
-    return found
+    return direct or found
 
 
 def find_inputs_in_case(folder: Path) -> list[SliceInput]:
@@ -172,7 +179,8 @@ def to_input_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, classes: int) -> None:
-    cv2.imwrite(str(path), overlay(image, None, labels, classes)[..., ::-1])
+    # Encoded here and written by Python: cv2.imwrite only returns False on a full disk, with no error.
+    path.write_bytes(cv2.imencode(".png", overlay(image, None, labels, classes)[..., ::-1])[1].tobytes())
 
 
 def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str,
@@ -239,6 +247,21 @@ def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str,
     return rows
 
 
+def protected_files(loaded: LoadedModel, source: Path) -> list[Path]:
+    """The files predict reads and the truth masks beside them: no prediction may be written over one."""
+    if loaded.dataset == "brats":
+        params = loaded.brats
+        files = []
+        for folder in find_nifti_cases(source):
+            files += brats.case_files(folder, params, with_labels=False).values()
+            truth = brats.find_file(folder, params.suffixes[brats.LABELS])
+            files += [truth] if truth else []
+        return files
+    slices = [item.path for item in find_inputs(source)]
+    masks = [path.with_name(f"{path.stem}_mask.tif") for path in slices]
+    return slices + [mask for mask in masks if mask.is_file()]
+
+
 def check_input_kind(loaded: LoadedModel, source: Path, model: str | os.PathLike) -> None:
     """A BraTS model reads NIfTI cases and an LGG model TIF slices; anything else is an error."""
     nifti = contains_nifti(source)
@@ -271,9 +294,12 @@ def predict(
 ) -> pd.DataFrame:
     """Masks, overlays and tumour areas for every slice under ``source``; returns the per-slice table.
 
-    ``out_dir`` gains predict's files and loses only files an earlier predict wrote there
-    (:mod:`glioseg.owned_output`); a folder holding other files is refused unless ``overwrite``,
-    which replaces only same-named files.
+    ``out_dir`` gains predict's files and loses none (:mod:`glioseg.owned_output`): a file predict
+    wrote there before (listed in its manifest) may be rewritten; any other file of the same name,
+    and a folder holding files but no manifest, are refused unless ``overwrite``. Never, even with
+    ``overwrite``: a prediction over an input's truth mask (``--out`` the input's own folder
+    tree), or a write through a symlink leading out of ``out_dir``. Every refusal, and a full or
+    read-only disk, is a one-line error and leaves ``out_dir`` as it was.
 
     ``inference``: None predicts with the model file's settings; an :class:`InferenceParams`
     replaces them; a mapping (the command's ``--threshold``/``--tta``/``--postprocess``) replaces
@@ -284,11 +310,13 @@ def predict(
     loaded = load_models(names)
     check_input_kind(loaded, source, ", ".join(names))
     settings = inference_settings(loaded, inference)
-    with staged_output(out_dir) as tmp:
+    with staged_output(out_dir, overwrite, protected_files(loaded, source)) as tmp:
         predict_cases = predict_nifti if loaded.dataset == "brats" else predict_tifs
         table = pd.DataFrame(predict_cases(loaded, source, tmp, device, settings))
-        write_csv(tmp / "areas.csv", table)
-        write_csv(tmp / "cases.csv", case_totals(table))
-        write_json(tmp / RECORD, {"source": str(source), "models": describe_models(loaded, tuple(names)),
-                                  "inference": settings.model_dump(mode="json")})
+        # Plain writes: the staging folder already makes them appear whole or not at all.
+        table.to_csv(tmp / "areas.csv", index=False)
+        case_totals(table).to_csv(tmp / "cases.csv", index=False)
+        record = {"source": str(source), "models": describe_models(loaded, tuple(names)),
+                  "inference": settings.model_dump(mode="json")}
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return table

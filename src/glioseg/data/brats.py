@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from nibabel import orientations
 
 from glioseg.config import BratsParams
 from glioseg.data.intensity import window_to_uint8
-from glioseg.errors import DataError
+from glioseg.errors import DataError, InputWarning
 
 EXTENSIONS = (".nii.gz", ".nii")
 LABELS = "seg"
@@ -88,7 +89,11 @@ def list_cases(root: Path) -> list[Path]:
 
 
 def load_image(path: Path) -> nib.Nifti1Image:
-    """The NIfTI header and lazy data of ``path``; unreadable or non-3-D files are errors naming it."""
+    """The NIfTI header and lazy data of ``path``; unreadable or non-3-D files are errors naming it.
+
+    A file with neither orientation code (qform and sform codes 0) says nothing of its orientation;
+    nibabel then assumes one from the voxel sizes alone, so that is read with a warning.
+    """
     try:
         image = nib.load(path)
     except FileNotFoundError:
@@ -97,6 +102,10 @@ def load_image(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if len(image.shape) != 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {image.shape}")
+    if not image.header["qform_code"] and not image.header["sform_code"]:
+        warnings.warn(f"{path}: no orientation (qform_code and sform_code are 0); read as "
+                      f"{''.join(nib.aff2axcodes(image.affine))} from its voxel sizes, so left and right may be "
+                      "swapped", InputWarning, stacklevel=2)
     return image
 
 
@@ -220,7 +229,11 @@ def source_labels(label_map: dict[int, int]) -> np.ndarray:
 def write_label_volume(
     labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike
 ) -> nib.Nifti1Image:
-    """Axial label slices (Z,H,W, canonical) back into ``reference``'s voxel order, affine and header."""
+    """Axial label slices (Z,H,W, canonical) back into ``reference``'s voxel order, affine and header.
+
+    The header is the reference's, qform and sform with their codes included: a file without
+    orientation codes gets a prediction without them, not one that claims a scanner frame.
+    """
     canonical = slices_to_volume(labels)
     transform = orientations.ornt_transform(CANONICAL, orientations.io_orientation(reference.affine))
     data = orientations.apply_orientation(canonical, transform).astype(np.uint8)
@@ -229,7 +242,7 @@ def write_label_volume(
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(data, reference.affine, header)
-    image.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-    image.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    image.set_qform(reference.header.get_qform(), code=int(reference.header["qform_code"]))
+    image.set_sform(reference.header.get_sform(), code=int(reference.header["sform_code"]))
     nib.save(image, path)
     return image
