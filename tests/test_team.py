@@ -64,7 +64,8 @@ def test_the_server_runs_on_postgresql_on_loopback_ports(team):
     assert (server.state_dir(team["root"]) / "postgres.password").stat().st_mode & 0o777 == 0o600
     command = Path(f"/proc/{state.mlflow_pid}/cmdline").read_bytes().split(b"\0")
     assert b"--backend-store-uri" in command
-    assert command[command.index(b"--backend-store-uri") + 1].startswith(b"postgresql+psycopg2://glioseg:")
+    assert command[command.index(b"--backend-store-uri") + 1].startswith(b"postgresql+psycopg2://glioseg@127.0.0.1:")
+    assert (server.state_dir(team["root"]) / "pgpass").stat().st_mode & 0o777 == 0o600
 
 
 def test_queued_experiments_with_two_workers_land_on_the_server(team):
