@@ -2,10 +2,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from glioseg import metrics
+from glioseg import metrics, tracking
 from glioseg.cli import app
 from glioseg.crossval import complete_folds, summarise
 from glioseg.errors import DataError
+
+# The tags of a run whose metrics come from an evaluation with its model's own inference settings.
+SERVED = {tracking.INFERENCE_KEY: "k", tracking.MODEL_INFERENCE_KEY: "k"}
 
 
 def fold_run(fold: int, dice: float, patients: int, start: int, folds: int = 3, **params) -> dict:
@@ -22,6 +25,7 @@ def fold_run(fold: int, dice: float, patients: int, start: int, folds: int = 3, 
         "metrics.test_iou_patient_mean": dice / 2,
         "metrics.test_dice_pooled": dice + 0.05,
         "metrics.test_patients": float(patients),
+        **{f"tags.{key}": value for key, value in SERVED.items()},
         **params,
     }
 
@@ -87,10 +91,12 @@ def test_cv_summary_command_reads_the_mlflow_store(tmp_path, monkeypatch):
         with mlflow.start_run(experiment_id=experiment, run_name="train") as run:
             mlflow.log_params({"split.folds": 2, "split.fold": fold, "lr": 0.001})
             mlflow.log_metrics({"test_dice_patient_mean": dice, "test_patients": patients})
+            mlflow.set_tags(SERVED)
             ids.append(run.info.run_id)
     with mlflow.start_run(experiment_id=experiment, run_name="train"):
         mlflow.log_params({"split.folds": 0, "split.fold": 0, "lr": 0.001})
         mlflow.log_metrics({"test_dice_patient_mean": 0.1, "test_patients": 1})
+        mlflow.set_tags(SERVED)
 
     out = CliRunner().invoke(app, ["cv-summary", "--folds", "2", "--csv", str(tmp_path / "cv.csv")])
     assert out.exit_code == 0, out.output
@@ -109,8 +115,6 @@ def test_leave_one_site_out_runs_are_summarised_per_site_with_intervals(tmp_path
     interval is bootstrapped over every patient from the per-patient tables the runs logged."""
     import mlflow
 
-    from glioseg import tracking
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("glioseg", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -121,7 +125,7 @@ def test_leave_one_site_out_runs_are_summarised_per_site_with_intervals(tmp_path
             mlflow.log_metrics({"test_dice_patient_mean": sum(dice) / len(dice), "test_patients": len(dice),
                                 "test_ci95.dice_patient_mean.low": min(dice),
                                 "test_ci95.dice_patient_mean.high": max(dice)})
-            mlflow.set_tags({"test_site": site, "split_sites": "2"})
+            mlflow.set_tags({"test_site": site, "split_sites": "2", **SERVED})
             table = pd.DataFrame({"region": "tumour", "patient": [f"TCGA_{site}_{i}" for i in range(len(dice))],
                                   "dice": dice})
             mlflow.log_text(table.to_csv(index=False), tracking.PER_PATIENT_ARTIFACT.format(subset="test"))

@@ -9,6 +9,8 @@ whole data set (the figure Buda et al. report for their 22 folds; not for valida
 ``split.fold_is: val``, whose models all test the same held-out patients), given with a bootstrap interval
 over those patients from the per-patient tables evaluate logs with each run. Leave-one-site-out
 runs (``split.by: site``, one per site) are summarised the same way, one row per held-out site.
+A fold's numbers are its run's evaluation with the inference settings its model carries (an
+evaluation with others is a run nested under it, never the fold's result).
 
 Runs are folds of one configuration when they have the same run name (``train`` or
 ``sweep-NAME``) and the same logged params, apart from ``split.fold`` and the settings in
@@ -18,6 +20,7 @@ Runs are folds of one configuration when they have the same run name (``train`` 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -51,24 +54,40 @@ def configuration(run: pd.Series) -> tuple:
     return (run.get("tags.mlflow.runName"), tuple(params))
 
 
+def as_served(runs: pd.DataFrame) -> pd.Series:
+    """Per run, whether its metrics are an evaluation with the inference settings its model carries."""
+    keys = (tracking.INFERENCE_KEY, tracking.MODEL_INFERENCE_KEY)
+    return pd.Series([tracking.evaluated_as_served({key: run.get(f"tags.{key}") for key in keys})
+                      for _, run in runs.iterrows()], index=runs.index, dtype=bool)
+
+
 def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "patient") -> pd.DataFrame:
     """The newest complete set of ``folds`` evaluated fold runs named ``run_name``, one row per fold.
 
     ``runs`` is what ``mlflow.search_runs`` returns; ``by: site`` takes leave-one-site-out runs,
-    ``folds`` being the number of sites. Of several runs of one fold, the newest counts. Raises
-    :class:`DataError` saying which folds are missing when no set is complete.
+    ``folds`` being the number of sites. Of several runs of one fold, the newest counts. A run counts
+    only when its metrics come from an evaluation with the inference settings its model carries (see
+    :func:`glioseg.tracking.log_evaluation`). Raises :class:`DataError` saying which folds are
+    missing when no set is complete.
     """
     count = FOLD_COUNT[by]
     hint = (f"split.folds={folds}" if by == "patient" else f"split.by=site over {folds} sites")
     nothing = DataError(f"the MLflow store has no evaluated run named '{run_name}' with {hint}")
     if HEADLINE not in runs or count not in runs:
         raise nothing
-    chosen = runs[(runs["tags.mlflow.runName"] == run_name) & (runs[count] == str(folds))
-                  & runs[HEADLINE].notna()]
-    if chosen.empty:
+    named = runs[(runs["tags.mlflow.runName"] == run_name) & (runs[count] == str(folds))]
+    # Evaluated: with metrics, or with its model's key only (every evaluation had other settings).
+    model_key = named.get(f"tags.{tracking.MODEL_INFERENCE_KEY}", pd.Series(np.nan, index=named.index))
+    evaluated = named[named[HEADLINE].notna() | model_key.notna()]
+    if evaluated.empty:
         raise nothing
-    chosen = chosen.assign(fold=chosen["params.split.fold"].astype(int),
-                           config=[configuration(row) for _, row in chosen.iterrows()])
+    evaluated = evaluated.assign(fold=evaluated["params.split.fold"].astype(int))
+    served = as_served(evaluated) & evaluated[HEADLINE].notna()
+    chosen = evaluated[served]
+    if chosen.empty:
+        raise DataError(f"the MLflow store has no run named '{run_name}' with {hint} evaluated with the inference "
+                        f"settings its model carries{other_settings(evaluated[~served], range(folds))}")
+    chosen = chosen.assign(config=[configuration(row) for _, row in chosen.iterrows()])
     newest_first = chosen.sort_values("start_time", ascending=False)
     partial = None
     for _, group in newest_first.groupby("config", sort=False):
@@ -77,11 +96,23 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "pat
             return latest.reset_index(drop=True)
         partial = latest if partial is None else partial
     found = ", ".join(str(f) for f in partial["fold"])
-    missing = ", ".join(str(f) for f in sorted(set(range(folds)) - set(partial["fold"])))
+    absent = sorted(set(range(folds)) - set(partial["fold"]))
+    missing = ", ".join(str(f) for f in absent)
     queue = f"-S split.folds={folds}" if by == "patient" else "-S split.by=site"
     raise DataError(f"no complete {folds}-fold cross-validation of run '{run_name}': the newest configuration "
                     f"has folds {found}, missing {missing} (dvc exp run --queue {queue} "
-                    f"-S split.fold=...; dvc queue start)")
+                    f"-S split.fold=...; dvc queue start){other_settings(evaluated[~served], absent)}")
+
+
+def other_settings(runs: pd.DataFrame, folds: Iterable[int]) -> str:
+    """The clause naming the newest run of each of ``folds`` among ``runs`` (evaluated, but not with the
+    inference settings its model carries); empty when there is none."""
+    newest = runs[runs["fold"].isin(list(folds))].sort_values("start_time", ascending=False).drop_duplicates("fold")
+    if newest.empty:
+        return ""
+    named = ", ".join(f"fold {run.fold} (run {run.run_id})" for run in newest.sort_values("fold").itertuples())
+    return (f"; evaluated only with other inference settings than its model carries, or by an older glioseg: "
+            f"{named} (run the evaluate stage again with the inference params each was trained with)")
 
 
 def region_columns(runs: pd.DataFrame) -> dict[str, str]:

@@ -3,9 +3,12 @@
 MLflow has no tool for this. Every experiment is matched by name; every run is copied with its
 name, start and end times, status, tags, params, full metric histories (every step and
 timestamp) and run artifacts (overlays, curves, the glioseg checkpoint), and tagged
-``glioseg.migrated_from`` with its source id, so migrating again copies only what is new. Each
-registered model version is re-created on its copied run (its source: the run's glioseg
-checkpoint, which predict loads), with its tags, and the model's aliases follow their versions.
+``glioseg.migrated_from`` with the id of the run it copies (the first one's, for a copy of a
+copy). Run ids are unique across stores, so however a store is named, migrating again, or back,
+copies only what is new; a nested run (an evaluation with other inference settings) stays under
+its copied parent. Each registered model version is re-created on its copied run (its source:
+the run's glioseg checkpoint, which predict loads), with its tags, and the model's aliases follow
+their versions. A store is refused as its own target however it is named (:func:`store_identity`).
 
 Not copied: MLflow 3's logged-model entities (``mlflow.pytorch.log_model``'s pickled model, which
 glioseg never loads), and deleted experiments or runs.
@@ -13,7 +16,9 @@ glioseg never loads), and deleted experiments or runs.
 
 from __future__ import annotations
 
+import os
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +57,19 @@ def _pages(search, *args, **kwargs) -> Iterator[Any]:
             return
 
 
-def _copy_run(source: Any, target: Any, run: Any, experiment_id: str) -> str:
+def origin(run: Any) -> str:
+    """The id of the run that ``run`` is, or copies: where it was first logged."""
+    return run.data.tags.get(MIGRATED_FROM, run.info.run_id)
+
+
+def _copy_run(source: Any, target: Any, run: Any, experiment_id: str, done: Migration) -> str:
     from mlflow.entities import Param
 
     tags = {key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.runName")}
-    copied = target.create_run(experiment_id, start_time=run.info.start_time, run_name=run.info.run_name,
-                               tags={**tags, MIGRATED_FROM: run.info.run_id})
+    tags[MIGRATED_FROM] = origin(run)
+    if tags.get(tracking.PARENT_RUN) in done.run_ids:
+        tags[tracking.PARENT_RUN] = done.run_ids[tags[tracking.PARENT_RUN]]
+    copied = target.create_run(experiment_id, start_time=run.info.start_time, run_name=run.info.run_name, tags=tags)
     run_id = copied.info.run_id
     params = [Param(key, value) for key, value in run.data.params.items()]
     for start in range(0, len(params), 100):
@@ -79,14 +91,20 @@ def _migrate_runs(source: Any, target: Any, done: Migration) -> None:
         found = target.get_experiment_by_name(experiment.name)
         experiment_id = found.experiment_id if found else target.create_experiment(experiment.name,
                                                                                     tags=experiment.tags)
-        already = {run.data.tags[MIGRATED_FROM]: run.info.run_id
-                   for run in _pages(target.search_runs, [experiment_id]) if MIGRATED_FROM in run.data.tags}
-        for run in _pages(source.search_runs, [experiment.experiment_id]):
-            if run.info.run_id in already:
-                done.run_ids[run.info.run_id] = already[run.info.run_id]
+        # The target's runs by the ids they are known by in any store: their own, and the run each copies.
+        already = {}
+        for run in _pages(target.search_runs, [experiment_id]):
+            already[run.info.run_id] = already[origin(run)] = run.info.run_id
+        # Top-level runs first, so that a nested run's parent has its id in the target.
+        runs = sorted(_pages(source.search_runs, [experiment.experiment_id]),
+                      key=lambda run: tracking.PARENT_RUN in run.data.tags)
+        for run in runs:
+            known = already.get(origin(run))
+            if known:
+                done.run_ids[run.info.run_id] = known
                 done.runs_already_there += 1
             else:
-                done.run_ids[run.info.run_id] = _copy_run(source, target, run, experiment_id)
+                done.run_ids[run.info.run_id] = _copy_run(source, target, run, experiment_id, done)
                 done.runs_copied += 1
 
 
@@ -98,32 +116,55 @@ def _migrate_models(source: Any, target: Any, done: Migration) -> None:
             target.get_registered_model(model.name)
         except MlflowException:
             target.create_registered_model(model.name, tags=model.tags, description=model.description)
-        already = {version.tags.get(MIGRATED_FROM): version.version
+        # A version is known by its run: glioseg registers a run's checkpoint once per model, and
+        # version numbers are per store (two stores both have a version 1).
+        already = {version.run_id: version.version
                    for version in _pages(target.search_model_versions, f"name='{model.name}'")}
         versions = {}
         for version in sorted(_pages(source.search_model_versions, f"name='{model.name}'"),
                               key=lambda v: int(v.version)):
             key = f"{model.name}/{version.version}"
-            if key in already:
-                versions[version.version] = already[key]
-                done.versions_already_there += 1
-                continue
             run_id = done.run_ids.get(version.run_id)
             if run_id is None:
                 raise DataError(f"registered model {key}: its run {version.run_id} is not in the source store")
+            if run_id in already:
+                versions[version.version] = already[run_id]
+                done.versions_already_there += 1
+                continue
             created = target.create_model_version(model.name, f"runs:/{run_id}/checkpoint", run_id=run_id,
                                                   tags={**version.tags, MIGRATED_FROM: key},
                                                   description=version.description)
-            versions[version.version] = created.version
+            versions[version.version] = already[run_id] = created.version
             done.versions_copied += 1
         for alias, version in (model.aliases or {}).items():
             target.set_registered_model_alias(model.name, alias, versions[str(version)])
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
+
+
+def store_identity(uri: str) -> str:
+    """One name for a tracking store however ``uri`` writes it: a SQLite file or a file store by its
+    real path (relative to the working directory, as MLflow reads it; through symlinks), a server or
+    database by its URL without credentials, driver, query, default port or trailing slash."""
+    if uri.startswith("sqlite:///"):  # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
+        return f"sqlite:///{os.path.realpath(uri[len('sqlite:///'):].split('?', 1)[0])}"
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower().split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
+    if scheme in ("", "file"):
+        path = urllib.parse.unquote(parts.path) if scheme else uri
+        return f"file://{os.path.realpath(path)}"
+    host = (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, DEFAULT_PORTS.get(scheme)) else None
+    netloc = f"{host}:{port}" if port else host
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
 def migrate(source_uri: str, target_uri: str) -> Migration:
     """Copy everything of ``source_uri``'s store that ``target_uri``'s does not hold yet."""
-    if source_uri == target_uri:
-        raise DataError(f"{source_uri}: source and target are the same store")
+    identity = store_identity(source_uri)
+    if identity == store_identity(target_uri):
+        raise DataError(f"{source_uri} and {target_uri} are the same store ({identity}); migrate it into another")
     source, target = tracking.client(source_uri), tracking.client(target_uri)
     done = Migration()
     _migrate_runs(source, target, done)

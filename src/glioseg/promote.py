@@ -2,7 +2,8 @@
 
 The candidate (a version of ``glioseg-<dataset>``, the newest by default) is compared with the
 current champion by :func:`glioseg.check_metrics.compare` under the same rules files as CI
-(``ci/floors.yaml``): its test metrics, logged to its run by the evaluate stage, must stay within
+(``ci/floors.yaml``): its test metrics, logged to its run by the evaluate stage with the inference
+settings the model carries (:func:`glioseg.tracking.log_evaluation`), must stay within
 each rule's tolerance of the champion's and above each floor. Then the alias moves; otherwise it
 stays where it was and the comparison says which metric fell. The first evaluated version of a
 model becomes its champion. Aliases, not MLflow's deprecated stages.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from glioseg import tracking
 from glioseg.check_metrics import check_same_numerics, compare, load_floors, to_markdown
 from glioseg.config import flatten
 from glioseg.errors import DataError
@@ -35,10 +37,18 @@ class Promotion:
         return f"{name} version {self.candidate} not promoted: {alias} stays at version {self.champion_before}"
 
 
-def run_metrics(client: Any, run_id: str) -> dict[str, Any]:
+def run_metrics(client: Any, run_id: str, what: str) -> dict[str, Any]:
     """A run's evaluation metrics in the shape of metrics/test.json (``test_x`` logged -> ``test.x``),
-    with the training precision the evaluate stage tagged."""
+    with the training precision the evaluate stage tagged.
+
+    Only an evaluation with the inference settings the run's model carries, as it is served, is
+    judged; ``what`` (the model version) names the run when it has none.
+    """
     run = client.get_run(run_id)
+    if not tracking.evaluated_as_served(run.data.tags):
+        raise DataError(f"{what}: its run {run_id} has no evaluation with the inference settings its model "
+                        "carries (any with other settings are runs nested under it); run the evaluate stage "
+                        "for it with the inference params it was trained with")
     nested: dict[str, Any] = {}
     for key, value in run.data.metrics.items():
         subset, _, name = key.partition("_")
@@ -77,7 +87,7 @@ def promote(client: Any, name: str, rules_path: str, version: str | None = None,
     """Set ``alias`` on the candidate version when it passes the rules against the current holder."""
     rules = load_floors(rules_path)
     candidate = candidate_version(client, name, version)
-    current = run_metrics(client, candidate.run_id)
+    current = run_metrics(client, candidate.run_id, f"{name} version {candidate.version}")
     logged = flatten(current)
     missing = [metric for metric in rules if metric not in logged]
     if missing:
@@ -87,7 +97,7 @@ def promote(client: Any, name: str, rules_path: str, version: str | None = None,
     if champion is None:
         client.set_registered_model_alias(name, alias, candidate.version)
         return Promotion(True, candidate.version, None, "")
-    baseline = run_metrics(client, champion.run_id)
+    baseline = run_metrics(client, champion.run_id, f"{name}@{alias} (version {champion.version})")
     check_same_numerics(current, baseline, f"{name} version {candidate.version}",
                          f"{name}@{alias} (version {champion.version})")
     table = compare(current, baseline, rules)

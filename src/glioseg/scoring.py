@@ -1,4 +1,5 @@
-"""The evaluation stages: a trained model scored on cached subsets, with the results logged to its MLflow run.
+"""The evaluation stages: a trained model scored on cached subsets, with the results logged to its MLflow run
+(or, for inference settings other than those the model file carries, to a run nested under it).
 
 Evaluation tracks the inference params (``inference``) and the inference code only, so changing
 TTA, the threshold or the post-processing re-runs these stages and the report, never training.
@@ -6,6 +7,7 @@ TTA, the threshold or the post-processing re-runs these stages and the report, n
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,16 @@ def stage_protocol(params: Params, loaded: LoadedModel, patients) -> dict[str, A
 def evaluate_run(
     model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, params: Params
 ) -> dict[str, Any]:
-    """Evaluate a model on cached subsets with ``params.inference``; log the results to the model's own MLflow run.
+    """Evaluate a model on cached subsets with ``params.inference``; log the results under the model's MLflow run
+    (to the run itself only with the inference settings the model file carries: :func:`tracking.log_evaluation`).
 
     Returns ``{subset: summary}``, each summary with its ``protocol``; with ``out_dir`` the first
     subset's CSVs and overlays are written there too.
     """
     loaded = load_model(model_path)
+    run_id = loaded.meta.get("mlflow_run_id")
+    if run_id:
+        tracking.require_run(run_id, str(model_path))  # now, not after the evaluation's minutes
     arrays = load_cache(paths.CACHE)
     protocol = stage_protocol(params, loaded, arrays.patient)
     results: dict[str, Any] = {}
@@ -68,15 +74,17 @@ def evaluate_run(
         tables[tracking.PER_PATIENT_ARTIFACT.format(subset=subset)] = result.per_patient.to_csv(index=False)
         if out_dir is not None and subset == subsets[0]:
             images = write_outputs(result, part, out_dir)
-    run_id = loaded.meta.get("mlflow_run_id")
     if run_id:
         flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        inference = {f"inference.{k}": str(v) for k, v in params.inference.model_dump().items()}
         numerics = recorded_numerics(loaded.meta)
         site = {"test_site": protocol["split"]["test_site"], "split_sites": str(protocol["split"]["sites"])} \
             if "test_site" in protocol["split"] else {}
-        tracking.log_to_run(run_id, flat, images, inference | numerics | site, tables)
+        settings, own = params.inference.model_dump(mode="json"), loaded.inference.model_dump(mode="json")
+        logged = tracking.log_evaluation(run_id, settings, own, flat, images, numerics | site, tables)
+        if logged != run_id:
+            print(f"note: {model_path} carries inference settings {own}; this evaluation with {settings} is "
+                  f"logged to MLflow run {logged}, nested under the model's run {run_id}", file=sys.stderr)
     return {"mlflow_run_id": run_id, **results}
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,21 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
+def require_run(run_id: str, owner: str) -> None:
+    """Refuse, in one line, a model file (``owner``) whose training run is not in this store."""
+    from mlflow.exceptions import MlflowException
+
+    with store_errors():
+        try:
+            client().get_run(run_id)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    raise DataError(f"{owner}: its MLflow run {run_id} is not in the tracking store {tracking_uri()}; set "
+                    "MLFLOW_TRACKING_URI to the store that trained it, or train it again to log it here")
+
+
 @contextlib.contextmanager
 def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str], resume: str | None = None) -> Iterator[Any]:
     """A run for one training: ``resume`` (the run a checkpoint was logged to, which must exist), else a new one.
@@ -250,20 +266,76 @@ def search_runs(filter_string: str = "") -> Any:
 
 
 PER_PATIENT_ARTIFACT = "evaluation/{subset}_per_patient.csv"  # evaluate's per-patient table of a subset
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's tag of a nested run
+# The key of the inference settings a run's evaluation metrics come from, and (on a training run)
+# of those its model file carries, with which predict and the registered model serve it.
+INFERENCE_KEY, MODEL_INFERENCE_KEY = "glioseg.inference_key", "glioseg.model_inference_key"
+
+
+def inference_key(settings: Mapping[str, Any]) -> str:
+    """A short stable name for inference settings (``InferenceParams.model_dump(mode="json")``)."""
+    canonical = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def evaluated_as_served(tags: Mapping[str, Any]) -> bool:
+    """Whether a training run's metrics are an evaluation with the inference settings its model carries.
+
+    A run without both keys was not evaluated, or was evaluated by a glioseg that logged every
+    evaluation to it, whatever its settings: its metrics are then the last one's.
+    """
+    key = tags.get(INFERENCE_KEY)
+    return isinstance(key, str) and key == tags.get(MODEL_INFERENCE_KEY)
 
 
 def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
                tags: dict[str, str] | None = None, texts: dict[str, str] | None = None) -> None:
-    """Add metrics, images, tags and text files to a finished run (evaluate adds test results to the train run)."""
+    """Add metrics, images, tags and text files to an existing run (a finished training run, say)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     with store_errors(), mlflow.start_run(run_id=run_id):
-        log_metrics(metrics)
-        mlflow.set_tags(tags or {})
-        for artifact_file, image in images.items():
-            log_image(image, artifact_file)
-        for artifact_file, text in (texts or {}).items():
-            mlflow.log_text(text, artifact_file)
+        _log_outputs(metrics, images, tags or {}, texts or {})
+
+
+def _log_outputs(metrics: dict[str, float], images: dict[str, np.ndarray], tags: dict[str, str],
+                 texts: dict[str, str]) -> None:
+    """Into the active run; the metrics before the tags, which (:data:`INFERENCE_KEY`) say what they are."""
+    mlflow = _mlflow()
+    log_metrics(metrics)
+    mlflow.set_tags(tags)
+    for artifact_file, image in images.items():
+        log_image(image, artifact_file)
+    for artifact_file, text in texts.items():
+        mlflow.log_text(text, artifact_file)
+
+
+def log_evaluation(run_id: str, settings: Mapping[str, Any], model_settings: Mapping[str, Any],
+                   metrics: dict[str, float], images: dict[str, np.ndarray], tags: dict[str, str],
+                   texts: dict[str, str]) -> str:
+    """Log an evaluation made with inference ``settings`` of the model of training run ``run_id``, whose
+    file carries ``model_settings``; returns the id of the run it went to.
+
+    The training run's metrics stay those of its model as served (what ``promote`` and
+    ``cv-summary`` judge): an evaluation with the model's own settings goes to that run, any other
+    to a new run nested under it, with the settings as its params.
+    """
+    key, own = inference_key(settings), inference_key(model_settings)
+    described = {f"inference.{name}": str(value) for name, value in settings.items()}
+    tracker = client()
+    with store_errors():
+        tracker.set_tag(run_id, MODEL_INFERENCE_KEY, own)
+    if key == own:
+        log_to_run(run_id, metrics, images, {**tags, **described, INFERENCE_KEY: key}, texts)
+        return run_id
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    with store_errors():
+        experiment_id = tracker.get_run(run_id).info.experiment_id
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{key}",
+                              tags=run_tags({**tags, PARENT_RUN: run_id, INFERENCE_KEY: key})) as nested:
+            mlflow.log_params(described)
+            _log_outputs(metrics, images, {}, texts)
+    return nested.info.run_id
 
 
 def load_run_text(run_id: str, artifact_file: str) -> str | None:
