@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from glioseg.check_metrics import check_metrics, compare, load_floors
+from glioseg.check_metrics import check_metrics, compare, load_floors, main
 from glioseg.errors import ConfigError, DataError
 
 RULES = """\
@@ -181,3 +181,41 @@ def test_check_metrics_missing_rules_file(files):
     paths[2].unlink()
     with pytest.raises(ConfigError, match="rules file not found"):
         check_metrics(*paths)
+
+
+# --- main: the gate of ci/real_data_check.sh ------------------------------------------------------
+
+
+def test_main_gates_on_the_class_baseline_or_else_on_the_min_floors(tmp_path, capsys):
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "floors.yaml").write_text("dice: {tolerance: 0.02, min: 0.5}\n")
+    (ci / "floors-brats.yaml").write_text("dice: {min: 0.75}\n")
+    (ci / "baseline-real-fp32-avx2.json").write_text(json.dumps({"dice": 0.8}))
+    metrics = tmp_path / "test.json"
+    metrics.write_text(json.dumps({"dice": 0.7}))
+
+    assert main([str(metrics), str(ci), "real", "fp32", "avx2"]) == 1  # 0.02 below the baseline at most
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "metrics check: FAILED" and "ci: no same-class baseline" not in out
+
+    assert main([str(metrics), str(ci), "real", "fp32", "neon"]) == 0  # the min floor only
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("ci: no same-class baseline ci/baseline-real-fp32-neon.json (CPU class neon, fp32): gated on "
+                      "the min floors of ci/floors.yaml only")
+    assert out[-1] == "metrics check: passed"
+
+    assert main([str(metrics), str(ci), "brats", "fp32", "neon"]) == 1  # the kind's own rules
+    assert "of ci/floors-brats.yaml only" in capsys.readouterr().out
+
+
+def test_main_without_a_baseline_needs_a_min_floor(tmp_path, capsys):
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "floors.yaml").write_text("dice: {tolerance: 0.02}\n")
+    metrics = tmp_path / "test.json"
+    metrics.write_text(json.dumps({"dice": 0.7}))
+
+    assert main([str(metrics), str(ci), "real", "fp32", "neon"]) == 2
+    assert capsys.readouterr().err == (f"error: {ci / 'floors.yaml'}: no min floors to gate CPU class neon on "
+                                       "without its baseline\n")

@@ -319,3 +319,82 @@ def test_zip_files_beside_the_slices_are_skipped_with_a_warning(source, tmp_path
     assert sorted(str(w.message) for w in caught) == [
         f"{archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
         for name in ("README.md", "data.csv")]
+
+
+def download_summary(params: dict, tmp_path: Path, monkeypatch, capsys) -> tuple[dict, list[str]]:
+    """The download stage's summary and its ``warning:`` lines, run in ``tmp_path``."""
+    from glioseg.config import parse_params
+    from glioseg.steps import download
+
+    monkeypatch.chdir(tmp_path)
+    summary = download.run(parse_params(params))
+    return summary, [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+
+
+def add_members(archive: Path, names: list[str], data: bytes = b"x") -> None:
+    with zipfile.ZipFile(archive, "a") as z:
+        for name in names:  # ZipInfo keeps the name as given (ZipFile.write would normalise it)
+            z.writestr(zipfile.ZipInfo(name), data)
+
+
+def test_zip_members_outside_the_layout_are_reported_and_counted(source, tmp_path, monkeypatch, capsys):
+    patient = patients_of(source)[0]
+    archive = make_zip(tmp_path / "lgg.zip", source, ["kaggle_3m", "lgg-mri-segmentation/kaggle_3m"])
+    unsafe = [f"../kaggle_3m/{patient}/{patient}_1.tif", f"/abs/kaggle_3m/{patient}/{patient}_1.tif",
+              f"kaggle_3m/{patient}/../{patient}_9.tif"]
+    outside = ["notes/readme.txt", "LICENSE"]
+    add_members(archive, [*unsafe, *outside, f"kaggle_3m/{patient}/extra/{patient}_1.tif"])
+
+    summary, warnings = download_summary({"data": {"source": str(archive)}}, tmp_path, monkeypatch, capsys)
+
+    assert (summary["patients"], summary["pairs"]) == (PATIENTS, PATIENTS * SLICES)
+    assert sorted(warnings) == sorted([
+        *(f"warning: {archive}:{member}: an absolute path or one with '..'; skipped" for member in unsafe),
+        *(f"warning: {archive}:{member}: outside kaggle_3m/, the kaggle_3m folder read; skipped" for member in outside),
+        *(f"warning: {archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
+          for name in ("README.md", "data.csv", f"{patient}/extra/{patient}_1.tif")),
+    ]), "the duplicate lgg-mri-segmentation/kaggle_3m is left out without a warning per member"
+    assert summary["skipped"] == len(warnings)
+
+
+def test_zip_layout_reached_through_dotdot_is_not_read(source, tmp_path):
+    from glioseg.errors import SkippedInput
+
+    archive = tmp_path / "lgg.zip"
+    files = sorted(source.rglob("*.tif"))
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in files:
+            z.writestr(zipfile.ZipInfo(f"../kaggle_3m/{file.relative_to(source).as_posix()}"), file.read_bytes())
+
+    with pytest.warns(SkippedInput) as caught, pytest.raises(DataError, match=r"no kaggle_3m/<patient>"):
+        fetch(archive, tmp_path)
+    assert len(caught) == len(files)
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_brats_stray_file_in_a_case_folder_is_reported_and_counted(tmp_path, monkeypatch, capsys, kind):
+    from glioseg.config import BratsParams
+    from glioseg.data.synthetic_brats import generate_brats
+
+    cases = tmp_path / "cases"
+    generate_brats(cases, 2, 12, 32, seed=5, suffixes=dict(BratsParams().suffixes))
+    first = sorted(cases.iterdir())[0]
+    (first / "notes.txt").write_text("scanner notes")
+    (first / f"{first.name}_brainmask.nii.gz").write_bytes(b"not asked for")
+    (first / ".DS_Store").write_bytes(b"hidden")
+    stray = [first / "notes.txt", first / f"{first.name}_brainmask.nii.gz"]
+    source = cases
+    if kind == "zip":
+        source = tmp_path / "cases.zip"
+        with zipfile.ZipFile(source, "w") as z:
+            for path in sorted(cases.rglob("*")):
+                z.write(path, f"Training/{path.relative_to(cases).as_posix()}")
+        stray = [f"{source}:Training/{first.name}/{path.name}" for path in stray]
+
+    params = {"dataset": "brats", "data": {"source": str(source)}}
+    summary, warnings = download_summary(params, tmp_path, monkeypatch, capsys)
+
+    assert summary["cases"] == 2
+    assert sorted(warnings) == sorted(
+        f"warning: {path}: not a <case>_<suffix>.nii[.gz] volume of data.brats.suffixes; skipped" for path in stray)
+    assert summary["skipped"] == 2

@@ -5,6 +5,8 @@ The rules file maps a metric (dotted key of the flattened metrics JSON) to an ab
 
     dice_patient_mean: {tolerance: 0.02}
     dice_positive_slice_mean: {min: 0.5}
+
+``python -m glioseg.check_metrics`` is the gate of ``ci/real_data_check.sh`` (:func:`main`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from glioseg.config import flatten
-from glioseg.errors import ConfigError, DataError
+from glioseg.errors import ConfigError, DataError, GliosegError
 from glioseg.io import read_yaml
 from glioseg.numerics import TRAINING_NUMERICS, UNKNOWN
 
@@ -172,3 +175,53 @@ def check_same_numerics(current: dict, baseline: dict, metrics_path: str | os.Pa
             mine, other = (NUMERICS_WORDING[key].format(value) for value in (ours[key], theirs[key]))
             raise DataError(f"{metrics_path}: trained {mine}, but {baseline_path} {other}; compare with a "
                             f"baseline trained {mine}")
+
+
+def ci_files(ci_dir: str | os.PathLike, kind: str, precision: str, capability: str) -> tuple[Path, Path]:
+    """A CI gate's baseline, ``ci/baseline-KIND-PRECISION-CAPABILITY.json``, and its rules,
+    ``ci/floors-KIND.yaml``, or ``ci/floors.yaml`` where the kind has none."""
+    ci_dir = Path(ci_dir)
+    rules = ci_dir / f"floors-{kind}.yaml"
+    if not rules.is_file():
+        rules = ci_dir / "floors.yaml"
+    return ci_dir / f"baseline-{kind}-{precision}-{capability}.json", rules
+
+
+def ci_gate(
+    metrics_path: str | os.PathLike, ci_dir: str | os.PathLike, kind: str, precision: str, capability: str
+) -> tuple[bool, str]:
+    """Whether one gate of ci/real_data_check.sh passes, and its comparison as a markdown table.
+
+    A machine whose CPU class (with its precision) has no baseline, an ARM one say, is gated on the
+    rules' absolute floors (``min``) alone, and the comparison opens with a line saying so: another
+    class's baseline cannot stand in, as the kernels move the numbers by more than any tolerance
+    (docs/results.md).
+    """
+    baseline, rules_path = ci_files(ci_dir, kind, precision, capability)
+    if baseline.is_file():
+        return check_metrics(metrics_path, baseline, rules_path)
+    floors = {metric: {"min": rule["min"]} for metric, rule in load_floors(rules_path).items() if "min" in rule}
+    if not floors:
+        raise ConfigError(f"{rules_path}: no min floors to gate CPU class {capability} on without its baseline")
+    table = compare(load_metrics(metrics_path), {}, floors)
+    shown = Path(ci_dir).name
+    notice = (f"ci: no same-class baseline {shown}/{baseline.name} (CPU class {capability}, {precision}): gated on "
+              f"the min floors of {shown}/{rules_path.name} only")
+    return bool(table["ok"].all()), f"{notice}\n{to_markdown(table)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m glioseg.check_metrics METRICS CI_DIR KIND PRECISION CAPABILITY``: :func:`ci_gate`,
+    printed; exit status 1 when it fails, 2 on a user error (as ``glioseg check-metrics``)."""
+    try:
+        passed, report = ci_gate(*(sys.argv[1:] if argv is None else argv))
+    except GliosegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    print("metrics check: " + ("passed" if passed else "FAILED"))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

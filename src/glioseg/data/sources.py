@@ -47,6 +47,7 @@ from glioseg.io import atomic_path, write_csv
 MANIFEST_COLUMNS = ["patient", "slice", "image", "mask", "image_sha256", "mask_sha256"]
 KAGGLE_DATASET = "mateuszbuda/lgg-mri-segmentation"
 LAYOUT = "kaggle_3m"
+BRATS_STRAY = "not a <case>_<suffix>.nii[.gz] volume of data.brats.suffixes; skipped"
 
 
 def fetch_lgg(
@@ -105,28 +106,38 @@ def _copy_folder(root: Path, staging: Path, patients: int | None) -> str:
 
 
 def _zip_layout(archive: zipfile.ZipFile, shown: str) -> tuple[str, dict[str, dict[str, str]]]:
-    """The shallowest ``.../kaggle_3m`` folder in the archive: its path and {patient: {file name: member}}."""
+    """The shallowest ``.../kaggle_3m`` folder in the archive: its path and {patient: {file name: member}}.
+
+    Every other member is reported as skipped (:class:`SkippedInput`), as the folder path reports
+    what it leaves out, except those of deeper ``kaggle_3m`` copies (Kaggle's duplicate, by design
+    never read) and hidden names. Absolute and ``..`` members never count as part of a layout.
+    """
     layouts: dict[str, dict[str, dict[str, str]]] = {}
-    others: dict[str, list[str]] = {}
+    others: list[str] = []
     for member in archive.namelist():
-        parts = PurePosixPath(member).parts
+        path = PurePosixPath(member)
+        parts = path.parts
         if member.endswith("/") or parts[-1].startswith("."):
             continue
-        if len(parts) >= 2 and parts[-2] == LAYOUT:  # a file beside the patient folders
-            others.setdefault("/".join(parts[:-1]), []).append(member)
-        if len(parts) < 3 or parts[-3] != LAYOUT:
+        if path.is_absolute() or ".." in parts:
+            warnings.warn(f"{shown}:{member}: an absolute path or one with '..'; skipped", SkippedInput, stacklevel=2)
             continue
-        patient, name = parts[-2:]
-        folder = "/".join(parts[:-2])
-        if is_patient_name(patient) and slice_name(patient, name) is not None:
-            layouts.setdefault(folder, {}).setdefault(patient, {})[name] = member
+        is_slice = (len(parts) >= 3 and parts[-3] == LAYOUT and is_patient_name(parts[-2])
+                    and slice_name(parts[-2], parts[-1]) is not None)
+        if is_slice:
+            layouts.setdefault("/".join(parts[:-2]), {}).setdefault(parts[-2], {})[parts[-1]] = member
         else:
-            others.setdefault(folder, []).append(member)
+            others.append(member)
     if not layouts:
         raise DataError(f"{shown}: no {LAYOUT}/<patient>/<patient>_<n>.tif files in the zip")
     folder = min(layouts, key=lambda f: (f.count("/"), f))
-    for member in others.get(folder, []):
-        warnings.warn(f"{shown}:{member}: not a <patient>_<n>[_mask].tif slice; skipped", SkippedInput, stacklevel=2)
+    for member in others:
+        if member.startswith(f"{folder}/"):
+            warnings.warn(f"{shown}:{member}: not a <patient>_<n>[_mask].tif slice; skipped", SkippedInput,
+                          stacklevel=2)
+        elif not any(member.startswith(f"{copy}/") for copy in layouts):
+            warnings.warn(f"{shown}:{member}: outside {folder}/, the {LAYOUT} folder read; skipped", SkippedInput,
+                          stacklevel=2)
     return folder, layouts[folder]
 
 
@@ -269,6 +280,9 @@ def _stage_brats(
     path = Path(source)
     if path.is_dir():
         for case in brats.list_cases(path)[:patients]:
+            for name in sorted(set(os.listdir(case)) - _brats_names(case.name, params)):
+                if not name.startswith("."):
+                    warnings.warn(f"{case / name}: {BRATS_STRAY}", SkippedInput, stacklevel=2)
             (staging / case.name).mkdir(parents=True)
             for file in brats.case_files(case, params).values():
                 shutil.copy2(file, staging / case.name / file.name)
@@ -279,6 +293,14 @@ def _stage_brats(
                     "(expected 'synthetic', a folder or zip of BraTS cases)")
 
 
+def _brats_names(case: str, params: BratsParams) -> set[str]:
+    """The file names a case folder may hold: ``<case>_<suffix>.nii[.gz]`` for every suffix of ``params``.
+
+    Those of modalities not asked for are left out quietly, like the patients beyond ``data.patients``.
+    """
+    return {f"{case}_{suffix}{extension}" for suffix in params.suffixes.values() for extension in brats.EXTENSIONS}
+
+
 def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: BratsParams) -> str:
     """Extract the wanted files of the first ``patients`` cases (``.../<case>/<case>_<suffix>.nii.gz``)."""
     if not zipfile.is_zipfile(path):
@@ -287,6 +309,7 @@ def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: 
     try:
         with zipfile.ZipFile(path) as archive:
             cases: dict[str, list[str]] = {}
+            strays: dict[str, list[str]] = {}
             for member in archive.namelist():
                 parts = PurePosixPath(member).parts
                 if len(parts) < 2:
@@ -299,9 +322,13 @@ def _extract_brats_zip(path: Path, staging: Path, patients: int | None, params: 
                 stem = name.removesuffix(".gz").removesuffix(".nii")
                 if name.endswith(brats.EXTENSIONS) and stem.removeprefix(f"{case}_") in suffixes:
                     cases.setdefault(case, []).append(member)
+                elif not (member.endswith("/") or name.startswith(".") or name in _brats_names(case, params)):
+                    strays.setdefault(case, []).append(member)
             if not cases:
                 raise DataError(f"{path}: no <case>/<case>_<modality>.nii.gz files in the zip")
             for case in sorted(cases)[:patients]:
+                for member in strays.get(case, []):
+                    warnings.warn(f"{path}:{member}: {BRATS_STRAY}", SkippedInput, stacklevel=2)
                 (staging / case).mkdir(parents=True)
                 for member in cases[case]:
                     with archive.open(member) as src, open(staging / case / PurePosixPath(member).name, "wb") as dst:
