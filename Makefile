@@ -15,7 +15,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# check-params first: DVC reads params.yaml before any stage runs, so only glioseg names a bad one in one line.
 repro: setup
+	$(BIN)/glioseg check-params params.yaml > /dev/null
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup

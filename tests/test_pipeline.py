@@ -123,7 +123,9 @@ def mlflow_runs(root: Path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("glioseg")
-    return client, experiment, client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    # Evaluations with other inference settings are nested runs (tracking.log_evaluation): not trainings.
+    return client, experiment, [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
 def test_repro_writes_every_output(project):
@@ -248,6 +250,61 @@ def test_a_bad_param_stops_repro_before_any_output_is_removed(project, edit, mes
     output = run(["dvc", "repro"], root, env).stdout
     assert [line for line in output.splitlines() if line.startswith("Running stage")] in (
         [], ["Running stage 'check_params':"]), output
+    assert changed_stages(root, env) == set()
+
+
+KEPT = ("models/train.json", "models/history.csv", "models/model.pt", "metrics/test.json", "data/raw/manifest.csv")
+
+
+LR_ERROR = "error: params.yaml: key 'lr': Input should be greater than 0 (got -1)"
+
+
+@pytest.mark.parametrize(("command", "edit", "message"), [
+    (["dvc", "repro", "-s", "train"], {"lr": -1}, LR_ERROR),
+    (["dvc", "repro", "--downstream", "train"], {"lr": -1}, LR_ERROR),
+    (["dvc", "repro", "-s", "download"], {"data": {"patients": 0}},
+     "error: params.yaml: key 'data.patients': Input should be greater than or equal to 1 (got 0)"),
+    (["dvc", "exp", "run", "-S", "lr=-1"], {}, LR_ERROR),
+], ids=["single-stage", "downstream", "single-data-stage", "exp-run"])
+def test_a_bad_param_removes_nothing_whichever_stages_run(project, command, edit, message):
+    root, env = project["root"], project["env"]
+    kept = {name: (root / name).read_bytes() for name in KEPT}
+    with edited_params(root) as edit_params:
+        edit_params(**edit)
+        failed = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert failed.returncode != 0
+        assert message in failed.stdout + failed.stderr
+        assert {name: (root / name).read_bytes() for name in kept} == kept
+    assert changed_stages(root, env) == set()
+
+
+def test_a_bad_param_in_a_queued_experiment_fails_it_and_leaves_the_workspace(project):
+    root, env = project["root"], project["env"]
+    kept = {name: (root / name).read_bytes() for name in KEPT}
+    run(["dvc", "exp", "run", "--queue", "-S", "lr=-1", "-n", "badlr"], root, env)
+    assert "Failed" in run_queue(root, env)
+    log = subprocess.run(["dvc", "queue", "logs", "badlr"], cwd=root, env=env, capture_output=True, text=True)
+    assert "error: params.yaml: key 'lr': Input should be greater than 0 (got -1)" in log.stdout + log.stderr
+    assert {name: (root / name).read_bytes() for name in kept} == kept
+    run(["dvc", "queue", "remove", "--failed"], root, env)
+
+
+def test_a_source_inside_an_output_is_refused_before_anything_is_removed(project):
+    root, env = project["root"], project["env"]
+    patient = root / "data/raw/kaggle_3m/MINE_2020"
+    patient.mkdir()
+    (patient / "MINE_2020_1.tif").write_bytes(b"a user's own scan")
+    try:
+        with edited_params(root) as edit_params:
+            edit_params(data={"source": "data/raw/kaggle_3m"})
+            failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+            assert failed.returncode != 0
+            assert ("error: params.yaml: key 'data.source': data/raw/kaggle_3m overlaps data/raw, an output of "
+                    "the download stage") in failed.stdout + failed.stderr
+            assert "Running stage 'download'" not in failed.stdout
+            assert (patient / "MINE_2020_1.tif").read_bytes() == b"a user's own scan"
+    finally:
+        shutil.rmtree(patient)
     assert changed_stages(root, env) == set()
 
 

@@ -66,7 +66,8 @@ def test_the_resume_fingerprint_hashes_the_train_stages_code(tmp_path):
     fingerprinted = {path.relative_to(PROJECT).as_posix() for path in codedeps.module_closure("glioseg.experiment")}
     for name in ("train", "sweep_train"):
         stage = stage_definitions()[name]
-        assert listed_code(stage) - fingerprinted == {f"stages/{script(stage).name}", "src/glioseg/runner.py"}
+        assert listed_code(stage) - fingerprinted == {f"stages/{script(stage).name}", "src/glioseg/runner.py",
+                                                 "src/glioseg/stage_outputs.py"}
 
     from glioseg.config import Params
 
@@ -100,3 +101,18 @@ def test_a_relative_import_is_refused_rather_than_missed(tmp_path):
     module.write_text("from . import x\n")
     with pytest.raises(ValueError, match="relative import"):
         codedeps.imported_modules(module)
+
+
+def test_dvc_never_removes_an_output_before_its_stage_validated_params():
+    """Every output persists, so `-s`, `--downstream` and experiments cannot lose one to a rejected param."""
+    for name, stage in stage_definitions().items():
+        for section in ("outs", "metrics", "plots"):
+            for entry in stage.get(section, []):
+                assert isinstance(entry, dict) and next(iter(entry.values())).get("persist") is True, (name, entry)
+
+
+def test_the_code_deps_writer_reproduces_dvc_yaml():
+    text = (PROJECT / "dvc.yaml").read_text()
+    assert codedeps.with_derived_deps(text, PROJECT) == text
+    stale = text.replace("      - src/glioseg/stage_outputs.py\n", "", 1)
+    assert stale != text and codedeps.with_derived_deps(stale, PROJECT) == text

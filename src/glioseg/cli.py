@@ -75,10 +75,13 @@ def stage(
 @app.command("check-params")
 @user_errors
 def check_params(params_file: Annotated[Path, typer.Argument()] = Path("params.yaml")) -> None:
-    """Validate a params file and print it with defaults filled in."""
+    """Validate a params file and print it with defaults filled in (`make repro` runs it before DVC)."""
     from glioseg.config import load_params
+    from glioseg.stage_outputs import check_source_outside_outputs
 
-    typer.echo(json.dumps(load_params(params_file).model_dump(), indent=2))
+    params = load_params(params_file)
+    check_source_outside_outputs(params.data.source)
+    typer.echo(json.dumps(params.model_dump(), indent=2))
 
 
 @app.command("params")
@@ -239,15 +242,20 @@ def server_start(
     artifacts: Annotated[str | None, typer.Option(help="artifact store the server writes to: a folder URI or "
                                                   "s3://bucket/prefix [default: .glioseg/server/artifacts]",
                                                   show_default=False)] = None,
+    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic authentication (users in the same "
+                                       "PostgreSQL; the admin's credentials in .glioseg/server/admin.env)")] = False,
 ) -> None:
     """Start PostgreSQL and the MLflow server for this repository; prints the MLFLOW_TRACKING_URI to use."""
     from glioseg import server
     from glioseg.paths import repo_root
 
     state = server.start(repo_root(), port=port, postgres_port=postgres_port, host=host,
-                         allowed_hosts=allowed_hosts, artifacts=artifacts)
+                         allowed_hosts=allowed_hosts, artifacts=artifacts, auth=auth)
     typer.echo(f"export MLFLOW_TRACKING_URI={state.url}   # server pid {state.mlflow_pid}, "
                f"PostgreSQL on 127.0.0.1:{state.postgres_port}, artifacts {state.artifacts}")
+    if state.credentials:
+        typer.echo(f"# clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; the admin's: "
+                   f"set -a; . {state.credentials}; set +a")
 
 
 @server_app.command("stop")
@@ -259,6 +267,20 @@ def server_stop() -> None:
 
     state = server.stop(repo_root())
     typer.echo(f"stopped {state.url} (pid {state.mlflow_pid}) and PostgreSQL on 127.0.0.1:{state.postgres_port}")
+
+
+@server_app.command("remove")
+@user_errors
+def server_remove(
+    yes: Annotated[bool, typer.Option("--yes", help="really delete the team database")] = False,
+) -> None:
+    """Delete the stopped server's PostgreSQL cluster (every run, model version, alias and user) and its
+    password and state files, to start over; the artifacts stay."""
+    from glioseg import server
+    from glioseg.paths import repo_root
+
+    removed = server.remove(repo_root(), yes=yes)
+    typer.echo(f"removed {', '.join(map(str, removed))}" if removed else "nothing to remove")
 
 
 @server_app.command("status")

@@ -15,6 +15,8 @@ the package ``__init__`` files on the way, so those are part of the closure too.
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 PACKAGE = "glioseg"
@@ -81,3 +83,29 @@ def module_closure(module: str) -> list[Path]:
     if module_file(module) is None:
         raise ValueError(f"{module}: not a glioseg module")
     return sorted({*file_closure(module_file(module)), *(module_file(name) for name in _with_parents(module))})
+
+
+CODE_DEP = re.compile(r"^(\s+)- ((?:src|stages)/\S+)$")
+SCRIPT = re.compile(r"^\s+cmd: python (stages/\S+\.py)")
+
+
+def with_derived_deps(dvc_yaml: str, root: Path) -> str:
+    """``dvc_yaml``'s text with each stage's code deps replaced by its script's closure (comments kept)."""
+    lines, result, script = dvc_yaml.split("\n"), [], None
+    for line in lines:
+        command = SCRIPT.match(line)
+        if command:
+            script = root / command.group(1)
+        code = CODE_DEP.match(line)
+        if code is None:
+            result.append(line)
+        elif script is not None:
+            indent = code.group(1)
+            result += [f"{indent}- {path.relative_to(root.resolve()).as_posix()}" for path in file_closure(script)]
+            script = None
+    return "\n".join(result)
+
+
+if __name__ == "__main__":  # python -m glioseg.codedeps [dvc.yaml]: rewrite the stages' code deps
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "dvc.yaml")
+    target.write_text(with_derived_deps(target.read_text(), target.resolve().parent))

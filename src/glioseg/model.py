@@ -8,6 +8,7 @@ no unpickling of arbitrary objects from user files.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -56,8 +57,12 @@ def to_group_norm(module: torch.nn.Module, groups: int = 32) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Serialised in memory first: torch's own file writer reports a full disk as a RuntimeError,
+    a plain write as the OSError that :func:`atomic_path` turns into one line."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -192,6 +197,8 @@ def stored_inference(payload: dict[str, Any]) -> InferenceParams:
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
     payload = read_checkpoint(path)
+    if not isinstance(payload, dict):  # weights_only still loads any plain data: a list, a bare tensor
+        raise DataError(f"{path}: not a glioseg model file (it holds a {type(payload).__name__}, not a checkpoint)")
     try:
         params = ModelParams.model_validate(payload["model_params"])
         inference = stored_inference(payload)

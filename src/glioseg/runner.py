@@ -2,7 +2,9 @@
 
 Each ``stages/<name>.py`` imports only the function its stage runs (and this module), so the
 stage's code dependencies, derived from its imports (:mod:`glioseg.codedeps`), are exactly the
-modules that stage can execute. A user error prints as one ``error:`` line with exit code 2.
+modules that stage can execute. A user error, a full or read-only disk, and Ctrl-C each print
+one line (exit code 2, or 130 for an interrupt); DVC keeps the outputs of the stage's last good
+run in every case (:mod:`glioseg.stage_outputs`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from glioseg import stage_outputs
 from glioseg.config import Params, load_params
 from glioseg.errors import GliosegError
+from glioseg.io import write_fault
 
 StageFunction = Callable[..., dict[str, Any]]
 
@@ -47,16 +51,34 @@ def stage_function(stage: str) -> StageFunction:
 
 
 def run(function: StageFunction, *args: str, params_file: Path | None = None) -> dict[str, Any]:
-    """``function(params, *args)`` with the validated params of ``params_file`` (default params.yaml)."""
+    """``function(params, *args)`` with the validated params of ``params_file`` (default params.yaml).
+
+    Under DVC, the stage's directory outputs are removed only once the params passed.
+    """
     params: Params = load_params(params_file)
+    stage_outputs.check_source_outside_outputs(params.data.source)
+    stage_outputs.clear_directory_outputs(stage_outputs.current_stage())
     return function(params, *args)
 
 
 def main(function: StageFunction, *args: str) -> None:
-    """A stage script's body: run the stage and print its summary, or one error line and exit 2."""
+    """A stage script's body: run the stage and print its summary, or one error line and exit."""
+    stage = stage_outputs.current_stage() or function.__name__
     try:
         summary = run(function, *args)
     except GliosegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {exc}", 2)
+    except OSError as exc:
+        fault = write_fault(exc, Path.cwd())
+        if fault is None:
+            raise
+        _fail(f"error: {fault}; stage {stage} stopped, the outputs of its last good run are kept", 2)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: stage {stage} stopped, the outputs of its last good run are kept; "
+              "`dvc repro` carries on (a training resumes from its last checkpoint)", 130)
     print(json.dumps(summary, indent=2, default=str))
+
+
+def _fail(line: str, code: int) -> None:
+    print(line, file=sys.stderr)
+    sys.exit(code)

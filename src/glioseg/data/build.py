@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pandas as pd
 
@@ -10,9 +13,34 @@ from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.data.context import stack_context
 from glioseg.data.intensity import window_case
 from glioseg.data.reader import read_slices
-from glioseg.errors import DataError
+from glioseg.errors import ConfigError, DataError
 from glioseg.losses import border_distance_sum
 from glioseg.transforms import preprocess_pipeline
+
+
+def available_memory() -> int:
+    """Bytes of memory a new allocation can have now: Linux's MemAvailable, else free pages, else no bound."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return sys.maxsize
+
+
+def check_memory(slices: int, size: int, bytes_per_pixel: int) -> None:
+    """Refuse, naming the key, a cache that would not fit in memory, before numpy tries to allocate it."""
+    needed = slices * size * size * bytes_per_pixel
+    available = available_memory()
+    if needed > available:
+        raise ConfigError(f"params.yaml: key 'augment.image_size': {size} px needs {needed / 2**30:.1f} GiB of memory "
+                          f"for the cache's {slices} slices, more than the {available / 2**30:.1f} GiB available; "
+                          "choose a smaller size")
 
 
 def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:
@@ -34,6 +62,7 @@ def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> Sl
     decoded = labels[labels["patient"].isin(rows["patient"])] if whole_patients else rows
     decoded = decoded.sort_values(["patient", "slice"]).reset_index(drop=True)
     n = len(decoded)
+    check_memory(n, size, params.slice_channels + 1 + 2 + (params.input_channels if whole_patients else 0))
     images = np.empty((n, size, size, params.slice_channels), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
     distance = np.empty((n, size, size), np.float16)
