@@ -34,3 +34,14 @@ def test_the_metrics_table_shows_test_intervals_beside_the_values():
     assert table.loc["dice_patient_mean", "test 95% CI"] == "[0.312, 0.688]"
     assert table.loc["iou_patient_mean", "test 95% CI"] == ""
     assert table.loc["patients", "test"] == "4"
+
+
+def test_a_run_that_did_not_learn_is_marked_in_its_row():
+    everywhere = {**SUMMARY, "dice_positive_slice_mean": 0.03, "sensitivity": 1.0, "specificity": 0.09}
+    nothing = {**SUMMARY, "dice_positive_slice_mean": 0.0, "sensitivity": 0.0, "specificity": 1.0}
+    runs = [run("combined", 1e-3), RunResult("lr_low", "combined", 5e-5, 16, "r2", everywhere, SUMMARY),
+            RunResult("lr_high", "combined", 5e-3, 16, "r3", nothing, SUMMARY)]
+    learned = lr_table(runs).set_index("lr")["learned"]
+    assert learned["0.001"] == "yes"
+    assert learned["5e-05"] == "**no**: it predicts tumour on most pixels (training specificity 0.09)"
+    assert learned["0.005"] == "**no**: it predicts no tumour at all (training sensitivity 0)"

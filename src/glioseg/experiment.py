@@ -24,6 +24,7 @@ from glioseg.data.context import centre_slice
 from glioseg.errors import DataError
 from glioseg.inference import predict_labels
 from glioseg.io import exclusive_lock, read_json, write_csv, write_json
+from glioseg.learning import learning_failure, not_learned_warning
 from glioseg.model import build_model, save_checkpoint
 from glioseg.numerics import recorded_numerics
 from glioseg.train import CURVE_METRICS, VALIDATION_THRESHOLD, Trainer
@@ -152,6 +153,10 @@ def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: 
             "train": {m: float(final[f"train_{m}"]) for m in CURVE_METRICS},
             "val": {m: float(final[f"val_{m}"]) for m in CURVE_METRICS},
         }
+        failure = learning_failure(summary["train"]["dice_positive_slice"])
+        summary["learned"] = failure is None
+        if failure is not None:
+            print(not_learned_warning(run_name, run.info.run_id, failure, params.lr, params.epochs), file=sys.stderr)
         write_json(out_dir / "train.json", summary)
         tracking.log_metrics({"best_epoch": outcome.best_epoch, "best_val_dice": summary["val"]["dice"]})
         curves = learning_curves(outcome.history, run_name)

@@ -20,6 +20,7 @@ from glioseg.config import Params
 from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
 from glioseg.io import read_json, write_text
+from glioseg.learning import learning_failure
 from glioseg.viz import display_image, learning_curves, overlay_grid, save_png
 
 # Seed 004 (student report), Tables 1 and 2: their numbers, shown beside ours and labelled as theirs.
@@ -61,7 +62,8 @@ def collect_runs(params: Params) -> list[RunResult]:
     return runs
 
 
-RUN_COLUMNS = ["train Dice", "test Dice", "test Dice 95% CI", "test IoU", "test Dice (tumour slices)", "MLflow run"]
+RUN_COLUMNS = ["train Dice", "test Dice", "test Dice 95% CI", "test IoU", "test Dice (tumour slices)", "MLflow run",
+               "learned"]
 
 
 def interval_text(summary: dict, metric: str) -> str:
@@ -74,9 +76,12 @@ def _row(run: RunResult | None) -> dict[str, object]:
     """A table row's run columns; all missing (NaN) when no run has the row's configuration."""
     if run is None:
         return dict.fromkeys(RUN_COLUMNS, np.nan)
+    failure = learning_failure(run.train.get("dice_positive_slice_mean", np.nan), run.train.get("sensitivity"),
+                               run.train.get("specificity"))
     values = [run.train["dice_patient_mean"], run.test["dice_patient_mean"],
               interval_text(run.test, "dice_patient_mean"), run.test["iou_patient_mean"],
-              run.test.get("dice_positive_slice_mean", np.nan), f"`{run.run_id}` ({run.name})"]
+              run.test.get("dice_positive_slice_mean", np.nan), f"`{run.run_id}` ({run.name})",
+              "yes" if failure is None else f"**no**: {failure}"]
     return dict(zip(RUN_COLUMNS, values))
 
 
@@ -234,6 +239,8 @@ def build_report(params: Params) -> Path:
             "`metrics/test.json` has every definition (per slice, tumour slices only, pooled, per patient).",
             "Its 95% interval is a bootstrap over the test patients (`protocol.confidence_interval`): with few",
             "test patients it is wide, and differences between rows inside it are not evidence.",
+            "A row whose `learned` reads **no** is a run that did not learn (its training slices with tumour",
+            "score a Dice near 0): its figures are no result; rerun it with another lr or more epochs.",
             "HD95 means count every patient: a missed tumour, or a tumour predicted in a patient without one,",
             "scores the diagonal of that patient's evaluation grid (`protocol.hd95` in `metrics/test.json`).",
             *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
