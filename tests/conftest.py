@@ -16,7 +16,7 @@ TINY_PARAMS = {
     "batch_size": 4,
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "train": {},
+    "train": {"schedule": "constant", "keep": "best_val"},  # what the tests were written for
     "run": {"device": "cpu", "threads": 1},
 }
 

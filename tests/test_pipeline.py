@@ -39,6 +39,7 @@ TINY = {
     "data": {"source": "synthetic", "synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
     "augment": {"image_size": 32},
     "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "train": {"schedule": "constant", "keep": "best_val"},  # what the tests were written for
     "run": {"overlay_every": 1, "overlay_slices": 2, "threads": 1},
     "sweeps": {
         "wbce": {"loss": "wbce"},
