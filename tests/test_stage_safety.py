@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from glioseg import runner, stage_outputs
-from glioseg.config import compose_params, parse_params
+from glioseg.config import compose_params
 from glioseg.errors import ConfigError
+from tests.test_run_continuity import PARAMS, project  # noqa: F401  (the fixture: a tiny set's data stages)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -136,18 +137,10 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
 
 
 @pytest.mark.slow
-def test_a_training_on_a_full_disk_is_one_line_keeps_its_outputs_and_ends_its_run(tmp_path, monkeypatch):
+def test_a_training_on_a_full_disk_is_one_line_keeps_its_outputs_and_ends_its_run(project, tmp_path):  # noqa: F811
     """A real full disk (a 1 MiB tmpfs under models/): torch's writer fails, the run ends FAILED."""
     from glioseg import tracking
-    from glioseg.runner import DATA_STAGES, stage_function
-    from tests.test_run_continuity import PARAMS
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    params = parse_params(PARAMS)
-    for stage in DATA_STAGES:
-        stage_function(stage)(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     models = tmp_path / "models"
     if not _mount_tmpfs(models, "1m"):
