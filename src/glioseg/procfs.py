@@ -51,12 +51,14 @@ def stop_group(pgid: int, timeout: float = 30) -> None:
     """SIGTERM to the process group, SIGKILL to what is left after ``timeout`` s; returns once none is left."""
     for sent in (signal.SIGTERM, signal.SIGKILL):
         if not group(pgid):
-            return
+            break
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sent)
         deadline = time.monotonic() + timeout
         while group(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
+    with contextlib.suppress(ChildProcessError):  # the leader is our child when this process started it
+        os.waitpid(pgid, os.WNOHANG)
 
 
 def _listening_sockets(port: int) -> set[str]:
