@@ -40,10 +40,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.loops import bce_dice
 from benchmarks.machine import load_average, machine_info, write_report
-from glioseg.config import Params, compose_params, parse_params
+from glioseg.config.compose import compose_params
+from glioseg.config.schema import Params, parse_params
+from glioseg.device import cpu_has_native_bf16
 from glioseg.errors import GliosegError
-from glioseg.inference import cpu_has_native_bf16
-from glioseg.model import build_model
+from glioseg.model.network import build_model
 
 
 @dataclass(frozen=True)

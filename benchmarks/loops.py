@@ -5,7 +5,7 @@
   ``Compose`` (Resize, HorizontalFlip, VerticalFlip, RandomRotate90, Normalize); a
   ``DataLoader`` (``num_workers=0``) batches them; the same smp U-Net trains in fp32,
   contiguous memory format, with BCE + soft Dice and Adam.
-- :class:`GliosegSession`: :class:`glioseg.train.Trainer` itself on the in-memory array cache
+- :class:`GliosegSession`: :class:`glioseg.training.loop.Trainer` itself on the in-memory array cache
   (loaded from the ``.npz`` the pipeline writes), batched tensor augmentation, channels-last,
   bf16/fp16 autocast on CUDA and bf16 on CPUs with native bf16, fused Adam; each request is one
   ``Trainer.train_epoch()`` over exactly N batches.
@@ -36,12 +36,12 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.machine import device_name
-from glioseg.config import Params, parse_params
+from glioseg.config.schema import Params, parse_params
 from glioseg.data.cache import SliceArrays, load_cache
-from glioseg.inference import select_device
-from glioseg.model import build_model
-from glioseg.train import DeviceArrays, Trainer
-from glioseg.transforms import build_pipelines, pipelines_to_dict
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+from glioseg.device import select_device
+from glioseg.model.network import build_model
+from glioseg.training.loop import DeviceArrays, Trainer
 
 MIB = 1024 * 1024
 

@@ -7,7 +7,7 @@ a temporary folder) are used twice, side by side:
 
 - naive: TIFs decoded per item, per-sample albumentations, DataLoader(num_workers=0), fp32;
 - glioseg: the array cache built once with ``glioseg.data.build.build_cache``, saved as the
-  pipeline's ``.npz`` and loaded back, then ``glioseg.train.Trainer.train_epoch()``.
+  pipeline's ``.npz`` and loaded back, then ``glioseg.training.loop.Trainer.train_epoch()``.
 
 Each loop runs in its own spawned process (unless ``--no-isolate``), so its peak RSS is its own;
 after their warm-up steps the two alternate timed rounds, so load from other processes on the
@@ -36,14 +36,15 @@ import torch
 
 from benchmarks.loops import SESSIONS, serve
 from benchmarks.machine import load_average, machine_info, write_report
-from glioseg.config import Params, compose_params, parse_params
+from glioseg.config.compose import compose_params
+from glioseg.config.schema import Params, parse_params
 from glioseg.data.build import build_cache
 from glioseg.data.cache import load_cache, save_cache
-from glioseg.data.lgg import list_pairs, read_mask
-from glioseg.data.synthetic import generate_lgg
+from glioseg.data.formats.lgg import list_pairs, read_mask
+from glioseg.data.synthetic.lgg import generate_lgg
+from glioseg.data.transforms import channel_stats
+from glioseg.device import select_device
 from glioseg.errors import ConfigError, GliosegError
-from glioseg.inference import select_device
-from glioseg.transforms import channel_stats
 
 REFERENCE = "naive_reference_batch"  # the naive loop at the profile's reference (seed) batch size
 SYNTHETIC = {"patients": 6, "slices": 20, "size": 256, "seed": 0}

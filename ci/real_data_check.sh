@@ -21,19 +21,19 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED="$ROOT/../shared"
 export PATH="$ROOT/.venv/bin:$PATH"
 precision=${GLIOSEG_CI_PRECISION:-$(python -c \
-    'from glioseg.inference import cpu_has_native_bf16; print("bf16" if cpu_has_native_bf16() else "fp32")')}
+    'from glioseg.inference.forward import cpu_has_native_bf16; print("bf16" if cpu_has_native_bf16() else "fp32")')}
 case "$precision" in
     bf16) forced=() ;;
     fp32) forced=(--set train.amp=false) ;;  # the same numbers as amp on a CPU without bf16
     *) echo "ci: GLIOSEG_CI_PRECISION must be bf16 or fp32 (got '$precision')" >&2; exit 2 ;;
 esac
-capability=$(python -c 'import torch; from glioseg.inference import kernel_name; print(kernel_name(torch.device("cpu")))')
+capability=$(python -c 'import torch; from glioseg.inference.forward import kernel_name; print(kernel_name(torch.device("cpu")))')
 echo "ci: training precision $precision, CPU capability $capability"
 
 # gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and
 # data.source SOURCE, `dvc repro evaluate`, then check metrics/test.json against
 # ci/baseline-KIND-PRECISION-CAPABILITY.json with ci/floors-KIND.yaml (or ci/floors.yaml), or on
-# the floors alone where that baseline is missing (glioseg.check_metrics.ci_gate).
+# the floors alone where that baseline is missing (glioseg.evaluation.gate.ci_gate).
 # The subshell runs as a plain command, not in a `||` list, where bash would ignore `set -e` in it
 # (a failed `dvc repro` would then gate the committed metrics/test.json).
 gate() {
@@ -56,7 +56,7 @@ gate() {
             cp metrics/test.json "$ROOT/$baseline"
             echo "ci: wrote $baseline"
         else
-            python -m glioseg.check_metrics metrics/test.json "$ROOT/ci" "$kind" "$precision" "$capability"
+            python -m glioseg.evaluation.gate metrics/test.json "$ROOT/ci" "$kind" "$precision" "$capability"
         fi
     )
 }

@@ -38,12 +38,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.config import compose_params, parse_params
+from glioseg.config.compose import compose_params
+from glioseg.config.schema import parse_params
 from glioseg.data.clean import mean_intensity
-from glioseg.data.lgg import list_pairs, read_image, read_mask
+from glioseg.data.formats.lgg import list_pairs, read_image, read_mask
+from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import GliosegError
 from glioseg.io import atomic_path
-from glioseg.transforms import preprocess_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 # What the machine lacks of glioseg's training, evaluation and benchmark imports (KINDS.md's package

@@ -3,7 +3,7 @@
 The lent GPU machine has neither DVC nor MLflow. This runs what ``dvc repro evaluate`` runs for a
 params profile (composed onto the defaults, as ``glioseg params`` does), through the same
 functions: the data stages (``glioseg.steps``, in a scratch working folder),
-:class:`glioseg.train.Trainer` and :func:`glioseg.evaluate.evaluate`, and writes one JSON: data
+:class:`glioseg.training.loop.Trainer` and :func:`glioseg.evaluation.evaluate.evaluate`, and writes one JSON: data
 counts, device, seconds per epoch and in all, training images/s, CUDA peak memory, the test
 and train metrics (``metrics/test.json``'s definitions) and the per-patient test Dice, which
 :mod:`gpu.cv_pool` pools over the folds of a cross-validation. ``--data`` replaces the params'
@@ -26,14 +26,15 @@ from typing import Any
 import torch
 
 from glioseg import paths
-from glioseg.config import compose_params, parse_params
+from glioseg.config.compose import compose_params
+from glioseg.config.schema import parse_params
 from glioseg.data.cache import load_cache
 from glioseg.errors import GliosegError
-from glioseg.evaluate import evaluate
-from glioseg.experiment import load_pipelines
-from glioseg.model import load_model, save_checkpoint
-from glioseg.runner import DATA_STAGES, stage_function
-from glioseg.train import Trainer
+from glioseg.evaluation.evaluate import evaluate
+from glioseg.model.checkpoint import load_model, save_checkpoint
+from glioseg.pipeline.runner import DATA_STAGES, stage_function
+from glioseg.pipeline.stages.train import load_pipelines
+from glioseg.training.loop import Trainer
 
 
 def run(params_file: Path, data: Path, overrides: list[str], workdir: Path) -> dict[str, Any]:

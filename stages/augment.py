@@ -1,6 +1,6 @@
-"""DVC stage 'augment' (glioseg.steps.augment): validate params.yaml and run the stage."""
+"""DVC stage 'augment' (glioseg.pipeline.stages.augment): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import augment
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import augment
 
 main(augment.run)

@@ -1,6 +1,6 @@
-"""DVC stage 'cache' (glioseg.steps.cache): validate params.yaml and run the stage."""
+"""DVC stage 'cache' (glioseg.pipeline.stages.cache): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import cache
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import cache
 
 main(cache.run)

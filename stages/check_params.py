@@ -1,6 +1,6 @@
-"""DVC stage 'check_params' (glioseg.steps.check_params): validate params.yaml before any stage removes outputs."""
+"""DVC stage 'check_params' (glioseg.pipeline.stages.check_params): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import check_params
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import check_params
 
 main(check_params.run)

@@ -1,6 +1,6 @@
-"""DVC stage 'clean' (glioseg.steps.clean): validate params.yaml and run the stage."""
+"""DVC stage 'clean' (glioseg.pipeline.stages.clean): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import clean
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import clean
 
 main(clean.run)

@@ -1,6 +1,6 @@
-"""DVC stage 'download' (glioseg.steps.download): validate params.yaml and run the stage."""
+"""DVC stage 'download' (glioseg.pipeline.stages.download): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import download
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import download
 
 main(download.run)

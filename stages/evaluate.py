@@ -1,6 +1,6 @@
-"""DVC stage 'evaluate': validate params.yaml and score the main model on the test patients (glioseg.scoring)."""
+"""DVC stage 'evaluate' (glioseg.pipeline.stages.evaluate): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.scoring import evaluate_stage
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import evaluate
 
-main(evaluate_stage)
+main(evaluate.run)

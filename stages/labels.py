@@ -1,6 +1,6 @@
-"""DVC stage 'labels' (glioseg.steps.labels): validate params.yaml and run the stage."""
+"""DVC stage 'labels' (glioseg.pipeline.stages.labels): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import labels
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import labels
 
 main(labels.run)

@@ -1,6 +1,6 @@
-"""DVC stage 'report': validate params.yaml and write reports/report.md (glioseg.report)."""
+"""DVC stage 'report' (glioseg.pipeline.stages.report): validate params.yaml and run the stage."""
 
-from glioseg.report import report_stage
-from glioseg.runner import main
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import report
 
-main(report_stage)
+main(report.run)

@@ -1,6 +1,6 @@
-"""DVC stage 'split' (glioseg.steps.split): validate params.yaml and run the stage."""
+"""DVC stage 'split' (glioseg.pipeline.stages.split): validate params.yaml and run the stage."""
 
-from glioseg.runner import main
-from glioseg.steps import split
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import split
 
 main(split.run)

@@ -1,8 +1,8 @@
-"""DVC stage 'sweep_evaluate@NAME': score the model of `sweeps.NAME` on the test patients (glioseg.scoring)."""
+"""DVC stage 'sweep_evaluate@NAME' (glioseg.pipeline.stages.sweep_evaluate): score sweep NAME's model."""
 
 import sys
 
-from glioseg.runner import main
-from glioseg.scoring import sweep_evaluate_stage
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import sweep_evaluate
 
-main(sweep_evaluate_stage, *sys.argv[1:])
+main(sweep_evaluate.run, *sys.argv[1:])

@@ -1,8 +1,8 @@
-"""DVC stage 'sweep_train@NAME': train the configuration `sweeps.NAME` of params.yaml (glioseg.experiment)."""
+"""DVC stage 'sweep_train@NAME' (glioseg.pipeline.stages.sweep_train): train sweep NAME's model."""
 
 import sys
 
-from glioseg.experiment import sweep_train_stage
-from glioseg.runner import main
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import sweep_train
 
-main(sweep_train_stage, *sys.argv[1:])
+main(sweep_train.run, *sys.argv[1:])

@@ -1,6 +1,6 @@
-"""DVC stage 'train': validate params.yaml and train the main model (glioseg.experiment)."""
+"""DVC stage 'train' (glioseg.pipeline.stages.train): validate params.yaml and run the stage."""
 
-from glioseg.experiment import train_stage
-from glioseg.runner import main
+from glioseg.pipeline.runner import main
+from glioseg.pipeline.stages import train
 
-main(train_stage)
+main(train.run)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from glioseg.config import parse_params
+from glioseg.config.schema import parse_params
+from glioseg.data.borders import border_distance_sum
 from glioseg.data.cache import SliceArrays
-from glioseg.losses import border_distance_sum
-from glioseg.transforms import build_pipelines, pipelines_to_dict
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 
 TINY_PARAMS = {
     "seed": 7,
@@ -66,8 +66,8 @@ def tiny_data(tiny_params):
 
 def train_tiny_model(path, epochs: int = 1):
     """A tiny U-Net trained for ``epochs`` on square slices (seconds on a CPU), saved as a checkpoint at ``path``."""
-    from glioseg.model import save_checkpoint
-    from glioseg.train import Trainer
+    from glioseg.model.checkpoint import save_checkpoint
+    from glioseg.training.loop import Trainer
 
     params = parse_params({**TINY_PARAMS, "epochs": epochs})
     train = square_slices(12, 32, seed=0)

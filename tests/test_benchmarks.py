@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root, beside src/
 
 from benchmarks.run import Profile, load_pairs, main, run_profile, selected_profiles, table  # noqa: E402
-from glioseg.config import parse_params  # noqa: E402
-from glioseg.inference import cpu_has_native_bf16  # noqa: E402
+from glioseg.config.schema import parse_params  # noqa: E402
+from glioseg.device import cpu_has_native_bf16  # noqa: E402
 
 TINY = {
     "batch_size": 4,
@@ -85,7 +85,7 @@ def test_asking_for_the_gpu_table_without_cuda_is_one_line(tmp_path, capsys):
 
 def test_gpu_profiles_are_the_seed_protocol_at_batch_10_and_64_on_cuda():
     from benchmarks.run import PROFILES, SEED_PROTOCOL, profile_params
-    from glioseg.config import compose_params
+    from glioseg.config.compose import compose_params
 
     base = compose_params(REPO / "profiles/cpu-real.yaml")
     for name, batch in (("gpu-10", 10), ("gpu-64", 64)):

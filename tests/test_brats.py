@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glioseg.config import BratsParams, parse_params
-from glioseg.data import brats
+from glioseg.config.schema import BratsParams, parse_params
+from glioseg.data.formats import brats
 from glioseg.data.sources import fetch_brats
-from glioseg.data.synthetic_brats import generate_brats
+from glioseg.data.synthetic.brats import generate_brats
 from glioseg.errors import DataError, RepairedInput, SkippedInput
 
 PARAMS = BratsParams()

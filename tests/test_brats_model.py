@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from glioseg import paths
-from glioseg.config import parse_params
+from glioseg.config.schema import parse_params
 from glioseg.data.cache import load_cache
-from glioseg.evaluate import evaluate
-from glioseg.experiment import load_pipelines
-from glioseg.model import load_model, save_checkpoint
-from glioseg.predict import predict
-from glioseg.runner import DATA_STAGES, stage_function
-from glioseg.train import Trainer
+from glioseg.evaluation.evaluate import evaluate
+from glioseg.inference.scans import predict
+from glioseg.model.checkpoint import load_model, save_checkpoint
+from glioseg.pipeline.runner import DATA_STAGES, stage_function
+from glioseg.pipeline.stages.train import load_pipelines
+from glioseg.training.loop import Trainer
 
 PARAMS = {
     "seed": 1,
@@ -103,7 +103,7 @@ def test_predict_writes_nifti_aligned_with_the_input_and_equal_to_evaluate(pipel
     # Image size equals the input size here, so predict's labels are evaluate's, slice for slice.
     rows = np.flatnonzero(arrays.patient == case)
     expected = evaluate(load_model(model_path), arrays.take(rows), "cpu").predictions
-    from glioseg.data.brats import volume_to_slices
+    from glioseg.data.formats.brats import volume_to_slices
 
     canonical = volume_to_slices(np.asarray(nib.as_closest_canonical(written).dataobj))
     classes = np.select([canonical == 4, canonical == 2, canonical == 1], [3, 2, 1], 0)

@@ -18,7 +18,7 @@ from benchmarks.ceiling import (  # noqa: E402
     table,
     time_shares,
 )
-from glioseg.config import parse_params  # noqa: E402
+from glioseg.config.schema import parse_params  # noqa: E402
 
 TINY = {
     "batch_size": 2,

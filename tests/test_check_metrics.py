@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from glioseg.check_metrics import check_metrics, compare, load_floors, main
 from glioseg.errors import ConfigError, DataError
+from glioseg.evaluation.gate import check_metrics, compare, load_floors, main
 
 RULES = """\
 # metric: {min: absolute floor} or {tolerance: allowed drop below the baseline}

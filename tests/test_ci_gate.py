@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from glioseg.check_metrics import check_metrics, ci_files, ci_gate, load_floors, load_metrics
 from glioseg.errors import DataError
+from glioseg.evaluation.gate import check_metrics, ci_files, ci_gate, load_floors, load_metrics
 
 CI = Path(__file__).resolve().parents[1] / "ci"
 BASELINES = sorted(CI.glob("baseline-*.json"))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from glioseg.config import Params, parse_params
+from glioseg.config.schema import Params, parse_params
 from glioseg.data.build import build_cache
 from glioseg.data.cache import load_cache, save_cache
 from glioseg.data.clean import find_dark, measure_slices

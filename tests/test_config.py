@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glioseg.config import compose_params, load_params, params_yaml, parse_params, schema_defaults
+from glioseg.config.compose import compose_params, params_yaml, schema_defaults
+from glioseg.config.schema import load_params, parse_params
 from glioseg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,10 +2,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from glioseg import metrics, tracking
+from glioseg import metrics
 from glioseg.cli import app
-from glioseg.crossval import complete_folds, summarise
 from glioseg.errors import DataError
+from glioseg.evaluation.crossval import complete_folds, summarise
+from glioseg.tracking import store as tracking
 
 # The tags of a run whose metrics come from an evaluation with its model's own inference settings.
 SERVED = {tracking.INFERENCE_KEY: "k", tracking.MODEL_INFERENCE_KEY: "k"}

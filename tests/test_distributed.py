@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from glioseg.config import parse_params
-from glioseg.distributed import World
-from glioseg.model import read_checkpoint
-from glioseg.train import Trainer
-from glioseg.transforms import build_pipelines, pipelines_to_dict
+from glioseg.config.schema import parse_params
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+from glioseg.model.checkpoint import read_checkpoint
+from glioseg.training.distributed import World
+from glioseg.training.loop import Trainer
 from tests.conftest import TINY_PARAMS, square_slices
 
 # 16 slices in global batches of 5: shares of 3 and 2, then a last batch of 1 that leaves rank 1
@@ -107,23 +107,25 @@ def test_two_gloo_ranks_train_the_model_of_one_process(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("stage", ["evaluate", "sweep_evaluate"])
 def test_under_torchrun_only_rank_0_evaluates(monkeypatch, tmp_path, stage):
-    from glioseg import scoring
+    from glioseg.pipeline.stages import evaluate as scoring
+    from glioseg.pipeline.stages import sweep_evaluate
 
     monkeypatch.chdir(tmp_path)  # nothing to evaluate here: a rank that tried would fail on the missing model
     monkeypatch.setenv("RANK", "1")
     params = parse_params({**TINY_PARAMS, "sweeps": {"dice": {"loss": "dice"}}})
     if stage == "evaluate":
-        assert scoring.evaluate_stage(params) == {"rank": 1}
+        assert scoring.run(params) == {"rank": 1}
     else:
-        assert scoring.sweep_evaluate_stage(params, "dice") == {"rank": 1}
+        assert sweep_evaluate.run(params, "dice") == {"rank": 1}
     assert not any(tmp_path.iterdir())
 
 
 def test_a_sweep_rank_other_than_0_trains_its_share_and_writes_nothing(monkeypatch, tmp_path):
-    from glioseg import experiment
+    from glioseg.pipeline.stages import sweep_train
+    from glioseg.pipeline.stages import train as experiment
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(experiment, "train_run", lambda config, run_name, out_dir, tags: {"rank": 1})
     params = parse_params({**TINY_PARAMS, "sweeps": {"dice": {"loss": "dice"}}})
-    assert experiment.sweep_train_stage(params, "dice") == {"rank": 1}
+    assert sweep_train.run(params, "dice") == {"rank": 1}
     assert not any(tmp_path.iterdir())

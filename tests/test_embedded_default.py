@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from glioseg.config import Params
-from glioseg.runner import stage_function
+from glioseg.config.schema import Params
+from glioseg.pipeline.runner import stage_function
 
 PROJECT = Path(__file__).resolve().parents[1]
 

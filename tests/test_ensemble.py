@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.config import AugmentParams, InferenceParams, ModelParams
+from glioseg.config.schema import AugmentParams, InferenceParams, ModelParams
+from glioseg.data.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
 from glioseg.errors import DataError
-from glioseg.model import LGG_CARD, LoadedModel, ModelSet, describe_models
-from glioseg.predictor import MemberAveraged, Predictor
-from glioseg.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
+from glioseg.inference.predictor import MemberAveraged, Predictor
+from glioseg.model.checkpoint import LGG_CARD, LoadedModel, ModelSet, describe_models
 
 
 class ConstantProbability(torch.nn.Module):

@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from glioseg import check_metrics, metrics
+from glioseg import metrics
 from glioseg.data.cache import SliceArrays
-from glioseg.evaluate import per_patient_table, per_slice_table, region_summary, summarise
+from glioseg.evaluation import gate as check_metrics
+from glioseg.evaluation.evaluate import per_patient_table, per_slice_table, region_summary, summarise
 
 DIAGONAL = 6.0
 TUMOUR = {"tumour": (1,)}

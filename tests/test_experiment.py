@@ -1,9 +1,9 @@
 import numpy as np
 
-from glioseg.config import AugmentParams
-from glioseg.experiment import overlay_rows
-from glioseg.steps.augment import preview
-from glioseg.transforms import build_pipelines
+from glioseg.config.schema import AugmentParams
+from glioseg.data.transforms import build_pipelines
+from glioseg.pipeline.stages.augment import preview
+from glioseg.pipeline.stages.train import overlay_rows
 from tests.conftest import square_slices
 
 

@@ -29,7 +29,7 @@ def test_other_os_errors_keep_their_traceback(tmp_path):
 
 
 def test_a_damaged_mlflow_store_is_one_line_naming_it(tmp_path, monkeypatch):
-    from glioseg import tracking
+    from glioseg.tracking import store as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -43,7 +43,7 @@ def test_a_damaged_mlflow_store_is_one_line_naming_it(tmp_path, monkeypatch):
 
 
 def test_a_full_artifact_store_is_one_line_and_the_run_is_not_left_running(tmp_path, monkeypatch):
-    from glioseg import tracking
+    from glioseg.tracking import store as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -58,7 +58,7 @@ def test_a_full_artifact_store_is_one_line_and_the_run_is_not_left_running(tmp_p
 def test_a_store_moved_with_its_repository_says_where_new_artifacts_go(tmp_path, monkeypatch, capsys):
     import shutil
 
-    from glioseg import tracking
+    from glioseg.tracking import store as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.config import InferenceParams, parse_params
-from glioseg.evaluate import predict_masks
-from glioseg.inference import labels_from_logits
-from glioseg.model import load_model
-from glioseg.predictor import FLIPS, Predictor, flip_averaged_logits
-from glioseg.train import Trainer
+from glioseg.config.schema import InferenceParams, parse_params
+from glioseg.evaluation.evaluate import predict_masks
+from glioseg.inference.forward import labels_from_logits
+from glioseg.inference.predictor import FLIPS, Predictor, flip_averaged_logits
+from glioseg.model.checkpoint import load_model
+from glioseg.training.loop import Trainer
 from tests.conftest import TINY_PARAMS
 
 
@@ -72,8 +72,8 @@ class CountingModel(torch.nn.Module):
 
 def test_predictor_runs_the_flips_only_with_tta(tiny_data):
     """TTA costs one forward per flip; without it the model runs once per batch, as training's predict_labels."""
-    from glioseg.config import ModelParams
-    from glioseg.model import LGG_CARD, LoadedModel
+    from glioseg.config.schema import ModelParams
+    from glioseg.model.checkpoint import LGG_CARD, LoadedModel
 
     _, val, pipelines = tiny_data
     for tta, calls in ((False, 1), (True, len(FLIPS))):

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from glioseg.config import InferenceParams, ModelParams, parse_params
+from glioseg.config.schema import InferenceParams, ModelParams, parse_params
 from glioseg.data.build import build_cache
 from glioseg.data.intensity import window_case
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 from glioseg.errors import DataError
-from glioseg.model import LGG_CARD, LoadedModel
-from glioseg.predictor import Predictor
-from glioseg.transforms import build_pipelines, pipelines_to_dict
+from glioseg.inference.predictor import Predictor
+from glioseg.model.checkpoint import LGG_CARD, LoadedModel
 from tests.conftest import write_slice
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from glioseg import experiment
+from glioseg.evaluation.learning import learning_failure
 from glioseg.io import read_json
-from glioseg.learning import learning_failure
+from glioseg.pipeline.stages import train as experiment
 from tests.test_run_continuity import project  # noqa: F401  (the fixture: a tiny synthetic set's data stages)
 
 
@@ -17,7 +17,7 @@ def test_the_rule_names_each_way_of_not_learning():
 
 
 def test_a_tiny_learning_rate_warns_naming_the_run(project, capsys):  # noqa: F811
-    summary = experiment.train_stage(project.model_copy(update={"lr": 1e-7, "epochs": 2}))
+    summary = experiment.run(project.model_copy(update={"lr": 1e-7, "epochs": 2}))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: run train")]
     assert read_json("models/train.json")["learned"] is False
     assert warnings == [f"warning: run train (MLflow {summary['mlflow_run_id']}) did not learn: "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from glioseg.data.lgg import list_pairs, list_patients, read_image, read_mask, validate_pair
+from glioseg.data.formats.lgg import list_pairs, list_patients, read_image, read_mask, validate_pair
 from glioseg.errors import DataError
 
 

@@ -105,9 +105,9 @@ def test_a_stale_lock_is_found(tmp_path, damage):
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert stale_entries(tmp_path) == []
     if damage == "code":
-        with (tmp_path / "src/glioseg/losses.py").open("a") as handle:
+        with (tmp_path / "src/glioseg/training/losses.py").open("a") as handle:
             handle.write("\n# edited\n")
-        assert "train: src/glioseg/losses.py differs from the version it ran with" in stale_entries(tmp_path)
+        assert "train: src/glioseg/training/losses.py differs from the version it ran with" in stale_entries(tmp_path)
     elif damage == "param":
         params = yaml.safe_load((tmp_path / "params.yaml").read_text())
         params["lr"] = 0.5

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glioseg.data.borders import border_distance_sum
 from glioseg.errors import ConfigError
-from glioseg.losses import (
+from glioseg.training.losses import (
     SegmentationLoss,
-    border_distance_sum,
     border_weights,
     class_frequency_weights,
     multiclass_soft_dice_loss,

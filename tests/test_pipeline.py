@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from glioseg.config import compose_params
-from glioseg.inference import kernel_name
+from glioseg.config.compose import compose_params
+from glioseg.device import kernel_name
 
 PROJECT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore",

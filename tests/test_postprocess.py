@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from glioseg.postprocess import keep_largest_component, postprocess_case, postprocess_cases
+from glioseg.inference.postprocess import keep_largest_component, postprocess_case, postprocess_cases
 
 
 def test_only_the_largest_component_of_a_volume_stays_with_its_classes():

@@ -10,14 +10,14 @@ import pytest
 import tifffile
 import torch
 
-from glioseg.config import InferenceParams
+from glioseg.config.schema import InferenceParams
 from glioseg.data.cache import SliceArrays
+from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import ConfigError, DataError
-from glioseg.evaluate import evaluate, predict_masks
-from glioseg.model import load_model
-from glioseg.owned_output import STAGING_PREFIX, owned_files
-from glioseg.predict import find_inputs, inference_options, inference_settings, predict
-from glioseg.transforms import preprocess_pipeline
+from glioseg.evaluation.evaluate import evaluate, predict_masks
+from glioseg.inference.owned_output import STAGING_PREFIX, owned_files
+from glioseg.inference.scans import find_inputs, inference_options, inference_settings, predict
+from glioseg.model.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,8 @@ def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
 
 
 def test_nifti_input_to_an_lgg_model_is_a_one_line_error(model_file, tmp_path):
-    from glioseg.config import BratsParams
-    from glioseg.data.synthetic_brats import generate_brats
+    from glioseg.config.schema import BratsParams
+    from glioseg.data.synthetic.brats import generate_brats
 
     generate_brats(tmp_path / "cases", 1, 4, 32, seed=0, suffixes=dict(BratsParams().suffixes))
     with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
@@ -231,7 +231,7 @@ def test_predict_into_the_working_directory_or_onto_a_file_is_one_line(model_fil
 
 
 def test_a_failed_prediction_leaves_the_folder_as_it_was(model_file, patient_folder, tmp_path, monkeypatch):
-    import glioseg.predict as predict_module
+    import glioseg.inference.scans as predict_module
 
     out = tmp_path / "out"
     predict(patient_folder, model_file, out)
@@ -250,8 +250,8 @@ def test_a_failed_prediction_leaves_the_folder_as_it_was(model_file, patient_fol
 
 
 def test_a_model_from_the_mlflow_store_leaves_no_copy_behind(model_file, patient_folder, tmp_path, monkeypatch):
-    from glioseg import tracking
-    from glioseg.modelspec import CHECKPOINT_ARTIFACT, load_model_spec
+    from glioseg.model.specs import CHECKPOINT_ARTIFACT, load_model_spec
+    from glioseg.tracking import store as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -288,9 +288,9 @@ def test_an_ensemble_prediction_records_its_models_and_averages_them(model_file,
 
 
 def test_fold_models_are_found_in_the_mlflow_store(model_file, tmp_path, monkeypatch):
-    from glioseg import tracking
-    from glioseg.model import ModelSet
-    from glioseg.modelspec import CHECKPOINT_ARTIFACT, load_models, model_specs
+    from glioseg.model.checkpoint import ModelSet
+    from glioseg.model.specs import CHECKPOINT_ARTIFACT, load_models, model_specs
+    from glioseg.tracking import store as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)

@@ -12,10 +12,10 @@ import pytest
 import tifffile
 import torch
 
-from glioseg.data import brats
+from glioseg.data.formats import brats
 from glioseg.errors import DataError, InputWarning
-from glioseg.owned_output import MANIFEST, REPLACED_PREFIX, STAGING_PREFIX, owned_files
-from glioseg.predict import find_inputs, predict
+from glioseg.inference.owned_output import MANIFEST, REPLACED_PREFIX, STAGING_PREFIX, owned_files
+from glioseg.inference.scans import find_inputs, predict
 from tests.conftest import write_slice
 
 A, B = "TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"

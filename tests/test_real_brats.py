@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glioseg.config import parse_params
-from glioseg.data import brats
+from glioseg.config.schema import parse_params
 from glioseg.data.clean import find_dark, measure_slices
+from glioseg.data.formats import brats
 from glioseg.data.labels import build_labels
 from glioseg.data.sources import fetch_brats
 from glioseg.data.split import split_slices
@@ -97,8 +97,9 @@ def test_the_viewer_reads_a_real_case_with_its_truth_per_region(fetched, params,
     import torch
 
     from glioseg.app import logic
-    from glioseg.model import build_model, model_payload, save_checkpoint
-    from glioseg.transforms import build_pipelines, pipelines_to_dict
+    from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+    from glioseg.model.checkpoint import model_payload, save_checkpoint
+    from glioseg.model.network import build_model
 
     root, _ = fetched
     small = parse_params({**params.model_dump(mode="json"), "augment": {"image_size": 32},

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from glioseg.config import Params, SyntheticParams
-from glioseg.data.lgg import read_mask
+from glioseg.config.schema import Params, SyntheticParams
+from glioseg.data.formats.lgg import read_mask
 from glioseg.data.sources import fetch_lgg
 
 SHARED_LGG = Path(__file__).resolve().parents[1].parent / "shared" / "lgg"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from glioseg.config import compose_params
+from glioseg.config.compose import compose_params
 from tests.test_pipeline import free_port, make_project, project_env, run, wait_for
 from tests.test_team import TEAM
 

@@ -1,7 +1,7 @@
 """The report's tables: rows from the runs there are, an empty table (not a crash) where there are none."""
 
-from glioseg.config import Params
-from glioseg.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table, metrics_table
+from glioseg.config.schema import Params
+from glioseg.pipeline.stages.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table, metrics_table
 
 SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45,
            "ci95": {"dice_patient_mean": {"low": 0.3125, "high": 0.6875}}}

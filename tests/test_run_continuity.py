@@ -9,11 +9,13 @@ import sys
 
 import pytest
 
-from glioseg import experiment, paths, tracking
-from glioseg.config import parse_params
+from glioseg import paths
+from glioseg.config.schema import parse_params
 from glioseg.errors import BusyError
 from glioseg.io import exclusive_lock
-from glioseg.runner import DATA_STAGES, stage_function
+from glioseg.pipeline.runner import DATA_STAGES, stage_function
+from glioseg.pipeline.stages import train as experiment
+from glioseg.tracking import store as tracking
 from tests.conftest import TINY_PARAMS
 
 PARAMS = {**TINY_PARAMS, "epochs": 3, "data": {"synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
@@ -54,8 +56,8 @@ def test_a_resumed_training_continues_its_mlflow_run(project, monkeypatch):
     with monkeypatch.context() as patch:
         stop_after_epoch(2, patch)
         with pytest.raises(KeyboardInterrupt):
-            experiment.train_stage(project)
-    summary = experiment.train_stage(project)
+            experiment.run(project)
+    summary = experiment.run(project)
     tracker, runs = runs_named("train")
     assert [run.info.run_id for run in runs] == [summary["mlflow_run_id"]]
     run = runs[0]
@@ -64,7 +66,7 @@ def test_a_resumed_training_continues_its_mlflow_run(project, monkeypatch):
     assert sorted(point.step for point in history) == [1, 2, 3]
     assert run.data.params["lr"] == str(project.lr)
 
-    again = experiment.train_stage(project)  # resumes at the last epoch: same run, no new one
+    again = experiment.run(project)  # resumes at the last epoch: same run, no new one
     _, runs = runs_named("train")
     assert again["mlflow_run_id"] == summary["mlflow_run_id"] and len(runs) == 1
 
@@ -79,7 +81,7 @@ def test_a_run_whose_process_died_is_marked_killed_at_the_next_start(project):
         tracking.OWNER_PID: str(os.getpid()), tracking.OWNER_HOST: socket.gethostname()})
     elsewhere = tracker.create_run(experiment_id, run_name="remote", tags={
         tracking.OWNER_PID: dead.stdout.strip(), tracking.OWNER_HOST: "another-host"})
-    experiment.train_stage(project)
+    experiment.run(project)
     status = {run_id: tracker.get_run(run_id).info.status
               for run_id in (orphan.info.run_id, alive.info.run_id, elsewhere.info.run_id)}
     assert status == {orphan.info.run_id: "KILLED", alive.info.run_id: "RUNNING", elsewhere.info.run_id: "RUNNING"}
@@ -89,9 +91,9 @@ def test_a_second_trainer_on_the_same_outputs_is_refused_naming_the_first(projec
     with exclusive_lock(paths.MODELS / "checkpoints", "training"):
         with pytest.raises(BusyError, match=rf"models/checkpoints: another training \(pid {os.getpid()}\) is "
                                             r"writing here; stop it"):
-            experiment.train_stage(project)
+            experiment.run(project)
     assert not paths.MODEL.exists()
-    experiment.train_stage(project)  # the lock went with its holder
+    experiment.run(project)  # the lock went with its holder
     assert paths.MODEL.is_file()
 
 
@@ -99,6 +101,6 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(project, caps
     checkpoints = paths.MODELS / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.pt").write_bytes(b"cut short")
-    summary = experiment.train_stage(project)
+    summary = experiment.run(project)
     assert "models/checkpoints/last.pt: not a glioseg checkpoint" in capsys.readouterr().err
     assert summary["best_epoch"] >= 1 and paths.MODEL.is_file()

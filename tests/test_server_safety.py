@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from glioseg import server
 from glioseg.cli import app
 from glioseg.errors import ConfigError, DataError
+from glioseg.tracking import server
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser")]

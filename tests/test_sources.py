@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from glioseg.config import SyntheticParams
+from glioseg.config.schema import SyntheticParams
 from glioseg.data.sources import MANIFEST_COLUMNS, fetch_lgg
-from glioseg.data.synthetic import generate_lgg
+from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
 
 PATIENTS, SLICES, SIZE = 4, 5, 32
@@ -287,8 +287,8 @@ def test_kaggle_without_credentials(tmp_path, monkeypatch):
 
 
 def test_the_download_stage_reports_and_counts_every_repair_and_skip(source, tmp_path, monkeypatch, capsys):
-    from glioseg.config import parse_params
-    from glioseg.steps import download
+    from glioseg.config.schema import parse_params
+    from glioseg.pipeline.stages import download
 
     patient = patients_of(source)[0]
     mask = source / patient / f"{patient}_1_mask.tif"
@@ -323,8 +323,8 @@ def test_zip_files_beside_the_slices_are_skipped_with_a_warning(source, tmp_path
 
 def download_summary(params: dict, tmp_path: Path, monkeypatch, capsys) -> tuple[dict, list[str]]:
     """The download stage's summary and its ``warning:`` lines, run in ``tmp_path``."""
-    from glioseg.config import parse_params
-    from glioseg.steps import download
+    from glioseg.config.schema import parse_params
+    from glioseg.pipeline.stages import download
 
     monkeypatch.chdir(tmp_path)
     summary = download.run(parse_params(params))
@@ -373,8 +373,8 @@ def test_zip_layout_reached_through_dotdot_is_not_read(source, tmp_path):
 
 @pytest.mark.parametrize("kind", ["folder", "zip"])
 def test_brats_stray_file_in_a_case_folder_is_reported_and_counted(tmp_path, monkeypatch, capsys, kind):
-    from glioseg.config import BratsParams
-    from glioseg.data.synthetic_brats import generate_brats
+    from glioseg.config.schema import BratsParams
+    from glioseg.data.synthetic.brats import generate_brats
 
     cases = tmp_path / "cases"
     generate_brats(cases, 2, 12, 32, seed=5, suffixes=dict(BratsParams().suffixes))

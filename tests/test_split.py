@@ -2,10 +2,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from glioseg.config import Params, SplitParams
+from glioseg.config.schema import Params, SplitParams
 from glioseg.data.sites import patient_site, sites
 from glioseg.data.split import deal, split_slices, subset_sizes, summarise_split
-from glioseg.data.synthetic import generate_lgg
+from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
 
 
@@ -78,7 +78,7 @@ def test_five_folds_partition_the_patients():
 
 
 def test_fold_params_are_checked():
-    from glioseg.config import parse_params
+    from glioseg.config.schema import parse_params
     from glioseg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="split.fold must be below"):

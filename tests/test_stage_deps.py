@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glioseg import codedeps
-from glioseg.experiment import fingerprint
+from glioseg.pipeline import codedeps
+from glioseg.pipeline.stages.train import fingerprint
 
 PROJECT = Path(__file__).resolve().parents[1]
 CODE_ROOTS = ("src/", "stages/")
@@ -54,22 +54,27 @@ def test_every_stage_script_is_a_stage():
 def test_training_code_stays_out_of_the_data_stages_and_inference_code_out_of_training():
     stages = stage_definitions()
     for data_stage in ("download", "clean", "labels", "split", "cache", "augment"):
-        assert "src/glioseg/train.py" not in listed_code(stages[data_stage]), data_stage
+        assert "src/glioseg/training/loop.py" not in listed_code(stages[data_stage]), data_stage
     for training in ("train", "sweep_train"):
         code = listed_code(stages[training])
-        assert {"src/glioseg/predictor.py", "src/glioseg/postprocess.py", "src/glioseg/evaluate.py"}.isdisjoint(code)
-    assert "src/glioseg/postprocess.py" in listed_code(stages["evaluate"])
+        inference = {"src/glioseg/inference/predictor.py", "src/glioseg/inference/postprocess.py",
+                     "src/glioseg/evaluation/evaluate.py"}
+        assert inference.isdisjoint(code)
+    assert "src/glioseg/inference/postprocess.py" in listed_code(stages["evaluate"])
 
 
 def test_the_resume_fingerprint_hashes_the_train_stages_code(tmp_path):
     """The fingerprint's files are the train stage's code deps but for the thin stage script and its runner."""
-    fingerprinted = {path.relative_to(PROJECT).as_posix() for path in codedeps.module_closure("glioseg.experiment")}
+    closure = codedeps.module_closure("glioseg.pipeline.stages.train")
+    fingerprinted = {path.relative_to(PROJECT).as_posix() for path in closure}
     for name in ("train", "sweep_train"):
         stage = stage_definitions()[name]
-        assert listed_code(stage) - fingerprinted == {f"stages/{script(stage).name}", "src/glioseg/runner.py",
-                                                 "src/glioseg/stage_outputs.py"}
+        thin = {f"stages/{script(stage).name}", "src/glioseg/pipeline/runner.py", "src/glioseg/pipeline/outputs.py"}
+        if name == "sweep_train":
+            thin.add("src/glioseg/pipeline/stages/sweep_train.py")
+        assert listed_code(stage) - fingerprinted == thin
 
-    from glioseg.config import Params
+    from glioseg.config.schema import Params
 
     cache = tmp_path / "slices.npz"
     cache.write_bytes(b"cache")
@@ -114,5 +119,5 @@ def test_dvc_never_removes_an_output_before_its_stage_validated_params():
 def test_the_code_deps_writer_reproduces_dvc_yaml():
     text = (PROJECT / "dvc.yaml").read_text()
     assert codedeps.with_derived_deps(text, PROJECT) == text
-    stale = text.replace("      - src/glioseg/stage_outputs.py\n", "", 1)
+    stale = text.replace("      - src/glioseg/pipeline/outputs.py\n", "", 1)
     assert stale != text and codedeps.with_derived_deps(stale, PROJECT) == text

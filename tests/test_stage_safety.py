@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glioseg import runner, stage_outputs
-from glioseg.config import compose_params
+from glioseg.config.compose import compose_params
 from glioseg.errors import ConfigError
+from glioseg.pipeline import outputs as stage_outputs
+from glioseg.pipeline import runner
 from tests.test_run_continuity import PARAMS, project  # noqa: F401  (the fixture: a tiny set's data stages)
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
 @pytest.mark.slow
 def test_a_training_on_a_full_disk_is_one_line_keeps_its_outputs_and_ends_its_run(project, tmp_path):  # noqa: F811
     """A real full disk (a 1 MiB tmpfs under models/): torch's writer fails, the run ends FAILED."""
-    from glioseg import tracking
+    from glioseg.tracking import store as tracking
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     models = tmp_path / "models"
@@ -147,7 +148,7 @@ def test_a_training_on_a_full_disk_is_one_line_keeps_its_outputs_and_ends_its_ru
         pytest.skip("cannot mount a tmpfs here (needs root and mount rights) to fill a disk for real")
     try:
         (models / "train.json").write_text('{"last": "good"}')
-        script = "from glioseg.experiment import train_stage; from glioseg.runner import main; main(train_stage)"
+        script = "from glioseg.pipeline.stages import train; from glioseg.pipeline.runner import main; main(train.run)"
         env = {**os.environ, "DVC_STAGE": "train", "OMP_NUM_THREADS": "1"}
         done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=600)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glioseg import procfs, server
-from glioseg.config import compose_params
+from glioseg.config.compose import compose_params
+from glioseg.tracking import procfs, server
 from tests.test_pipeline import PROJECT, TINY, make_project, project_env, run, run_queue
 
 pytestmark = [pytest.mark.slow,

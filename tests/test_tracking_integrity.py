@@ -9,14 +9,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from glioseg import experiment, paths, scoring, tracking
+from glioseg import paths
 from glioseg.cli import app
-from glioseg.config import InferenceParams, parse_params
-from glioseg.crossval import cv_summary
+from glioseg.config.schema import InferenceParams, parse_params
 from glioseg.errors import DataError
-from glioseg.migrate import migrate, store_identity
-from glioseg.promote import promote, run_metrics
-from glioseg.runner import DATA_STAGES, stage_function
+from glioseg.evaluation.crossval import cv_summary
+from glioseg.evaluation.promote import promote, run_metrics
+from glioseg.pipeline.runner import DATA_STAGES, stage_function
+from glioseg.pipeline.stages import evaluate as scoring
+from glioseg.pipeline.stages import train as experiment
+from glioseg.tracking import store as tracking
+from glioseg.tracking.migrate import migrate, store_identity
 from tests.conftest import TINY_PARAMS
 
 PARAMS = {**TINY_PARAMS, "epochs": 1, "data": {"synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}}}
@@ -34,7 +37,7 @@ def trained(tmp_path_factory):
         params = parse_params(PARAMS)
         for stage in DATA_STAGES:
             stage_function(stage)(params)
-        summary = experiment.train_stage(params)
+        summary = experiment.run(params)
     return {"root": root, "params": params, "run_id": summary["mlflow_run_id"]}
 
 
@@ -138,7 +141,7 @@ def test_cv_summary_takes_each_fold_evaluation_with_its_model_settings_only(tmp_
 
 def test_a_run_evaluated_before_the_settings_were_recorded_is_not_taken_as_its_own():
     """Runs evaluated by an older glioseg: their metrics are the last evaluation's, whatever its settings."""
-    from glioseg.crossval import complete_folds
+    from glioseg.evaluation.crossval import complete_folds
 
     legacy = pd.DataFrame([{"run_id": f"r{f}", "start_time": pd.Timestamp("2026-01-01"),
                             "tags.mlflow.runName": "train", "params.split.folds": "2", "params.split.fold": str(f),

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg import distributed
-from glioseg.config import parse_params
+from glioseg.config.schema import parse_params
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+from glioseg.device import autocast_dtype, cpu_has_native_bf16, kernel_name
 from glioseg.errors import ConfigError, TrainingError
-from glioseg.inference import autocast_dtype, cpu_has_native_bf16, kernel_name
-from glioseg.model import load_model, read_checkpoint, save_checkpoint
-from glioseg.train import DeviceArrays, Trainer, scheduled_lr
-from glioseg.transforms import build_pipelines, pipelines_to_dict
+from glioseg.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from glioseg.training import distributed
+from glioseg.training.loop import DeviceArrays, Trainer, scheduled_lr
 from tests.conftest import TINY_PARAMS, square_slices
 
 

@@ -21,11 +21,11 @@ import pytest
 import tifffile
 
 from glioseg.app import logic
-from glioseg.data.lgg import read_mask
-from glioseg.data.synthetic import generate_lgg
+from glioseg.data.formats.lgg import read_mask
+from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
-from glioseg.model import ModelSet
-from glioseg.predict import predict
+from glioseg.inference.scans import predict
+from glioseg.model.checkpoint import ModelSet
 from tests.conftest import train_tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -392,8 +392,8 @@ BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tu
 @pytest.fixture(scope="module")
 def brats_cases(tmp_path_factory):
     """Two NIfTI phantom cases (8 axial slices of 32 x 32) with their seg files, and a third without."""
-    from glioseg.config import parse_params
-    from glioseg.data.synthetic_brats import generate_brats
+    from glioseg.config.schema import parse_params
+    from glioseg.data.synthetic.brats import generate_brats
 
     root = tmp_path_factory.mktemp("brats") / "brats"
     suffixes = parse_params(BRATS_PARAMS).data.brats.suffixes
@@ -409,10 +409,11 @@ def brats_model(brats_cases, tmp_path_factory):
     viewer must agree on it all the same."""
     import torch
 
-    from glioseg.config import parse_params
-    from glioseg.data import brats
-    from glioseg.model import build_model, model_payload, save_checkpoint
-    from glioseg.transforms import build_pipelines, pipelines_to_dict
+    from glioseg.config.schema import parse_params
+    from glioseg.data.formats import brats
+    from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+    from glioseg.model.checkpoint import model_payload, save_checkpoint
+    from glioseg.model.network import build_model
 
     params = parse_params(BRATS_PARAMS)
     images = brats.read_case(brats_cases / logic.list_cases(brats_cases)[0], params.data.brats).images
@@ -453,7 +454,7 @@ def test_brats_areas_and_dice_are_given_per_region_on_known_labels():
 
 
 def test_brats_overlay_shows_truth_and_prediction_side_by_side_in_class_colours():
-    from glioseg.viz import CLASS_COLOURS
+    from glioseg.evaluation.figures import CLASS_COLOURS
 
     result = known_brats_result()
     picture = logic.compose_overlay(result.images[0], result.predictions[0], result.truths[0], 1.0, classes=4)
@@ -496,7 +497,7 @@ def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_m
     from scipy import ndimage
 
     from glioseg.data.cache import SliceArrays
-    from glioseg.evaluate import predict_masks
+    from glioseg.evaluation.evaluate import predict_masks
 
     loaded = logic.load(str(brats_model))
     assert (loaded.inference.tta, loaded.inference.postprocess) == (True, "largest_component")

@@ -16,8 +16,8 @@ from typing import Annotated
 
 import typer
 
-from glioseg import runner
 from glioseg.errors import GliosegError
+from glioseg.pipeline import runner
 
 app = typer.Typer(
     help="glioseg: reproducible brain-tumour segmentation (DVC + MLflow).",
@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 
-Stage = Enum("Stage", {name: name for name in runner.STAGE_FUNCTIONS}, type=str)
+Stage = Enum("Stage", {name: name for name in runner.STAGES}, type=str)
 
 
 MODEL_HELP = ("model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "
@@ -50,7 +50,7 @@ def user_errors(command):
 
 
 def run_stage(stage: str, sweep: str | None = None, params_file: Path | None = None) -> dict:
-    """Validate params, run one pipeline stage (its function in ``runner.STAGE_FUNCTIONS``), return its summary."""
+    """Validate params, run one pipeline stage (``run`` of ``glioseg.pipeline.stages.<stage>``), return its summary."""
     function = runner.stage_function(stage)
     if stage in runner.SWEEP_STAGES:
         if not sweep:
@@ -76,8 +76,8 @@ def stage(
 @user_errors
 def check_params(params_file: Annotated[Path, typer.Argument()] = Path("params.yaml")) -> None:
     """Validate a params file and print it with defaults filled in (`make repro` runs it before DVC)."""
-    from glioseg.config import load_params
-    from glioseg.stage_outputs import check_source_outside_outputs
+    from glioseg.config.schema import load_params
+    from glioseg.pipeline.outputs import check_source_outside_outputs
 
     params = load_params(params_file)
     check_source_outside_outputs(params.data.source)
@@ -100,7 +100,7 @@ def params_command(
 
     E.g. `glioseg params profiles/cpu-real.yaml --out params.yaml && dvc repro evaluate`.
     """
-    from glioseg.config import compose_params, params_yaml
+    from glioseg.config.compose import compose_params, params_yaml
     from glioseg.io import write_text
 
     tree = compose_params(*(profiles or []), overrides=overrides or [])
@@ -121,7 +121,7 @@ def check_metrics_command(
     rules: Annotated[Path, typer.Option(help="YAML of per-metric floors / tolerances")],
 ) -> None:
     """Compare metrics with a baseline; exit 1 when any metric falls below its floor."""
-    from glioseg.check_metrics import check_metrics
+    from glioseg.evaluation.gate import check_metrics
 
     passed, table = check_metrics(metrics, baseline, rules)
     typer.echo(table)
@@ -141,7 +141,7 @@ def cv_summary_command(
 ) -> None:
     """Summarise a cross-validation (k folds by patient, or leave one site out): each fold's test
     metrics with their bootstrap intervals, their mean and sd, and all patients out of fold."""
-    from glioseg.crossval import cv_summary, to_markdown
+    from glioseg.evaluation.crossval import cv_summary, to_markdown
     from glioseg.io import write_csv
 
     table = cv_summary(folds, run_name, by)
@@ -161,10 +161,10 @@ def evaluate_command(
 ) -> None:
     """Score models on the pipeline's cached subset: each alone and, for several, their ensemble
     (probabilities averaged), with bootstrap intervals over patients."""
-    from glioseg.config import load_params
-    from glioseg.ensemble import compare_models
+    from glioseg.config.schema import load_params
+    from glioseg.evaluation.ensemble import compare_models
     from glioseg.io import write_json
-    from glioseg.modelspec import model_specs
+    from glioseg.model.specs import model_specs
 
     table, summaries = compare_models(model_specs(model), subset, load_params(params_file))
     typer.echo(table.to_markdown(index=False, floatfmt=".4f"))
@@ -198,8 +198,8 @@ def predict_command(
 
     Threshold, TTA and post-processing are the model file's (its training run's) unless given.
     """
-    from glioseg.inference import select_device
-    from glioseg.predict import DEVICE_OPTION, inference_options, predict
+    from glioseg.device import select_device
+    from glioseg.inference.scans import DEVICE_OPTION, inference_options, predict
 
     overrides = inference_options(threshold=threshold, tta=tta, postprocess=postprocess)
     select_device(device, DEVICE_OPTION)  # a bad --device fails before any model is loaded
@@ -246,8 +246,8 @@ def server_start(
                                        "PostgreSQL; the admin's credentials in .glioseg/server/admin.env)")] = False,
 ) -> None:
     """Start PostgreSQL and the MLflow server for this repository; prints the MLFLOW_TRACKING_URI to use."""
-    from glioseg import server
     from glioseg.paths import repo_root
+    from glioseg.tracking import server
 
     state = server.start(repo_root(), port=port, postgres_port=postgres_port, host=host,
                          allowed_hosts=allowed_hosts, artifacts=artifacts, auth=auth)
@@ -262,8 +262,8 @@ def server_start(
 @user_errors
 def server_stop() -> None:
     """Stop the server and PostgreSQL this repository started (the database and artifacts stay)."""
-    from glioseg import server
     from glioseg.paths import repo_root
+    from glioseg.tracking import server
 
     state = server.stop(repo_root())
     typer.echo(f"stopped {state.url} (pid {state.mlflow_pid}) and PostgreSQL on 127.0.0.1:{state.postgres_port}")
@@ -276,8 +276,8 @@ def server_remove(
 ) -> None:
     """Delete the stopped server's PostgreSQL cluster (every run, model version, alias and user) and its
     password and state files, to start over; the artifacts stay."""
-    from glioseg import server
     from glioseg.paths import repo_root
+    from glioseg.tracking import server
 
     removed = server.remove(repo_root(), yes=yes)
     typer.echo(f"removed {', '.join(map(str, removed))}" if removed else "nothing to remove")
@@ -289,8 +289,8 @@ def server_status() -> None:
     """The running server's address and process ids."""
     from dataclasses import asdict
 
-    from glioseg import server
     from glioseg.paths import repo_root
+    from glioseg.tracking import server
 
     typer.echo(json.dumps(asdict(server.read_state(repo_root())), indent=2))
 
@@ -308,8 +308,8 @@ def tracking_migrate(
 ) -> None:
     """Copy experiments, runs (params, metric histories, tags, artifacts) and registered models into
     another store; running it again copies only what is new."""
-    from glioseg.migrate import migrate
-    from glioseg.tracking import tracking_uri
+    from glioseg.tracking.migrate import migrate
+    from glioseg.tracking.store import tracking_uri
 
     typer.echo(json.dumps(migrate(source or tracking_uri(), to).summary(), indent=2))
 
@@ -325,8 +325,8 @@ def promote(
     alias: Annotated[str, typer.Option(help="the alias to move")] = "champion",
 ) -> None:
     """Point NAME@champion at the candidate only if its test metrics pass the gate against the champion's."""
-    from glioseg.promote import promote as promote_version
-    from glioseg.tracking import client
+    from glioseg.evaluation.promote import promote as promote_version
+    from glioseg.tracking.store import client
 
     outcome = promote_version(client(), name, str(rules), version, alias)
     if outcome.table:
@@ -341,7 +341,7 @@ def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:
     """Browse the runs: `mlflow ui` on 127.0.0.1 over the project's store."""
-    from glioseg.tracking import artifact_location, tracking_uri
+    from glioseg.tracking.store import artifact_location, tracking_uri
 
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                "--default-artifact-root", artifact_location(), "--host", "127.0.0.1", "--port", str(port)]

@@ -1,8 +1,8 @@
 """What the viewer computes, free of Streamlit: cases, predictions, areas, Dice, overlays, downloads.
 
 A case is a kaggle_3m patient folder of TIF slices or a BraTS case folder of NIfTI volumes
-(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.predict`'s
-functions, which go through the :class:`~glioseg.predictor.Predictor` evaluate uses too (the
+(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.inference.scans`'s
+functions, which go through the :class:`~glioseg.inference.predictor.Predictor` evaluate uses too (the
 checkpoint's own preprocessing, inference settings and post-processing), at the input's size,
 so the viewer shows, and lets you download, exactly what ``glioseg predict`` writes: a zip of TIF masks, or
 the predicted label volume aligned with the input. Areas and Dice are given per evaluation
@@ -28,13 +28,11 @@ import pandas as pd
 import tifffile
 
 from glioseg import paths
-from glioseg.data import brats
-from glioseg.data.lgg import read_mask
+from glioseg.data.formats import brats
+from glioseg.data.formats.lgg import read_mask
 from glioseg.errors import DataError
-from glioseg.metrics import Regions, dice, region_confusion
-from glioseg.model import LGG_CARD, LoadedModel, ModelSet
-from glioseg.modelspec import load_models
-from glioseg.predict import (
+from glioseg.evaluation.figures import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
+from glioseg.inference.scans import (
     SliceInput,
     check_input_kind,
     find_inputs,
@@ -46,7 +44,9 @@ from glioseg.predict import (
     reference_volume,
     to_input_size,
 )
-from glioseg.viz import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
+from glioseg.metrics import Regions, dice, region_confusion
+from glioseg.model.checkpoint import LGG_CARD, LoadedModel, ModelSet
+from glioseg.model.specs import load_models
 
 OVERLAP_COLOUR = (255, 255, 0)
 DISPLAY_SIZE = 512

@@ -18,7 +18,7 @@ import streamlit as st
 
 from glioseg.app import logic
 from glioseg.errors import GliosegError
-from glioseg.model import LoadedModel, ModelSet
+from glioseg.model.checkpoint import LoadedModel, ModelSet
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,1 +1,1 @@
-"""Data stages: sources, cleaning, labels, split and the array cache."""
+"""Data: the stages' data work from raw cases to the array cache; formats and synthetic data beneath it."""

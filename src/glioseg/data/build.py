@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pandas as pd
 
-from glioseg.config import Params
+from glioseg.config.schema import Params
+from glioseg.data.borders import border_distance_sum
 from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.data.context import stack_context
 from glioseg.data.intensity import window_case
 from glioseg.data.reader import read_slices
+from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import ConfigError, DataError
-from glioseg.losses import border_distance_sum
-from glioseg.transforms import preprocess_pipeline
 
 
 def available_memory() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from glioseg.config import Params
+from glioseg.config.schema import Params
 from glioseg.data.reader import read_slices
 
 LABEL_COLUMNS = ["patient", "slice", "image", "mask", "diagnosis", "tumour_pixels", "components", "kept"]

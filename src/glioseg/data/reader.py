@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from glioseg.config import Params
-from glioseg.data import brats
-from glioseg.data.lgg import read_image, read_mask
+from glioseg.config.schema import Params
+from glioseg.data.formats import brats
+from glioseg.data.formats.lgg import read_image, read_mask
 
 SliceRow = Any  # a row of ``DataFrame.itertuples``
 

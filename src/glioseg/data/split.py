@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from glioseg.config import SplitParams
+from glioseg.config.schema import SplitParams
 from glioseg.data.sites import held_out_site, patient_site
 from glioseg.errors import DataError
 

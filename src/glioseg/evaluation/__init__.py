@@ -1,0 +1,1 @@
+"""Evaluation: test-set scoring, ensembles, cross-validation summaries, the metrics gate and promotion."""

@@ -1,0 +1,1 @@
+"""Inference: the one predictor and applying a model to new scans."""

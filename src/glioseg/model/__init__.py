@@ -1,0 +1,1 @@
+"""The model: the network, its checkpoint file, and how commands name the model they use."""

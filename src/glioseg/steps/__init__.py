@@ -1,1 +1,0 @@
-"""The data stages, one module each (download ... augment): read inputs, call ``glioseg.data``, write outputs."""

@@ -1,0 +1,1 @@
+"""Tracking: the MLflow store, a team's tracking server, and migration between stores."""

@@ -1,0 +1,1 @@
+"""Training: the loop, losses, batched augmentation and data-parallel runs."""
