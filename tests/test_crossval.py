@@ -5,8 +5,9 @@ from typer.testing import CliRunner
 from glioseg import metrics
 from glioseg.cli import app
 from glioseg.errors import DataError
-from glioseg.evaluation.crossval import complete_folds, summarise
+from glioseg.evaluation.crossval import summarise
 from glioseg.tracking import store as tracking
+from glioseg.tracking.folds import complete_folds
 
 # The tags of a run whose metrics come from an evaluation with its model's own inference settings.
 SERVED = {tracking.INFERENCE_KEY: "k", tracking.MODEL_INFERENCE_KEY: "k"}

@@ -6,9 +6,9 @@ import torch
 
 from glioseg.config.schema import InferenceParams, parse_params
 from glioseg.evaluation.evaluate import predict_masks
-from glioseg.inference.forward import labels_from_logits
 from glioseg.inference.predictor import FLIPS, Predictor, flip_averaged_logits
 from glioseg.model.checkpoint import load_model
+from glioseg.model.network import labels_from_logits
 from glioseg.training.loop import Trainer
 from tests.conftest import TINY_PARAMS
 

@@ -141,7 +141,7 @@ def test_cv_summary_takes_each_fold_evaluation_with_its_model_settings_only(tmp_
 
 def test_a_run_evaluated_before_the_settings_were_recorded_is_not_taken_as_its_own():
     """Runs evaluated by an older glioseg: their metrics are the last evaluation's, whatever its settings."""
-    from glioseg.evaluation.crossval import complete_folds
+    from glioseg.tracking.folds import complete_folds
 
     legacy = pd.DataFrame([{"run_id": f"r{f}", "start_time": pd.Timestamp("2026-01-01"),
                             "tags.mlflow.runName": "train", "params.split.folds": "2", "params.split.fold": str(f),

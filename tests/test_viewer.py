@@ -454,7 +454,7 @@ def test_brats_areas_and_dice_are_given_per_region_on_known_labels():
 
 
 def test_brats_overlay_shows_truth_and_prediction_side_by_side_in_class_colours():
-    from glioseg.evaluation.figures import CLASS_COLOURS
+    from glioseg.figures import CLASS_COLOURS
 
     result = known_brats_result()
     picture = logic.compose_overlay(result.images[0], result.predictions[0], result.truths[0], 1.0, classes=4)

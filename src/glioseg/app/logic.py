@@ -31,7 +31,7 @@ from glioseg import paths
 from glioseg.data.formats import brats
 from glioseg.data.formats.lgg import read_mask
 from glioseg.errors import DataError
-from glioseg.evaluation.figures import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
+from glioseg.figures import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
 from glioseg.inference.scans import (
     SliceInput,
     check_input_kind,

@@ -20,7 +20,7 @@ from glioseg import metrics
 from glioseg.config.schema import InferenceParams
 from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.data.context import centre_slice
-from glioseg.evaluation.figures import overlay, overlay_grid, save_png
+from glioseg.figures import overlay, overlay_grid, save_png
 from glioseg.inference.predictor import Predictor
 from glioseg.io import write_csv
 from glioseg.model.checkpoint import LoadedModel

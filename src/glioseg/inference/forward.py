@@ -8,19 +8,7 @@ import torch
 
 from glioseg.data.transforms import BatchAugment
 from glioseg.device import autocast, autocast_dtype, to_tensor
-
-
-def logit(probability: float) -> float:
-    """Threshold on logits equivalent to ``sigmoid(logit) > probability`` (no sigmoid needed)."""
-    probability = min(max(probability, 1e-7), 1 - 1e-7)
-    return float(np.log(probability / (1 - probability)))
-
-
-def labels_from_logits(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N,H,W) uint8 class labels: one channel -> sigmoid above ``threshold``; C channels -> argmax."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0].float() > logit(threshold)).to(torch.uint8)
-    return logits.argmax(dim=1).to(torch.uint8)
+from glioseg.model.network import labels_from_logits
 
 
 @torch.no_grad()

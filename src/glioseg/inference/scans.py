@@ -45,7 +45,7 @@ from glioseg.config.schema import InferenceParams
 from glioseg.data.formats import brats
 from glioseg.data.formats.lgg import read_image
 from glioseg.errors import ConfigError, DataError
-from glioseg.evaluation.figures import overlay
+from glioseg.figures import overlay
 from glioseg.inference.owned_output import check_output_folder, staged_output
 from glioseg.inference.predictor import Predictor
 from glioseg.model.checkpoint import LoadedModel, describe_models

@@ -1,9 +1,10 @@
-"""The smp U-Net factory, from the model params."""
+"""The smp U-Net factory from the model params, and the rule that turns its logits into labels."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
@@ -40,3 +41,16 @@ def to_group_norm(module: torch.nn.Module, groups: int = 32) -> torch.nn.Module:
         else:
             to_group_norm(child, groups)
     return module
+
+
+def logit(probability: float) -> float:
+    """Threshold on logits equivalent to ``sigmoid(logit) > probability`` (no sigmoid needed)."""
+    probability = min(max(probability, 1e-7), 1 - 1e-7)
+    return float(np.log(probability / (1 - probability)))
+
+
+def labels_from_logits(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,H,W) uint8 class labels: one channel -> sigmoid above ``threshold``; C channels -> argmax."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0].float() > logit(threshold)).to(torch.uint8)
+    return logits.argmax(dim=1).to(torch.uint8)

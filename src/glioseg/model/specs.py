@@ -91,14 +91,14 @@ def fold_specs(spec: str) -> list[str]:
     """``folds:5[/train]`` or ``folds:site[/train]`` -> the ``runs:/<id>`` of that cross-validation's folds."""
     if not spec.startswith(FOLDS_SPEC):
         return [spec]
-    from glioseg.evaluation import crossval
+    from glioseg.tracking.folds import newest_cross_validation
 
     kind, _, run_name = spec.removeprefix(FOLDS_SPEC).partition("/")
     if kind != "site" and not kind.isdigit():
         raise ConfigError(f"{spec}: expected folds:<k>[/<run name>] or folds:site[/<run name>]")
     check_store(spec)
     by = "site" if kind == "site" else "patient"
-    folds = crossval.newest_cross_validation(0 if by == "site" else int(kind), run_name or "train", by)
+    folds = newest_cross_validation(0 if by == "site" else int(kind), run_name or "train", by)
     return [f"runs:/{run_id}" for run_id in folds["run_id"]]
 
 

@@ -32,10 +32,9 @@ from glioseg.data.cache import SliceArrays
 from glioseg.data.transforms import BatchAugment, host_to_device, pipelines_from_dict
 from glioseg.device import autocast, autocast_dtype, kernel_name, precision_name, select_device, to_tensor
 from glioseg.errors import ConfigError, DataError, TrainingError
-from glioseg.inference.forward import labels_from_logits
 from glioseg.metrics import Regions, region_confusion_tensor, summarise
 from glioseg.model.checkpoint import model_payload, read_checkpoint, save_checkpoint
-from glioseg.model.network import build_model
+from glioseg.model.network import build_model, labels_from_logits
 from glioseg.training import distributed
 from glioseg.training.losses import SegmentationLoss, class_frequency_weights
 

@@ -13,7 +13,7 @@ from glioseg.data.cache import load_cache
 from glioseg.data.context import centre_slice
 from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 from glioseg.errors import DataError
-from glioseg.evaluation.figures import class_colours, display_image, overlay_grid, save_png
+from glioseg.figures import class_colours, display_image, overlay_grid, save_png
 from glioseg.io import write_json
 
 

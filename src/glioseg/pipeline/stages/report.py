@@ -19,8 +19,8 @@ from glioseg import paths
 from glioseg.config.schema import Params
 from glioseg.data.reader import read_slices
 from glioseg.errors import DataError
-from glioseg.evaluation.figures import display_image, learning_curves, overlay_grid, save_png
 from glioseg.evaluation.learning import learning_failure
+from glioseg.figures import display_image, learning_curves, overlay_grid, save_png
 from glioseg.io import read_json, write_text
 
 # Seed 004 (student report), Tables 1 and 2: their numbers, shown beside ours and labelled as theirs.

@@ -24,8 +24,8 @@ from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.data.context import centre_slice
 from glioseg.data.transforms import eval_normaliser
 from glioseg.errors import DataError
-from glioseg.evaluation.figures import figure_to_array, learning_curves, overlay, overlay_grid
 from glioseg.evaluation.learning import learning_failure, not_learned_warning
+from glioseg.figures import figure_to_array, learning_curves, overlay, overlay_grid
 from glioseg.inference.forward import predict_labels
 from glioseg.io import exclusive_lock, read_json, write_csv, write_json
 from glioseg.model.checkpoint import save_checkpoint
