@@ -19,7 +19,7 @@ import pandas as pd
 
 from glioseg import metrics
 from glioseg.errors import DataError
-from glioseg.evaluation.crossval import RUN_SETTINGS
+from glioseg.tracking.folds import RUN_SETTINGS
 
 IGNORED_KEYS = (*RUN_SETTINGS, "split.folds")
 REQUIRED = ("params", "overrides", "training_seconds", "test_per_patient")

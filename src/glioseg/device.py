@@ -29,14 +29,8 @@ def select_device(choice: str = "auto", setting: str = "run.device") -> torch.de
 
 
 def kernel_name(device: torch.device) -> str:
-    """Which kernels a device computes with: ``cuda``, or torch's CPU capability (``avx2``,
-    ``avx512``, ...), with ``_amx`` added where the CPU has AMX tiles (``avx512_amx``).
-
-    The same seeded CPU training gives different numbers under AVX2 and AVX512 kernels, and again
-    on an AVX512 CPU with AMX, in bf16 (whose convolutions oneDNN runs on AMX tiles there) and in
-    fp32 alike (docs/results.md, CI gate), although torch reports the same capability. So metrics
-    record it beside the precision and CI keeps a baseline per pair.
-    """
+    """``cuda``, or torch's CPU capability (``avx2``, ``avx512``), ``_amx`` added with AMX tiles:
+    seeded CPU numbers differ between these, so metrics record it (docs/design.md, Conventions)."""
     if device.type == "cuda":
         return "cuda"
     capability = torch.backends.cpu.get_cpu_capability().lower()

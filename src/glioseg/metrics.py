@@ -273,6 +273,8 @@ HD95_MISSED_TUMOUR = "missed_tumour"
 HD95_FALSE_POSITIVE = "false_positive"
 HD95_UNDEFINED = (HD95_MISSED_TUMOUR, HD95_FALSE_POSITIVE)
 HD95_COUNT_KEYS = ("hd95_defined_patients", "hd95_missed_tumour", "hd95_false_positive")
+# Integer counts of a summary: never averaged over regions.
+COUNT_KEYS = ("slices", "positive_slices", "patients", *HD95_COUNT_KEYS)
 
 HD95_RULE = (
     "HD95 per patient, in pixels of the evaluation grid. Truth and prediction both empty scores 0 "

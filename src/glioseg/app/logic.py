@@ -28,6 +28,7 @@ import pandas as pd
 import tifffile
 
 from glioseg import paths
+from glioseg.config.schema import LGG_REGIONS
 from glioseg.data.formats import brats
 from glioseg.data.formats.lgg import read_mask
 from glioseg.errors import DataError
@@ -45,14 +46,13 @@ from glioseg.inference.scans import (
     to_input_size,
 )
 from glioseg.metrics import Regions, dice, region_confusion
-from glioseg.model.checkpoint import LGG_CARD, LoadedModel, ModelSet
+from glioseg.model.checkpoint import LoadedModel, ModelSet
 from glioseg.model.specs import load_models
 
 OVERLAP_COLOUR = (255, 255, 0)
 DISPLAY_SIZE = 512
 
 
-LGG_REGIONS: Regions = {name: tuple(members) for name, members in LGG_CARD["regions"].items()}
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,7 @@ class SweepRun(Strict):
 
 Dataset = Literal["lgg", "brats"]
 LGG_CHANNELS = 3
+LGG_REGIONS: dict[str, tuple[int, ...]] = {"tumour": (1,)}  # LGG's one evaluation region
 
 
 class Params(Strict):
@@ -359,7 +360,7 @@ class Params(Strict):
 
     def regions(self) -> dict[str, tuple[int, ...]]:
         """The evaluation regions (sets of class labels); LGG has the one region 'tumour'."""
-        return {"tumour": (1,)} if self.dataset == "lgg" else dict(self.data.brats.regions)
+        return dict(LGG_REGIONS) if self.dataset == "lgg" else dict(self.data.brats.regions)
 
     def data_card(self) -> dict[str, Any]:
         """What a checkpoint must carry to read and score new cases like the training data."""

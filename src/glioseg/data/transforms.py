@@ -21,7 +21,7 @@ which reads its probabilities and statistics from the serialized pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import albumentations as A
 import cv2
@@ -98,9 +98,34 @@ def pipelines_from_dict(serialized: dict[str, Any], source: str = "augment.json"
     return {name: A.from_dict(data) for name, data in serialized.items()}
 
 
-def eval_normaliser(pipelines: dict[str, Any]) -> BatchAugment:
-    """The serialized eval pipeline's normalisation as a batched transform: what every prediction applies."""
-    return BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["eval"])
+class Normaliser(Protocol):
+    """What a prediction applies to a uint8 (N,C,H,W) batch before the network."""
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def standardise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (N,C,H,W) -> float, (x/255 - mean) / std per channel, like A.Normalize."""
+    mean_ = host_to_device(torch.tensor(mean).view(1, -1, 1, 1), images.device)
+    std_ = host_to_device(torch.tensor(std).view(1, -1, 1, 1), images.device)
+    return (images.float() / 255.0 - mean_) / std_
+
+
+@dataclass(frozen=True)
+class Normalise:
+    """A pipeline's standard normalisation on whole batches of tensors."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return standardise(images, self.mean, self.std)
+
+
+def eval_normaliser(pipelines: dict[str, Any]) -> Normalise:
+    """The serialized eval pipeline's normalisation: what every prediction applies."""
+    checked = BatchAugment.from_pipeline(pipelines_from_dict(pipelines)["eval"])
+    return Normalise(checked.mean, checked.std)
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -264,10 +289,7 @@ class BatchAugment:
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,C,H,W) -> float, (x/255 - mean) / std per channel, like A.Normalize."""
-        mean = host_to_device(torch.tensor(self.mean).view(1, -1, 1, 1), images.device)
-        std = host_to_device(torch.tensor(self.std).view(1, -1, 1, 1), images.device)
-        return (images.float() / 255.0 - mean) / std
+        return standardise(images, self.mean, self.std)
 
     def geometry(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
         """Random crops, flips, 90-degree rotations and affine warps, identical across ``tensors`` per sample.

@@ -25,11 +25,6 @@ from glioseg.inference.predictor import Predictor
 from glioseg.io import write_csv
 from glioseg.model.checkpoint import LoadedModel
 
-COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
-
-
-# Integer counts of one region's cases: never averaged over regions.
-COUNT_KEYS = ("slices", "positive_slices", "patients", *metrics.HD95_COUNT_KEYS)
 HD95_GRID = ("per patient on the volume of its slices stacked in slice order (Z x H x W) at the model's "
              "input size, one pixel per slice step and per in-plane pixel")
 REGION_MEAN = ("each region is scored as a binary mask; top-level values are the unweighted mean over "
@@ -67,13 +62,13 @@ def per_slice_table(arrays: SliceArrays, predictions: np.ndarray, regions: metri
     counts = metrics.region_confusion(predictions, arrays.masks, regions)
     tables = []
     for r, region in enumerate(regions):
-        table = pd.DataFrame(counts[:, r], columns=COUNT_COLUMNS)
+        table = pd.DataFrame(counts[:, r], columns=metrics.COUNT_COLUMNS)
         table.insert(0, "region", region)
         table.insert(0, "slice", arrays.slice)
         table.insert(0, "patient", arrays.patient)
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
-    region_counts = table[COUNT_COLUMNS].to_numpy()
+    region_counts = table[metrics.COUNT_COLUMNS].to_numpy()
     table["truth_pixels"] = table["tp"] + table["fn"]
     table["predicted_pixels"] = table["tp"] + table["fp"]
     table["dice"] = metrics.dice(region_counts)
@@ -96,8 +91,8 @@ def per_patient_table(
     each patient is (:func:`metrics.hd95_status`), so means can count the penalised ones.
     """
     grouped = per_slice.groupby(["region", "patient"], sort=False)
-    table = grouped[COUNT_COLUMNS].sum().reset_index()
-    counts = table[COUNT_COLUMNS].to_numpy()
+    table = grouped[metrics.COUNT_COLUMNS].sum().reset_index()
+    counts = table[metrics.COUNT_COLUMNS].to_numpy()
     table["slices"] = grouped["slice"].count().to_numpy()
     table["dice"] = metrics.dice(counts)
     table["iou"] = metrics.iou(counts)
@@ -147,7 +142,7 @@ def summarise(
 
     Either way with its ``protocol`` and the bootstrap intervals (``ci95``) of the headline metrics;
     every region is resampled with the same patient draws, so the intervals of the means over
-    regions resample whole patients too. Counts (:data:`COUNT_KEYS`) are not averaged over regions:
+    regions resample whole patients too. Counts (:data:`glioseg.metrics.COUNT_KEYS`) are not averaged over regions:
     the top level keeps the slices and patients every region shares, each region its own counts.
     """
     draws = metrics.patient_resamples(per_slice["patient"].nunique())
@@ -160,7 +155,7 @@ def summarise(
     first = next(iter(by_region.values()))
     if len(by_region) == 1:
         return first | stated
-    keys = [k for k in first if k not in COUNT_KEYS and not isinstance(first[k], dict)
+    keys = [k for k in first if k not in metrics.COUNT_KEYS and not isinstance(first[k], dict)
             and all(k in s for s in by_region.values())]
     summary: dict = {k: float(np.mean([s[k] for s in by_region.values()])) for k in keys}
     summary |= {"slices": first["slices"], "patients": first["patients"]}

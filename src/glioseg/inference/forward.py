@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glioseg.data.transforms import BatchAugment
+from glioseg.data.transforms import Normaliser
 from glioseg.device import autocast, autocast_dtype, to_tensor
 from glioseg.model.network import labels_from_logits
 
@@ -15,7 +15,7 @@ from glioseg.model.network import labels_from_logits
 def predict_labels(
     model: torch.nn.Module,
     images: np.ndarray,
-    normaliser: BatchAugment,
+    normaliser: Normaliser,
     device: torch.device,
     threshold: float,
     batch_size: int = 32,

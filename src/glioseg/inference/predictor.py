@@ -32,7 +32,7 @@ from glioseg.config.schema import InferenceParams
 from glioseg.data.cache import SliceArrays
 from glioseg.data.context import stack_context
 from glioseg.data.intensity import window_case
-from glioseg.data.transforms import BatchAugment, eval_normaliser, pipelines_from_dict
+from glioseg.data.transforms import Normaliser, eval_normaliser, pipelines_from_dict
 from glioseg.device import select_device
 from glioseg.errors import DataError
 from glioseg.inference.forward import predict_labels
@@ -79,7 +79,7 @@ class MemberAveraged(torch.nn.Module):
     """A model set as one network: uint8 batches in, each member's own normalisation, the members'
     probabilities averaged, logits out."""
 
-    def __init__(self, networks: Sequence[torch.nn.Module], normalisers: Sequence[BatchAugment]):
+    def __init__(self, networks: Sequence[torch.nn.Module], normalisers: Sequence[Normaliser]):
         super().__init__()
         self.networks = torch.nn.ModuleList(networks)
         self.normalisers = list(normalisers)
@@ -94,7 +94,7 @@ class MemberAveraged(torch.nn.Module):
 
 
 class Unnormalised:
-    """The normaliser :func:`predict_labels` applies before a :class:`MemberAveraged` network: none,
+    """The :class:`~glioseg.data.transforms.Normaliser` before a :class:`MemberAveraged` network: none,
     since each member normalises for itself."""
 
     @staticmethod

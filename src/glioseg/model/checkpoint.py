@@ -18,7 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from glioseg.config.numerics import TRAINING_NUMERICS, recorded_numerics
-from glioseg.config.schema import BratsParams, InferenceParams, ModelParams
+from glioseg.config.schema import LGG_REGIONS, BratsParams, InferenceParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 from glioseg.model.network import build_model
@@ -43,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: not a glioseg checkpoint ({type(exc).__name__})") from None
 
 
-LGG_CARD = {"dataset": "lgg", "regions": {"tumour": [1]}}
+LGG_CARD = {"dataset": "lgg", "regions": {name: list(members) for name, members in LGG_REGIONS.items()}}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from glioseg.errors import DataError
 from glioseg.evaluation.learning import learning_failure
 from glioseg.figures import display_image, learning_curves, overlay_grid, save_png
 from glioseg.io import read_json, write_text
+from glioseg.metrics import COUNT_KEYS
 
 # Seed 004 (student report), Tables 1 and 2: their numbers, shown beside ours and labelled as theirs.
 SEED_LOSS_TABLE = {"wbce": (0.80, 0.77), "dice": (0.75, 0.73), "combined": (0.83, 0.85)}
@@ -186,15 +187,15 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
 
     def value(subset: str, key: str) -> object:
         number = metrics[subset].get(key, np.nan)
-        return str(int(number)) if key in COUNT_KEYS and not np.isnan(number) else float(number)
+        return str(int(number)) if key in INTEGER_KEYS and not np.isnan(number) else float(number)
 
     return pd.DataFrame({"metric": keys, "test": [value("test", k) for k in keys],
                          "test 95% CI": [interval_text(metrics["test"], k) for k in keys],
                          "train": [value("train", k) for k in keys]})
 
 
-COUNT_KEYS = {"patients", "slices", "positive_slices", "epochs", "total", "positive", "negative",
-              "hd95_defined_patients", "hd95_missed_tumour", "hd95_false_positive"}
+# Metrics shown as integers: the evaluation's counts and the training summary's.
+INTEGER_KEYS = {*COUNT_KEYS, "epochs", "total", "positive", "negative"}
 
 
 def _cell(value: object) -> object:
