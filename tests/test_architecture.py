@@ -1,4 +1,4 @@
-"""The package map holds: the import-linter layers pass, and fail on an upward import; modules and folders stay small."""
+"""The package map holds: layer contracts pass, and fail on an upward import; modules and folders stay small."""
 
 import re
 import shutil

@@ -111,7 +111,7 @@ def test_the_viewer_reads_a_real_case_with_its_truth_per_region(fetched, params,
                             pipelines_to_dict(build_pipelines(small.augment, images)), small.inference,
                             small.data_card())
     save_checkpoint(tmp_path / "model.pt", payload)
-    result = logic.predict_case(logic.load(str(tmp_path / "model.pt")), logic.load_case(folder), "cpu")
+    result = logic.case_result(logic.load(str(tmp_path / "model.pt")), logic.load_case(folder), "cpu")
     assert len(result.slices) == 155 and result.predictions[0].shape == (240, 240)
     totals = logic.slice_table(result).sum(numeric_only=True)
     assert totals["whole_tumour_truth_pixels"] == sum(PAT0001.values())

@@ -137,7 +137,7 @@ def test_cases_are_listed_from_the_data_folder(cases, tmp_path):
 
 def test_viewer_masks_equal_what_predict_writes(model_file, cases, tmp_path):
     name = logic.list_cases(cases)[1]
-    result = logic.predict_case(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
+    result = logic.case_result(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
     predict(cases / name, model_file, tmp_path / "out", device="cpu")
     with zipfile.ZipFile(io.BytesIO(logic.masks_zip(result))) as archive:
         for slice_name, truth in zip(result.slices, result.truths):
@@ -154,7 +154,7 @@ def test_the_viewer_predicts_with_a_model_set_as_predict_does(model_file, cases,
     loaded = logic.load(spec)
     assert isinstance(loaded, ModelSet) and loaded.names == (str(model_file), str(second))
     name = logic.list_cases(cases)[0]
-    result = logic.predict_case(loaded, logic.load_case(cases / name), "cpu")
+    result = logic.case_result(loaded, logic.load_case(cases / name), "cpu")
     predict(cases / name, [str(model_file), str(second)], tmp_path / "out", device="cpu")
     for slice_name, prediction in zip(result.slices, result.predictions):
         written = tifffile.imread(tmp_path / "out" / name / f"{slice_name}_mask.tif")
@@ -316,7 +316,7 @@ def test_page_shows_a_case_and_follows_the_slice_slider(model_file, cases, serve
     from selenium.webdriver.common.keys import Keys
 
     name = logic.list_cases(cases)[1]  # not the preselected first case: the test picks it
-    result = logic.predict_case(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
+    result = logic.case_result(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
     table = logic.slice_table(result)
     start = len(result.slices) // 2  # the page opens a case on its middle slice
     before, after = (logic.area_summary(result, table, i).to_dict("index") for i in (start, start + 1))
@@ -480,7 +480,7 @@ def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_m
     import nibabel as nib
 
     name = logic.list_cases(brats_cases)[0]
-    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    result = logic.case_result(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
     assert len(result.slices) == 8 and result.has_truth and result.classes == 4
     assert set(result.regions) == set(BRATS_REGIONS)
     assert result.predictions[0].shape == result.truths[0].shape == (32, 32)
@@ -511,7 +511,7 @@ def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_m
 
 def test_brats_case_without_its_seg_file_is_shown_without_truth(brats_model, brats_cases):
     name = logic.list_cases(brats_cases)[2]
-    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    result = logic.case_result(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
     assert not result.has_truth and len(result.slices) == 8
     summary = logic.area_summary(result, logic.slice_table(result), 0)
     assert list(summary.columns) == ["tumour area (px)"]
@@ -536,8 +536,8 @@ def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brat
     assert folder.name == name and sorted(p.name for p in folder.iterdir()) == [n.split("/")[1] for n, _ in files]
     assert logic.save_uploads(list(reversed(files)), tmp_path) == folder
     loaded = logic.load(str(brats_model))
-    uploaded = logic.predict_case(loaded, logic.load_case(folder), "cpu")
-    original = logic.predict_case(loaded, logic.load_case(brats_cases / name), "cpu")
+    uploaded = logic.case_result(loaded, logic.load_case(folder), "cpu")
+    original = logic.case_result(loaded, logic.load_case(brats_cases / name), "cpu")
     assert uploaded.has_truth and len(uploaded.slices) == 8
     for got, expected in zip(uploaded.predictions + uploaded.truths, original.predictions + original.truths):
         np.testing.assert_array_equal(got, expected)
@@ -550,10 +550,10 @@ def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brat
 def test_a_model_of_the_other_dataset_is_a_one_line_error(model_file, brats_model, brats_cases, cases):
     brats_case = logic.load_case(brats_cases / logic.list_cases(brats_cases)[0])
     with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
-        logic.predict_case(logic.load(str(model_file)), brats_case, "cpu")
+        logic.case_result(logic.load(str(model_file)), brats_case, "cpu")
     lgg_case = logic.load_case(cases / logic.list_cases(cases)[0])
     with pytest.raises(DataError, match="trained on BraTS and reads NIfTI cases"):
-        logic.predict_case(logic.load(str(brats_model)), lgg_case, "cpu")
+        logic.case_result(logic.load(str(brats_model)), lgg_case, "cpu")
 
 
 @pytest.mark.slow
@@ -562,7 +562,7 @@ def test_page_shows_a_brats_case_per_region_and_downloads_its_label_volume(
     brats_model, brats_cases, browser, tmp_path, tmp_path_factory
 ):
     name = logic.list_cases(brats_cases)[1]
-    result = logic.predict_case(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
+    result = logic.case_result(logic.load(str(brats_model)), logic.load_case(brats_cases / name), "cpu")
     middle = len(result.slices) // 2
     expected = logic.area_summary(result, logic.slice_table(result), middle).to_dict("index")
     with serving(brats_model, brats_cases, tmp_path_factory.mktemp("serve-brats")) as url:

@@ -166,11 +166,11 @@ def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
     return truth
 
 
-def predict_case(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseResult:
+def case_result(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseResult:
     """The case predicted as ``glioseg predict`` would; a model of the other dataset is a one-line error."""
     check_input_kind(loaded, case.folder, "in use")
     if case.nifti is not None:
-        return predict_nifti_case(loaded, case, device)
+        return nifti_case_result(loaded, case, device)
     images, predictions = [], []
     for _, image, mask in predict_inputs(loaded, list(case.items), device):
         images.append(image)
@@ -180,7 +180,7 @@ def predict_case(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseR
                       tuple(truths), loaded.regions, loaded.classes)
 
 
-def predict_nifti_case(loaded: LoadedModel, case: Case, device: str) -> CaseResult:
+def nifti_case_result(loaded: LoadedModel, case: Case, device: str) -> CaseResult:
     """A BraTS case's axial slices, their predicted classes and, where the case has its seg file, the truth."""
     params = loaded.brats
     has_truth = brats.find_file(case.nifti, params.suffixes[brats.LABELS]) is not None

@@ -41,7 +41,7 @@ def cached_prediction(_loaded, _case, spec: str, version: str, device: str, fold
     The per-region counts are computed here, so they are cached with the prediction rather than
     recomputed on every slider move.
     """
-    result = logic.predict_case(_loaded, _case, device)
+    result = logic.case_result(_loaded, _case, device)
     _ = result.counts  # an assignment: a bare expression would be written to the page (Streamlit magic)
     return result
 

@@ -214,8 +214,8 @@ def reference_volume(loaded: LoadedModel, folder: Path) -> Path:
     return brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
 
 
-def predict_case(loaded: LoadedModel, folder: Path, out: Path, device: str = "auto",
-                 inference: InferenceParams | None = None) -> list[dict]:
+def write_nifti_case(loaded: LoadedModel, folder: Path, out: Path, device: str = "auto",
+                     inference: InferenceParams | None = None) -> list[dict]:
     """One NIfTI case: the label volume aligned with the input, overlays, one row per axial slice."""
     params = loaded.brats
     case = brats.read_case(folder, params, with_labels=False)
@@ -243,7 +243,7 @@ def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str,
     """BraTS cases: a label volume and overlays per case; one table row per axial slice."""
     rows = []
     for folder in tqdm(find_nifti_cases(source), desc="predict", unit="case"):
-        rows += predict_case(loaded, folder, out, device, inference)
+        rows += write_nifti_case(loaded, folder, out, device, inference)
     return rows
 
 
