@@ -2,7 +2,7 @@
 
 The lent GPU machine has neither DVC nor MLflow. This runs what ``dvc repro evaluate`` runs for a
 params profile (composed onto the defaults, as ``glioseg params`` does), through the same
-functions: the data stages (``glioseg.steps``, in a scratch working folder),
+functions: the data stages (``glioseg.pipeline.stages``, in a scratch working folder),
 :class:`glioseg.training.loop.Trainer` and :func:`glioseg.evaluation.evaluate.evaluate`, and writes one JSON: data
 counts, device, seconds per epoch and in all, training images/s, CUDA peak memory, the test
 and train metrics (``metrics/test.json``'s definitions) and the per-patient test Dice, which

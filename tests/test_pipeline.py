@@ -164,10 +164,10 @@ SWEEPS = sorted(TINY["sweeps"])
     ("data/labels.py", {"labels"}),
     ("data/split.py", {"split"}),
     ("data/build.py", {"cache"}),
-    ("steps/augment.py", {"augment"}),
-    ("train.py", {"train", *(f"sweep_train@{name}" for name in SWEEPS)}),
-    ("postprocess.py", {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}),
-    ("report.py", {"report"}),
+    ("pipeline/stages/augment.py", {"augment"}),
+    ("training/loop.py", {"train", *(f"sweep_train@{name}" for name in SWEEPS)}),
+    ("inference/postprocess.py", {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}),
+    ("pipeline/stages/report.py", {"report"}),
 ])
 def test_editing_a_module_changes_exactly_the_stages_that_import_it(project, module, expected):
     root, env = project["root"], project["env"]
