@@ -34,7 +34,7 @@ ui: setup
 app: setup
 	$(BIN)/glioseg serve
 
-# A team's tracking server: PostgreSQL + MLflow on 127.0.0.1 (README, Team set-up).
+# A team's tracking server: PostgreSQL + MLflow on 127.0.0.1 (docs/how-to/team-setup.md).
 server: setup
 	$(BIN)/glioseg server start
 

@@ -21,13 +21,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED="$ROOT/../shared"
 export PATH="$ROOT/.venv/bin:$PATH"
 precision=${GLIOSEG_CI_PRECISION:-$(python -c \
-    'from glioseg.inference.forward import cpu_has_native_bf16; print("bf16" if cpu_has_native_bf16() else "fp32")')}
+    'from glioseg.device import cpu_has_native_bf16; print("bf16" if cpu_has_native_bf16() else "fp32")')}
 case "$precision" in
     bf16) forced=() ;;
     fp32) forced=(--set train.amp=false) ;;  # the same numbers as amp on a CPU without bf16
     *) echo "ci: GLIOSEG_CI_PRECISION must be bf16 or fp32 (got '$precision')" >&2; exit 2 ;;
 esac
-capability=$(python -c 'import torch; from glioseg.inference.forward import kernel_name; print(kernel_name(torch.device("cpu")))')
+capability=$(python -c 'import torch; from glioseg.device import kernel_name; print(kernel_name(torch.device("cpu")))')
 echo "ci: training precision $precision, CPU capability $capability"
 
 # gate KIND SOURCE: params composed from the defaults, ci/profile-KIND.yaml (when there is one) and
