@@ -43,7 +43,7 @@ from glioseg.data.cache import load_cache, save_cache
 from glioseg.data.formats.lgg import list_pairs, read_mask
 from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.data.transforms import channel_stats
-from glioseg.device import select_device
+from glioseg.device import DEVICES, select_device
 from glioseg.errors import ConfigError, GliosegError
 
 REFERENCE = "naive_reference_batch"  # the naive loop at the profile's reference (seed) batch size
@@ -340,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a profile composed onto the defaults: the cpu profile's params, and the base the "
                         "default profile's overrides go on (default: the real-data CPU profile; its data.source "
                         "is not read)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="device of the default and cpu profiles (default cpu: the CPU table); "
                         "the gpu profiles always run on CUDA")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",

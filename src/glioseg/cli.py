@@ -12,11 +12,14 @@ import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
+from glioseg.config.schema import InferenceParams, Postprocess
+from glioseg.device import DEVICES
 from glioseg.errors import GliosegError
+from glioseg.paths import MODEL, RAW_BRATS, RAW_LGG
 from glioseg.pipeline import runner
 
 app = typer.Typer(
@@ -33,6 +36,13 @@ Stage = Enum("Stage", {name: name for name in runner.STAGES}, type=str)
 MODEL_HELP = ("model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "
               "comma-separated, or folds:<k|site>[/<run name>] (the folds of the newest cross-validation in "
               "the MLflow store) make an ensemble that averages their probabilities")
+DEVICE_HELP = f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}"  # the torch devices glioseg.device selects from
+DEFAULT_MODEL = MODEL.as_posix()  # the train stage's model file
+
+
+def inference_help(setting: str) -> str:
+    """The help of predict's option for an inference setting: the schema's description of the setting."""
+    return f"{InferenceParams.model_fields[setting].description}; default: the model file's"
 
 
 def user_errors(command):
@@ -100,12 +110,11 @@ def params_command(
 
     E.g. `glioseg params profiles/cpu-real.yaml --out params.yaml && dvc repro evaluate`.
     """
-    from glioseg.config.compose import compose_params, params_yaml
+    from glioseg.config.compose import compose_params, params_command, params_yaml
     from glioseg.io import write_text
 
     tree = compose_params(*(profiles or []), overrides=overrides or [])
-    command = " ".join(["glioseg params", *map(str, profiles or []), *(f"--set {item}" for item in overrides or [])])
-    text = f"# Written by `{command}`.\n" + params_yaml(tree)
+    text = params_yaml(tree, params_command(profiles or [], overrides or []))
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -179,19 +188,15 @@ def predict_command(
     out: Annotated[Path, typer.Option(help="output folder: predict adds its files and replaces only those it "
                                       "wrote there before")],
     model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")] = [  # noqa: B006
-        "models/model.pt"],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+        DEFAULT_MODEL],
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="write into a folder that holds other files, replacing only "
                                             "files of the same names")] = False,
-    threshold: Annotated[float | None, typer.Option(
-        help="sigmoid probability above which a pixel is tumour (one-class models); default: the model file's",
-        show_default=False)] = None,
-    tta: Annotated[bool | None, typer.Option(
-        "--tta/--no-tta", help="average the predictions of each slice's four flips; default: the model file's",
-        show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(help=inference_help("threshold"), show_default=False)] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help=inference_help("tta"),
+                                             show_default=False)] = None,
     postprocess: Annotated[str | None, typer.Option(
-        metavar="[none|largest_component]",
-        help="largest_component keeps only each case's largest connected tumour; default: the model file's",
+        metavar=f"[{'|'.join(get_args(Postprocess))}]", help=inference_help("postprocess"),
         show_default=False)] = None,
 ) -> None:
     """Segment new scans: masks (<slice>_mask.tif), overlays and tumour areas (areas.csv, cases.csv).
@@ -210,12 +215,12 @@ def predict_command(
 @app.command()
 @user_errors
 def serve(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "models/model.pt",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     data: Annotated[Path | None, typer.Option(
-        help="folder of cases to choose from [default: data/raw/kaggle_3m, or data/raw/brats for a BraTS model]",
-        show_default=False)] = None,
+        help=f"folder of cases to choose from [default: {RAW_LGG.as_posix()}, or {RAW_BRATS.as_posix()} for a "
+        "BraTS model]", show_default=False)] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8501,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """The viewer: a web page on 127.0.0.1 to browse a case's slices with predicted and true tumour."""
     from glioseg.app import streamlit_command

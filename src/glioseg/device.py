@@ -1,13 +1,20 @@
-"""Devices and mixed precision: which torch device a run uses and in what precision it computes."""
+"""Devices and mixed precision: which torch device a run uses and in what precision it computes.
+
+torch is imported by the functions that use it, so that the command line can name :data:`DEVICES`
+(its ``--device`` choices) without importing torch for every command.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from glioseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -18,6 +25,8 @@ def select_device(choice: str = "auto", setting: str = "run.device") -> torch.de
     A dotted setting is a params.yaml key (``run.device``), anything else is named as it is
     (``--device``).
     """
+    import torch
+
     where = f"params.yaml: key '{setting}'" if "." in setting else setting
     if choice not in DEVICES:
         raise ConfigError(f"{where}: expected one of {', '.join(DEVICES)} (got {choice!r})")
@@ -31,6 +40,8 @@ def select_device(choice: str = "auto", setting: str = "run.device") -> torch.de
 def kernel_name(device: torch.device) -> str:
     """``cuda``, or torch's CPU capability (``avx2``, ``avx512``), ``_amx`` added with AMX tiles:
     seeded CPU numbers differ between these, so metrics record it (docs/design.md, Conventions)."""
+    import torch
+
     if device.type == "cuda":
         return "cuda"
     capability = torch.backends.cpu.get_cpu_capability().lower()
@@ -39,6 +50,8 @@ def kernel_name(device: torch.device) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bf16 convolutions natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    import torch
+
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -49,6 +62,8 @@ def autocast_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> to
     bf16 where the CPU has native bf16 (faster convolutions, benchmarks/results.md); inference on
     the CPU stays fp32 so that predictions do not depend on which CPU made them.
     """
+    import torch
+
     if not enabled:
         return None
     if device.type == "cuda":
@@ -58,15 +73,16 @@ def autocast_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> to
     return None
 
 
-PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def precision_name(dtype: torch.dtype | None) -> str:
     """``fp32``, ``bf16`` or ``fp16``: how metrics files and CI baselines record an autocast precision."""
-    return PRECISION_NAMES[dtype]
+    import torch
+
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    import torch
+
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -74,5 +90,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N,H,W,C) -> uint8 (N,C,H,W) on ``device``, channels-last for faster convolutions."""
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     return tensor.to(device).contiguous(memory_format=torch.channels_last)

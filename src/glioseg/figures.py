@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, cast
 
 import matplotlib
 
@@ -13,6 +14,9 @@ import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from glioseg.io import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 TRUTH_COLOUR = (0, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)
@@ -98,7 +102,8 @@ def overlay_grid(panels: list[np.ndarray], titles: list[str], columns: int = 4) 
 
 def figure_to_array(figure: plt.Figure) -> np.ndarray:
     figure.canvas.draw()
-    array = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    canvas = cast("FigureCanvasAgg", figure.canvas)  # the Agg backend's (matplotlib.use above)
+    array = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)
     return array
 

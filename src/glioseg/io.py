@@ -26,6 +26,7 @@ def write_fault(exc: OSError, path: str | os.PathLike) -> DataError | None:
     read-only disk; None for any other OSError."""
     if exc.errno not in WRITE_FAULTS:
         return None
+    assert exc.strerror is not None  # an OSError with an errno carries its message
     return DataError(f"{exc.filename or path}: cannot write: {exc.strerror.lower()}")
 
 

@@ -80,6 +80,18 @@ def _ratio(
     return float(result) if result.ndim == 0 else result
 
 
+def _one(value: float | np.ndarray) -> float:
+    """A metric of one set of counts (a last axis of 4 only): a float."""
+    assert isinstance(value, float)
+    return value
+
+
+def _each(value: float | np.ndarray) -> np.ndarray:
+    """A metric of several sets of counts (more axes than the last): an array of one value each."""
+    assert isinstance(value, np.ndarray)
+    return value
+
+
 def dice(counts: CountsLike, empty: float = 1.0) -> float | np.ndarray:
     tp, fp, fn, _ = _unpack(counts)
     return _ratio(2 * tp, 2 * tp + fp + fn, empty)
@@ -115,8 +127,8 @@ def _means(name: str, counts: np.ndarray) -> dict[str, float]:
     if len(counts) == 0:
         return {}
     return {
-        f"dice_{name}_mean": float(dice(counts).mean()),
-        f"iou_{name}_mean": float(iou(counts).mean()),
+        f"dice_{name}_mean": float(_each(dice(counts)).mean()),
+        f"iou_{name}_mean": float(_each(iou(counts)).mean()),
     }
 
 
@@ -181,9 +193,9 @@ def seed_style(matrix: np.ndarray) -> dict[str, float]:
     pooled = np.array([correct, wrong, wrong, total * (classes - 1) - wrong])
     return {
         "mean_iou_classes": float(np.nanmean(per_class_iou)),
-        "onehot_precision": precision(pooled),
-        "onehot_sensitivity": sensitivity(pooled),
-        "onehot_specificity": specificity(pooled),
+        "onehot_precision": _one(precision(pooled)),
+        "onehot_sensitivity": _one(sensitivity(pooled)),
+        "onehot_specificity": _one(specificity(pooled)),
     }
 
 
@@ -227,12 +239,12 @@ def summarise(per_slice: pd.DataFrame) -> dict[str, float | int]:
     if len(counts):
         pooled = counts.sum(axis=0)
         summary |= {
-            "dice_pooled": dice(pooled),
-            "iou_pooled": iou(pooled),
-            "pixel_accuracy": accuracy(pooled),
-            "precision": precision(pooled),
-            "sensitivity": sensitivity(pooled),
-            "specificity": specificity(pooled),
+            "dice_pooled": _one(dice(pooled)),
+            "iou_pooled": _one(iou(pooled)),
+            "pixel_accuracy": _one(accuracy(pooled)),
+            "precision": _one(precision(pooled)),
+            "sensitivity": _one(sensitivity(pooled)),
+            "specificity": _one(specificity(pooled)),
         }
     return summary | {
         "slices": len(per_slice),
@@ -293,8 +305,8 @@ def hd95_penalty(shape: Sequence[int], spacing: float | Sequence[float] = 1.0) -
     A fixed, stated value instead of ``inf`` keeps a missed case in the mean and makes it cost
     more than any defined distance on that grid.
     """
-    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(shape),))
-    extents = np.asarray(shape, dtype=np.float64) * spacing
+    spacings = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(shape),))
+    extents = np.asarray(shape, dtype=np.float64) * spacings
     return float(np.sqrt(np.sum(extents**2)))
 
 
@@ -330,18 +342,18 @@ def summarise_hd95(values: Sequence[float], statuses: Sequence[str]) -> dict[str
     only make it worse; ``hd95_defined_mean`` (left out when no case has one) is over the cases
     with a defined HD95, for comparison with results that drop the others.
     """
-    values, statuses = np.asarray(values, dtype=np.float64), np.asarray(statuses, dtype=object)
-    if values.shape != statuses.shape:
-        raise ValueError(f"{values.shape[0]} HD95 values but {statuses.shape[0]} statuses")
-    if not np.isfinite(values).all():
+    scores, kinds = np.asarray(values, dtype=np.float64), np.asarray(statuses, dtype=object)
+    if scores.shape != kinds.shape:
+        raise ValueError(f"{scores.shape[0]} HD95 values but {kinds.shape[0]} statuses")
+    if not np.isfinite(scores).all():
         raise ValueError("HD95 values must be finite: score undefined cases with penalised_hausdorff95")
-    defined = (statuses == HD95_DEFINED) | (statuses == HD95_BOTH_EMPTY)
+    defined = (kinds == HD95_DEFINED) | (kinds == HD95_BOTH_EMPTY)
     summary: dict[str, float | int] = {}
-    if len(values):
-        summary["hd95_patient_mean"] = float(values.mean())
+    if len(scores):
+        summary["hd95_patient_mean"] = float(scores.mean())
     if defined.any():
-        summary["hd95_defined_mean"] = float(values[defined].mean())
-    counts = (defined.sum(), (statuses == HD95_MISSED_TUMOUR).sum(), (statuses == HD95_FALSE_POSITIVE).sum())
+        summary["hd95_defined_mean"] = float(scores[defined].mean())
+    counts = (defined.sum(), (kinds == HD95_MISSED_TUMOUR).sum(), (kinds == HD95_FALSE_POSITIVE).sum())
     return summary | {key: int(count) for key, count in zip(HD95_COUNT_KEYS, counts, strict=True)}
 
 
@@ -383,9 +395,9 @@ def bootstrap_statistics(
     with np.errstate(invalid="ignore", divide="ignore"):
         positive_mean = positive_sum.to_numpy()[draws].sum(axis=1) / positive_n.to_numpy()[draws].sum(axis=1)
     stats = {
-        "dice_patient_mean": dice(resampled_counts).mean(axis=1),
-        "iou_patient_mean": iou(resampled_counts).mean(axis=1),
-        "dice_pooled": dice(resampled_counts.sum(axis=1)),
+        "dice_patient_mean": _each(dice(resampled_counts)).mean(axis=1),
+        "iou_patient_mean": _each(iou(resampled_counts)).mean(axis=1),
+        "dice_pooled": _each(dice(resampled_counts.sum(axis=1))),
         "dice_positive_slice_mean": positive_mean,
     }
     if hd95 is not None:
@@ -409,8 +421,8 @@ def intervals(stats: dict[str, np.ndarray], level: float = BOOTSTRAP_LEVEL) -> d
 def mean_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
                   seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
     """The bootstrap interval of a mean over patients, from one value per patient."""
-    values = np.asarray(values, dtype=np.float64)
-    if not len(values):
+    array = np.asarray(values, dtype=np.float64)
+    if not len(array):
         raise ValueError("no values to bootstrap")
-    draws = patient_resamples(len(values), resamples, seed)
-    return intervals({"mean": values[draws].mean(axis=1)})["mean"]
+    draws = patient_resamples(len(array), resamples, seed)
+    return intervals({"mean": array[draws].mean(axis=1)})["mean"]

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import nibabel as nib
@@ -110,7 +111,7 @@ class CaseResult:
                          for p, t in zip(self.predictions, self.truths)])
 
 
-def default_data_folder(loaded: LoadedModel) -> Path:
+def default_data_folder(loaded: LoadedModel | ModelSet) -> Path:
     """Where the pipeline keeps the raw cases of the model's dataset: the viewer's folder without ``--data``."""
     return paths.RAW_BRATS if loaded.dataset == "brats" else paths.RAW_LGG
 
@@ -166,7 +167,7 @@ def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
     return truth
 
 
-def case_result(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseResult:
+def case_result(loaded: LoadedModel | ModelSet, case: Case, device: str = "auto") -> CaseResult:
     """The case predicted as ``glioseg predict`` would; a model of the other dataset is a one-line error."""
     check_input_kind(loaded, case.folder, "in use")
     if case.nifti is not None:
@@ -180,9 +181,10 @@ def case_result(loaded: LoadedModel, case: Case, device: str = "auto") -> CaseRe
                       tuple(truths), loaded.regions, loaded.classes)
 
 
-def nifti_case_result(loaded: LoadedModel, case: Case, device: str) -> CaseResult:
+def nifti_case_result(loaded: LoadedModel | ModelSet, case: Case, device: str) -> CaseResult:
     """A BraTS case's axial slices, their predicted classes and, where the case has its seg file, the truth."""
     params = loaded.brats
+    assert params is not None and case.nifti is not None  # a BraTS model, and a NIfTI case (case_result)
     has_truth = brats.find_file(case.nifti, params.suffixes[brats.LABELS]) is not None
     volume = brats.read_case(case.nifti, params, with_labels=has_truth)
     labels = predict_volume(loaded, volume.images, device)
@@ -210,14 +212,16 @@ def column(result: CaseResult, region: str, quantity: str) -> str:
 def slice_table(result: CaseResult) -> pd.DataFrame:
     """Per slice and region: predicted and true area (pixels) and Dice (the project's empty-mask rule)."""
     counts, with_truth = result.counts, np.array([t is not None for t in result.truths])
-    table = {"slice": result.slices}
+    table: dict[str, Any] = {"slice": result.slices}
     for index, region in enumerate(result.regions):
         tp, fp, fn = (counts[:, index, k] for k in range(3))
         table[column(result, region, "predicted_pixels")] = tp + fp
         table[column(result, region, "truth_pixels")] = pd.array(
             [int(n) if known else None for n, known in zip(tp + fn, with_truth)], dtype="Int64")
+        scores = dice(counts[:, index])
+        assert isinstance(scores, np.ndarray)  # one Dice per slice
         table[column(result, region, "dice")] = [float(score) if known else None
-                                                 for score, known in zip(dice(counts[:, index]), with_truth)]
+                                                 for score, known in zip(scores, with_truth)]
     return pd.DataFrame(table)
 
 
@@ -302,7 +306,9 @@ def label_volume_bytes(result: CaseResult) -> bytes:
     labels = np.asarray(result.file_labels)[np.stack(result.predictions)]
     with tempfile.TemporaryDirectory(prefix="glioseg-viewer-") as tmp:
         path = Path(tmp) / f"{result.name}_pred.nii.gz"
-        brats.write_label_volume(labels, nib.load(result.reference), path)
+        assert result.reference is not None  # a NIfTI case's result names its reference volume
+        # nib.load is typed as returning any image class; a BraTS case file is a NIfTI one.
+        brats.write_label_volume(labels, cast(nib.Nifti1Image, nib.load(result.reference)), path)
         return path.read_bytes()
 
 

@@ -19,11 +19,12 @@ import streamlit as st
 from glioseg.app import logic
 from glioseg.errors import GliosegError
 from glioseg.model.checkpoint import LoadedModel, ModelSet
+from glioseg.paths import MODEL
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="glioseg serve")
-    parser.add_argument("--model", default="models/model.pt")
+    parser.add_argument("--model", default=MODEL.as_posix())
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     return parser.parse_args([arg for arg in sys.argv[1:] if arg != "--"])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -162,15 +164,87 @@ def compose_params(*overlays: Overlay, overrides: Iterable[str] = ()) -> dict[st
     return tree
 
 
-class _ParamsDumper(yaml.SafeDumper):
-    """Block mappings and one-line lists, as params.yaml is laid out."""
+# --------------------------------------------------------------------------- writing params.yaml
+#
+# The comments of a written params file are the schema's descriptions (src/glioseg/config/schema.py):
+# the file's head is Params' docstring, a top-level section's comment block its class docstring, and
+# every other key's trailing comment its field's description. `python -m glioseg.config.reference`
+# writes params.yaml so, and docs/reference/params.md from the same descriptions.
+
+COMMENT_COLUMN = 24  # where trailing comments start, or further right to align a block's lines up to ALIGNED
+ALIGNED = 32
+TRAILING = 48  # a key line longer than this has its comment above it instead
+WIDTH = 110  # comment lines wrap here
 
 
-def params_yaml(tree: Mapping[str, Any]) -> str:
-    """A params tree as YAML text, in the tree's key order."""
-    return yaml.dump(dict(tree), Dumper=_ParamsDumper, sort_keys=False, default_flow_style=False)
+def inline_yaml(value: Any) -> str:
+    """``value`` as one line of flow-style YAML: ``0.001``, ``[t1ce, flair]``, ``{loss: wbce}``."""
+    lines = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=2**31).splitlines()
+    return lines[0] if lines[1:] in ([], ["..."]) else "\n".join(lines)
 
 
-_ParamsDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-)
+def _is_block(value: Any, section: type[BaseModel] | None) -> bool:
+    """Whether ``value`` is written as a block mapping: a section, or a mapping of collections (sweeps,
+    regions); mappings of scalars (suffixes, label_map, a sweep) and lists are written on one line."""
+    if not isinstance(value, Mapping) or not value:
+        return False
+    return section is not None or any(isinstance(item, Mapping | list) for item in value.values())
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(" ".join(text.split()), max(width, 40), break_long_words=False, break_on_hyphens=False)
+
+
+def _comment_block(text: str, indent: str) -> list[str]:
+    """``text`` as comment lines above a key, wrapped, its paragraphs kept."""
+    paragraphs = [_wrap(paragraph, WIDTH - len(indent) - 2) for paragraph in text.split("\n\n")]
+    return [f"{indent}#{' ' + line if line else ''}" for paragraph in paragraphs
+            for line in ([""] if paragraph is not paragraphs[0] else []) + paragraph]
+
+
+def _mapping_lines(tree: Mapping[str, Any], model: type[BaseModel] | None, depth: int) -> list[str]:
+    """The lines of one block mapping, each key commented with its schema description (none for the
+    entries of a free-form mapping such as sweeps or regions)."""
+    indent = "  " * depth
+    entries = []  # (the key's line, its description, the lines of its block)
+    for key, value in tree.items():
+        field = model.model_fields.get(key) if model is not None else None
+        section = _section(model, key) if field is not None else None
+        if _is_block(value, section):
+            entries.append((f"{indent}{inline_yaml(key)}:", field and field.description,
+                            _mapping_lines(value, section, depth + 1)))
+        else:
+            entries.append((f"{indent}{inline_yaml(key)}: {inline_yaml(value)}", field and field.description, []))
+    column = max([COMMENT_COLUMN, *(len(line) + 2 for line, comment, _ in entries
+                                    if comment and len(line) + 2 <= ALIGNED)])
+    lines: list[str] = []
+    for line, comment, block in entries:
+        if comment and (block and depth == 0 or len(line) + 2 > TRAILING):
+            # a top-level group or a long line: the description above it (a group after a blank line)
+            lines += ([""] if block else []) + _comment_block(comment, indent) + [line]
+        elif comment:
+            start = max(column, len(line) + 2)
+            wrapped = _wrap(comment, WIDTH - start - 2)
+            lines += [f"{line.ljust(start)}# {wrapped[0]}", *(f"{' ' * start}# {more}" for more in wrapped[1:])]
+        else:
+            lines.append(line)
+        lines += block
+    return lines
+
+
+def params_command(profiles: Iterable[str | os.PathLike] = (), overrides: Iterable[str] = ()) -> str:
+    """The ``glioseg params`` command line that composes these profiles and overrides."""
+    return " ".join(["glioseg params", *map(str, profiles), *(f"--set {item}" for item in overrides)])
+
+
+def params_yaml(tree: Mapping[str, Any], command: str | None = None) -> str:
+    """A params tree as YAML text, in the tree's key order, commented with the schema's descriptions.
+
+    ``command``, when given, heads the text as what wrote it (``glioseg params PROFILE --set ...``).
+    """
+    head = [f"# Written by `{command}`.", *_comment_block(
+        "The comments are the schema's descriptions (src/glioseg/config/schema.py), as is "
+        "docs/reference/params.md.", ""), "#"] if command else []
+    head += _comment_block(inspect.cleandoc(Params.__doc__ or ""), "")
+    body = _mapping_lines(tree, Params, 0)
+    return "\n".join([*head, *([""] if body and body[0] else []), *body]) + "\n"

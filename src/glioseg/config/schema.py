@@ -53,14 +53,14 @@ class Strict(BaseModel):
         return value
 
 
-def _section(model: type[Strict]) -> Any:
+def _section_field(model: type[Strict]) -> Any:
     """A section field: the section's defaults, described by its class docstring (the one place it is said)."""
     return Field(model(), description=inspect.cleandoc(model.__doc__ or ""))
 
 
 class SyntheticParams(Strict):
-    """The generated data of `data.source: synthetic` (and of `dataset: brats`), so the pipeline runs without
-    a download."""
+    """The generated data of `data.source: synthetic` (LGG slices, or BraTS volumes for `dataset: brats`), so
+    the pipeline runs without a download."""
 
     patients: int = Field(40, ge=1, description="patients generated; the default 40 give a test split of 8, "
                           "one of them tumour-free")
@@ -151,8 +151,8 @@ class DataParams(Strict):
         None, description="LGG: each channel of a patient's slices windowed between these [low, high] "
         "percentiles of its own pixels and mapped to 0..255, so every patient's intensities share one scale; "
         "null: as stored")
-    synthetic: SyntheticParams = _section(SyntheticParams)
-    brats: BratsParams = _section(BratsParams)
+    synthetic: SyntheticParams = _section_field(SyntheticParams)
+    brats: BratsParams = _section_field(BratsParams)
 
     @field_validator("window")
     @classmethod
@@ -174,7 +174,7 @@ class SplitParams(Strict):
 
     by: Literal["patient", "site", "slice"] = Field(
         "patient", description="patient: a patient-level split (or k folds); site: leave one acquiring site "
-        "out (kaggle_3m ids TCGA_<site>_..., split.fold picks the site); slice: the seeds' protocol, which leaks "
+        "out (kaggle_3m ids `TCGA_<site>_...`, split.fold picks the site); slice: the seeds' protocol, which leaks "
         "a patient's slices across the splits")
     train: float = Field(0.72, gt=0, lt=1, description="share of the patients (slices with by: slice) trained on")
     val: float = Field(0.08, ge=0, lt=1, description="share for validation during training")
@@ -312,7 +312,7 @@ class TrainParams(Strict):
         1.0, ge=0, le=1, description="share of the tumour-free training slices drawn afresh each epoch (every "
         "slice with tumour always is); 1: every slice, every epoch"
     )
-    weight_map: WeightMapParams = _section(WeightMapParams)
+    weight_map: WeightMapParams = _section_field(WeightMapParams)
 
 
 Postprocess = Literal["none", "largest_component"]
@@ -343,7 +343,8 @@ class RunParams(Strict):
 
 
 class SweepRun(Strict):
-    """One entry of `sweeps`: a configuration trained for the report's tables."""
+    """One entry of `sweeps`, named by its key: stage sweep_train@NAME trains it, sweep_evaluate@NAME
+    evaluates it."""
 
     loss: LossName | None = Field(None, description="its loss (wbce, dice or combined); null: the top level's")
     lr: float | None = Field(None, gt=0, description="its learning rate; null: the top level's")
@@ -356,7 +357,7 @@ LGG_REGIONS: dict[str, tuple[int, ...]] = {"tumour": (1,)}  # LGG's one evaluati
 
 
 class Params(Strict):
-    """glioseg params: validated by src/glioseg/config/schema.py (unknown keys and wrong types stop a stage).
+    """glioseg params, validated by the schema: an unknown key or a wrong type stops a stage with one line.
 
     The defaults are the CPU profile for the embedded synthetic data: `dvc repro` runs in minutes on 2 cores.
     With about 30x fewer optimiser steps than the seed protocol, their learning rates are the seed's x10
@@ -374,14 +375,14 @@ class Params(Strict):
                            "combined (their sum)")
     epochs: int = Field(24, ge=1, description="training epochs")
     batch_size: int = Field(10, ge=1, description="training slices per optimiser step")
-    data: DataParams = _section(DataParams)
-    clean: CleanParams = _section(CleanParams)
-    split: SplitParams = _section(SplitParams)
-    augment: AugmentParams = _section(AugmentParams)
-    model: ModelParams = _section(ModelParams)
-    train: TrainParams = _section(TrainParams)
-    inference: InferenceParams = _section(InferenceParams)
-    run: RunParams = _section(RunParams)
+    data: DataParams = _section_field(DataParams)
+    clean: CleanParams = _section_field(CleanParams)
+    split: SplitParams = _section_field(SplitParams)
+    augment: AugmentParams = _section_field(AugmentParams)
+    model: ModelParams = _section_field(ModelParams)
+    train: TrainParams = _section_field(TrainParams)
+    inference: InferenceParams = _section_field(InferenceParams)
+    run: RunParams = _section_field(RunParams)
     sweeps: dict[str, SweepRun] = Field({
         "wbce": SweepRun(loss="wbce"),
         "dice": SweepRun(loss="dice"),

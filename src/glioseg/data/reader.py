@@ -36,7 +36,9 @@ def read_slices(rows: pd.DataFrame, params: Params, desc: str) -> Iterator[tuple
     else:
         for folder, group in rows.groupby("image", sort=False):
             case = brats.read_case(Path(folder), params.data.brats)
+            labels = case.labels
+            assert labels is not None  # read with its labels
             for row in group.itertuples():
                 progress.update()
-                yield row, case.images[int(row.slice)], case.labels[int(row.slice)]
+                yield row, case.images[int(row.slice)], labels[int(row.slice)]
     progress.close()

@@ -19,6 +19,8 @@ one patient then land on both sides, which flatters test scores (documented as l
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -38,7 +40,7 @@ def subset_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
         sizes[name] += 1
     for name, frac in fractions.items():
         if frac > 0 and sizes[name] == 0:
-            donor = max(sizes, key=sizes.get)
+            donor = max(sizes, key=lambda name: sizes[name])
             if sizes[donor] <= 1:
                 raise DataError(f"cannot split {n} items into {', '.join(fractions)}: too few")
             sizes[donor] -= 1
@@ -69,7 +71,8 @@ def _stratified_assign(keys: pd.DataFrame, strata: str, fractions: dict[str, flo
 def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Series:
     """k-fold by patient: fold ``params.fold`` is the test set, val is drawn from the others; or, with
     ``fold_is: val``, the test set is the patient split's and fold ``params.fold`` of the rest is val."""
-    shares = dict.fromkeys(range(params.folds), 1 / params.folds)
+    # Fold numbers stand in for subset names: the folds are dealt as the subsets are.
+    shares: dict[Any, float] = dict.fromkeys(range(params.folds), 1 / params.folds)
     if params.fold_is == "val":
         fractions = {name: getattr(params, name) for name in SUBSETS}
         subset = _stratified_assign(burden, "burden", fractions, seed).reindex(burden.index)

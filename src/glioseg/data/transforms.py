@@ -21,7 +21,7 @@ which reads its probabilities and statistics from the serialized pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import albumentations as A
 import cv2
@@ -170,6 +170,11 @@ def _find(pipeline: A.Compose, kind: type) -> Any | None:
     return next((t for t in pipeline.transforms if isinstance(t, kind)), None)
 
 
+def _float_range(limits: Any) -> tuple[float, float]:
+    """An albumentations (low, high) range as floats."""
+    return cast(tuple[float, float], tuple(map(float, limits)))
+
+
 @dataclass(frozen=True)
 class BatchAugment:
     """The train pipeline applied to a whole batch of tensors (N,C,H,W), on any device.
@@ -281,11 +286,11 @@ class BatchAugment:
             std=tuple(float(s) for s in norm.std),
             crop=None if crop is None else (int(crop.height), int(crop.width)),
             brightness_contrast=prob(A.RandomBrightnessContrast),
-            brightness_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.brightness_limit)),
-            contrast_limit=(0.0, 0.0) if adjust is None else tuple(map(float, adjust.contrast_limit)),
+            brightness_limit=(0.0, 0.0) if adjust is None else _float_range(adjust.brightness_limit),
+            contrast_limit=(0.0, 0.0) if adjust is None else _float_range(adjust.contrast_limit),
             affine=prob(A.Affine),
-            rotate_limit=(0.0, 0.0) if affine is None else tuple(map(float, affine.rotate)),
-            scale_limit=(1.0, 1.0) if affine is None else tuple(map(float, affine.scale["x"])),
+            rotate_limit=(0.0, 0.0) if affine is None else _float_range(affine.rotate),
+            scale_limit=(1.0, 1.0) if affine is None else _float_range(affine.scale["x"]),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -366,6 +371,7 @@ class BatchAugment:
     def random_crop(self, tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
         """A ``crop``-sized window of each sample at a uniformly drawn offset, as A.RandomCrop draws it."""
         (n, _, height, width), device = tensors[0].shape, tensors[0].device
+        assert self.crop is not None  # called only with a crop set
         crop_height, crop_width = self.crop
         if crop_height > height or crop_width > width:
             raise DataError(f"{TRAIN_PIPELINE} RandomCrop ({crop_height}x{crop_width}) is larger "

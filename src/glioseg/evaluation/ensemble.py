@@ -48,9 +48,10 @@ def compare_models(names: list[str], subset: str, params: Params) -> tuple[pd.Da
     if len(part) == 0:
         raise DataError(f"{paths.SPLIT}: the {subset} subset is empty")
     members = [load_model_spec(name) for name in names]
-    for name, loaded in zip(names, members):
-        check_reads_cache(name, loaded, params)
-    candidates = [(name, loaded, [name]) for name, loaded in zip(names, members)]
+    for name, member in zip(names, members):
+        check_reads_cache(name, member, params)
+    candidates: list[tuple[str, LoadedModel | ModelSet, list[str]]] = [
+        (name, member, [name]) for name, member in zip(names, members)]
     if len(members) > 1:
         candidates.append((f"ensemble of {len(members)}", ModelSet(tuple(members), tuple(names)), names))
     rows, summaries = [], {}

@@ -23,7 +23,7 @@ from glioseg.data.context import centre_slice
 from glioseg.figures import overlay, overlay_grid, save_png
 from glioseg.inference.predictor import Predictor
 from glioseg.io import write_csv
-from glioseg.model.checkpoint import LoadedModel
+from glioseg.model.checkpoint import LoadedModel, ModelSet
 
 HD95_GRID = ("per patient on the volume of its slices stacked in slice order (Z x H x W) at the model's "
              "input size, one pixel per slice step and per in-plane pixel")
@@ -50,7 +50,7 @@ class Evaluation:
 
 
 def predict_masks(
-    loaded: LoadedModel, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
+    loaded: LoadedModel | ModelSet, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
 ) -> np.ndarray:
     """Class labels (N,H,W) for cached slices, post-processed per case: the :class:`Predictor` path
     that predict and the viewer take, with ``inference`` (None: the model file's settings)."""
@@ -166,7 +166,7 @@ def summarise(
 
 
 def evaluate(
-    loaded: LoadedModel, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
+    loaded: LoadedModel | ModelSet, arrays: SliceArrays, device: str = "auto", inference: InferenceParams | None = None
 ) -> Evaluation:
     """Score cached slices predicted with ``inference`` (None: the model file's settings)."""
     predictions = predict_masks(loaded, arrays, device, inference)
@@ -202,8 +202,9 @@ def slice_panel(arrays: SliceArrays, result: Evaluation, row: int) -> np.ndarray
     return overlay(image, arrays.masks[row], result.predictions[row], result.classes)
 
 
-def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, np.ndarray]:
-    """Overlay images keyed by name: best/median/worst slice, and the same for patients (first region)."""
+def example_overlays(result: Evaluation, arrays: SliceArrays) -> dict[str, tuple[np.ndarray, str]]:
+    """Overlay images with their titles, keyed by name: best/median/worst slice, and the same for patients
+    (first region)."""
     per_slice, per_patient = result.region_rows(result.per_slice), result.region_rows(result.per_patient)
     region = result.first_region
     panels = {}

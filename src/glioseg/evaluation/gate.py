@@ -109,9 +109,13 @@ def _row(metric: str, rule: dict[str, float], current: dict[str, Any], baseline:
         base = _number(baseline.get(metric))
     value = _value(current, metric, "current metrics", notes)
     floor = max(floors) if floors else None
-    ok = not notes and value >= floor - SLACK
-    if not ok and not notes:
-        notes.append(f"below floor by {floor - value:.4g}")
+    ok = False
+    if not notes:
+        # No note: the metric is a number, and its rule gave a floor (a "min", or a baseline for its "tolerance").
+        assert value is not None and floor is not None
+        ok = value >= floor - SLACK
+        if not ok:
+            notes.append(f"below floor by {floor - value:.4g}")
     return {
         "metric": metric,
         "baseline": base,

@@ -8,7 +8,7 @@ from glioseg.config.numerics import recorded_numerics
 from glioseg.config.schema import Params
 from glioseg.data.sites import held_out_site, sites
 from glioseg.device import autocast_dtype, precision_name, select_device
-from glioseg.model.checkpoint import LoadedModel
+from glioseg.model.checkpoint import LoadedModel, ModelSet
 
 
 def split_protocol(params: Params, patients) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def split_protocol(params: Params, patients) -> dict[str, Any]:
     return split
 
 
-def stage_protocol(params: Params, loaded: LoadedModel, patients) -> dict[str, Any]:
+def stage_protocol(params: Params, loaded: LoadedModel | ModelSet, patients) -> dict[str, Any]:
     """What the metrics' protocol takes from the params, the cached patients and the model: how
     cases were split, how the model predicted, the precision and kernels it trained with and the
     precision it predicted in (each changes the numbers: :mod:`glioseg.config.numerics`)."""

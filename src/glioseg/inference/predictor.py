@@ -56,11 +56,12 @@ def as_logits(mean: torch.Tensor) -> torch.Tensor:
 
 def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Logits of the class probabilities averaged over the four flips of ``batch`` (nnU-Net's mirroring)."""
-    total = None
+    total: torch.Tensor | None = None
     for dims in FLIPS:
         logits = model(batch.flip(dims) if dims else batch)
         flipped_back = probabilities(logits.flip(dims) if dims else logits)
         total = flipped_back if total is None else total + flipped_back
+    assert total is not None  # FLIPS is not empty
     return as_logits(total / len(FLIPS))
 
 
@@ -85,11 +86,12 @@ class MemberAveraged(torch.nn.Module):
         self.normalisers = list(normalisers)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        total = None
+        total: torch.Tensor | None = None
         for network, normaliser in zip(self.networks, self.normalisers):
             normalised = normaliser.normalise(batch).contiguous(memory_format=torch.channels_last)
             member = probabilities(network(normalised))
             total = member if total is None else total + member
+        assert total is not None  # a model set has at least two members
         return as_logits(total / len(self.networks))
 
 
@@ -127,6 +129,8 @@ class Predictor:
         if self.inference.tta:
             networks = [FlipAveraged(network) for network in networks]
         normalisers = [eval_normaliser(member.pipelines) for member in members]
+        self.network: torch.nn.Module
+        self.normaliser: Normaliser
         if len(members) == 1:
             self.network, self.normaliser = networks[0], normalisers[0]
         else:
@@ -137,7 +141,9 @@ class Predictor:
     @property
     def slice_channels(self) -> int:
         """Channels of one input slice (the model's input channels without the context neighbours)."""
-        return self.loaded.params.in_channels // (2 * self.loaded.context + 1)
+        in_channels = self.loaded.params.in_channels
+        assert in_channels is not None  # a trained model's params have it filled from its dataset
+        return in_channels // (2 * self.loaded.context + 1)
 
     def labels(self, images: np.ndarray) -> np.ndarray:
         """(N,H,W) uint8 class labels for uint8 images (N,H,W,C) at model size, not post-processed."""

@@ -31,7 +31,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import nibabel as nib
@@ -48,7 +48,7 @@ from glioseg.errors import ConfigError, DataError
 from glioseg.figures import overlay
 from glioseg.inference.owned_output import check_output_folder, staged_output
 from glioseg.inference.predictor import Predictor
-from glioseg.model.checkpoint import LoadedModel, describe_models
+from glioseg.model.checkpoint import LoadedModel, ModelSet, describe_models
 from glioseg.model.specs import load_models, model_specs
 
 RECORD = "prediction.json"
@@ -143,7 +143,7 @@ def inference_options(**options: Any) -> dict[str, Any]:
 
 
 def inference_settings(
-    loaded: LoadedModel, inference: InferenceParams | Mapping[str, Any] | None = None
+    loaded: LoadedModel | ModelSet, inference: InferenceParams | Mapping[str, Any] | None = None
 ) -> InferenceParams:
     """The settings predict uses: the model file's (None), ``inference`` itself, or, for a mapping such as
     the command's options, the model file's with the settings it gives replaced."""
@@ -152,13 +152,13 @@ def inference_settings(
     return loaded.inference.model_copy(update=inference_options(**inference))
 
 
-def predictor(loaded: LoadedModel, device: str = "auto", inference: InferenceParams | None = None,
+def predictor(loaded: LoadedModel | ModelSet, device: str = "auto", inference: InferenceParams | None = None,
               batch_size: int = 32) -> Predictor:
     """The shared :class:`Predictor`, its device named ``--device`` in errors (predict's and the viewer's option)."""
     return Predictor(loaded, device, inference, batch_size, device_setting=DEVICE_OPTION)
 
 
-def predict_inputs(loaded: LoadedModel, items: list[SliceInput], device: str = "auto",
+def predict_inputs(loaded: LoadedModel | ModelSet, items: list[SliceInput], device: str = "auto",
                    inference: InferenceParams | None = None, batch_size: int = 32):
     """Yield (item, original image, model-size mask), case by case.
 
@@ -183,7 +183,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, classes: in
     path.write_bytes(cv2.imencode(".png", overlay(image, None, labels, classes)[..., ::-1])[1].tobytes())
 
 
-def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str,
+def predict_tifs(loaded: LoadedModel | ModelSet, source: Path, out: Path, device: str,
                  inference: InferenceParams | None = None) -> list[dict]:
     """LGG slices: ``<slice>_mask.tif`` and an overlay per slice; one table row per slice."""
     rows = []
@@ -198,7 +198,7 @@ def predict_tifs(loaded: LoadedModel, source: Path, out: Path, device: str,
     return rows
 
 
-def predict_volume(loaded: LoadedModel, images: np.ndarray, device: str = "auto",
+def predict_volume(loaded: LoadedModel | ModelSet, images: np.ndarray, device: str = "auto",
                    inference: InferenceParams | None = None) -> np.ndarray:
     """(Z,H,W) class labels at the input size for a case's axial slices (Z,H,W,C).
 
@@ -208,19 +208,22 @@ def predict_volume(loaded: LoadedModel, images: np.ndarray, device: str = "auto"
     return np.stack([to_input_size(mask, images.shape[1:3]) for mask in masks])
 
 
-def reference_volume(loaded: LoadedModel, folder: Path) -> Path:
+def reference_volume(loaded: LoadedModel | ModelSet, folder: Path) -> Path:
     """The file whose affine, header and voxel order a case's predicted label volume takes (its first modality)."""
     params = loaded.brats
+    assert params is not None  # a BraTS model's data card says how its cases are read
     return brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
 
 
-def write_nifti_case(loaded: LoadedModel, folder: Path, out: Path, device: str = "auto",
+def write_nifti_case(loaded: LoadedModel | ModelSet, folder: Path, out: Path, device: str = "auto",
                      inference: InferenceParams | None = None) -> list[dict]:
     """One NIfTI case: the label volume aligned with the input, overlays, one row per axial slice."""
     params = loaded.brats
+    assert params is not None  # a BraTS model's data card says how its cases are read
     case = brats.read_case(folder, params, with_labels=False)
     reference_path = reference_volume(loaded, folder)
-    reference = nib.load(reference_path)
+    # nib.load is typed as returning any image class; a BraTS case file is a NIfTI one.
+    reference = cast(nib.Nifti1Image, nib.load(reference_path))
     labels = predict_volume(loaded, case.images, device, inference)
     case_dir = out / case.name
     case_dir.mkdir(parents=True)
@@ -238,7 +241,7 @@ def write_nifti_case(loaded: LoadedModel, folder: Path, out: Path, device: str =
     return rows
 
 
-def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str,
+def predict_nifti(loaded: LoadedModel | ModelSet, source: Path, out: Path, device: str,
                   inference: InferenceParams | None = None) -> list[dict]:
     """BraTS cases: a label volume and overlays per case; one table row per axial slice."""
     rows = []
@@ -247,11 +250,12 @@ def predict_nifti(loaded: LoadedModel, source: Path, out: Path, device: str,
     return rows
 
 
-def protected_files(loaded: LoadedModel, source: Path) -> list[Path]:
+def protected_files(loaded: LoadedModel | ModelSet, source: Path) -> list[Path]:
     """The files predict reads and the truth masks beside them: no prediction may be written over one."""
     if loaded.dataset == "brats":
         params = loaded.brats
-        files = []
+        assert params is not None  # a BraTS model's data card says how its cases are read
+        files: list[Path] = []
         for folder in find_nifti_cases(source):
             files += brats.case_files(folder, params, with_labels=False).values()
             truth = brats.find_file(folder, params.suffixes[brats.LABELS])
@@ -262,7 +266,7 @@ def protected_files(loaded: LoadedModel, source: Path) -> list[Path]:
     return slices + [mask for mask in masks if mask.is_file()]
 
 
-def check_input_kind(loaded: LoadedModel, source: Path, model: str | os.PathLike) -> None:
+def check_input_kind(loaded: LoadedModel | ModelSet, source: Path, model: str | os.PathLike) -> None:
     """A BraTS model reads NIfTI cases and an LGG model TIF slices; anything else is an error."""
     nifti = contains_nifti(source)
     if loaded.dataset == "brats" and not nifti:

@@ -70,7 +70,9 @@ class LoadedModel:
 
     @property
     def classes(self) -> int:
-        return int(self.params.classes)
+        classes = self.params.classes
+        assert classes is not None  # a trained model's params have it filled from its dataset
+        return int(classes)
 
     @property
     def context(self) -> int:

@@ -35,6 +35,13 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+def _existing_module_file(name: str) -> Path:
+    """:func:`module_file` of a module known to exist (one found by an import, or a package above it)."""
+    path = module_file(name)
+    assert path is not None
+    return path
+
+
 def imported_modules(path: Path) -> set[str]:
     """The glioseg modules ``path`` imports (``from glioseg import paths`` names ``glioseg.paths``).
 
@@ -74,15 +81,16 @@ def file_closure(entry: Path) -> list[Path]:
             path = module_file(module)
             assert path is not None
             pending.extend(imported_modules(path))
-    files = sorted({module_file(name) for name in seen} - {entry})
+    files = sorted({_existing_module_file(name) for name in seen} - {entry})
     return [entry, *files]
 
 
 def module_closure(module: str) -> list[Path]:
     """The source files of glioseg module ``module``, its packages' ``__init__`` files and everything it imports."""
-    if module_file(module) is None:
+    path = module_file(module)
+    if path is None:
         raise ValueError(f"{module}: not a glioseg module")
-    return sorted({*file_closure(module_file(module)), *(module_file(name) for name in _with_parents(module))})
+    return sorted({*file_closure(path), *(_existing_module_file(name) for name in _with_parents(module))})
 
 
 CODE_DEP = re.compile(r"^(\s+)- ((?:src|stages)/\S+)$")

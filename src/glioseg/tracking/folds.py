@@ -62,12 +62,13 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "pat
                         f"settings its model carries{other_settings(evaluated[~served], range(folds))}")
     chosen = chosen.assign(config=[configuration(row) for _, row in chosen.iterrows()])
     newest_first = chosen.sort_values("start_time", ascending=False)
-    partial = None
+    partial: pd.DataFrame | None = None
     for _, group in newest_first.groupby("config", sort=False):
         latest = group.drop_duplicates("fold").sort_values("fold")
         if len(latest) == folds:
             return latest.reset_index(drop=True)
         partial = latest if partial is None else partial
+    assert partial is not None  # chosen is not empty: at least one configuration
     found = ", ".join(str(f) for f in partial["fold"])
     absent = sorted(set(range(folds)) - set(partial["fold"]))
     missing = ", ".join(str(f) for f in absent)

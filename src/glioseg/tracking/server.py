@@ -88,6 +88,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            assert exc.strerror is not None  # a failed bind carries the system's message
             raise ConfigError(f"{option} {port}: {host}:{port} is taken by another program ({exc.strerror.lower()}); "
                               f"choose another port, or leave {option} out for a free one") from None
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -154,8 +154,9 @@ class Trainer:
         network = self.world.wrap(model)  # DDP under torchrun, else the model itself
         self.model = distributed.unwrap(network)
         # What the training step calls. Validation, state dicts and checkpoints use the plain module.
-        self.network = network if params.train.compile == "none" else torch.compile(
-            network, mode=None if params.train.compile == "default" else params.train.compile)
+        # torch.compile is typed for any callable; a module's compiled form is a module.
+        self.network = network if params.train.compile == "none" else cast(torch.nn.Module, torch.compile(
+            network, mode=None if params.train.compile == "default" else params.train.compile))
         # One fused kernel for the whole update: per-tensor Adam is a large share of a small U-Net's CPU step.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr, fused=True)
         # Batch-norm statistics are averaged with the weights (use_buffers), so the average is a whole model.
@@ -242,8 +243,8 @@ class Trainer:
             counts.append(self.confusion(logits.detach()[: share.own], masks[: share.own]))
             patients.append(data.patient[order_on_host[batch][share.rows][: share.own]])
         self.epochs_done += 1
-        counts, patients = self.world.all_concat(torch.cat(counts).cpu().numpy(), np.concatenate(patients))
-        summary = epoch_summary(counts, patients, self.world.all_sum(float(total_loss)) / len(order))
+        all_counts, all_patients = self.world.all_concat(torch.cat(counts).cpu().numpy(), np.concatenate(patients))
+        summary = epoch_summary(all_counts, all_patients, self.world.all_sum(float(total_loss)) / len(order))
         if grad_norms:  # before clipping; NaN/inf where a GradScaler step was skipped
             summary["grad_norm"] = float(np.median(torch.stack(grad_norms).double().cpu().numpy()))
         return summary
@@ -341,6 +342,7 @@ class Trainer:
                 save_checkpoint(last_path, self._state(epoch, history, best, best_epoch) | {"mlflow_run_id": run_id})
                 if on_epoch is not None:
                     on_epoch(epoch, row, self.kept_model)
+        assert best is not None  # set by the first epoch (its val Dice beats -1), or resumed with it
         return TrainOutcome(best=best, history=pd.DataFrame(history), best_epoch=best_epoch, resumed_from=resumed_from)
 
     def payload(self, **meta: Any) -> dict[str, Any]:

@@ -16,16 +16,17 @@ Every loss casts logits to float32 first, so it is safe inside ``torch.autocast`
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glioseg.config.schema import LossName
 from glioseg.errors import ConfigError
 
-LOSS_NAMES = ("wbce", "dice", "combined")
+LOSS_NAMES: tuple[str, ...] = get_args(LossName)
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
@@ -139,7 +140,8 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         if name not in LOSS_NAMES:
             raise ConfigError(
-                f"params.yaml: key 'loss': unknown loss '{name}' (expected wbce, dice or combined)"
+                f"params.yaml: key 'loss': unknown loss '{name}' (expected {', '.join(LOSS_NAMES[:-1])} or "
+                f"{LOSS_NAMES[-1]})"
             )
         self.name = name
         self.w0 = w0

@@ -18,6 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -95,7 +96,8 @@ def load_image(path: Path) -> nib.Nifti1Image:
     nibabel then assumes one from the voxel sizes alone, so that is read with a warning.
     """
     try:
-        image = nib.load(path)
+        # nib.load is typed as returning any image class; a BraTS case file is a NIfTI one.
+        image = cast(nib.Nifti1Image, nib.load(path))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as exc:  # nibabel raises several types for foreign or truncated files

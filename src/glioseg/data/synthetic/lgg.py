@@ -147,7 +147,9 @@ def _tumour(rng: np.random.Generator, volume: Volume, size: int) -> tuple[Blob, 
     smallest_head = min(volume.axes) * min(volume.head_scale(z) for z in range(start, start + length))
     radius = min(size * rng.uniform(0.04, 0.11), 0.3 * smallest_head)
     aspect = rng.uniform(0.75, 1.3)
-    x, y = _place(rng, volume.centre, 0.35 * smallest_head, radius, [])  # nothing to avoid: always placed
+    placed = _place(rng, volume.centre, 0.35 * smallest_head, radius, [])
+    assert placed is not None  # nothing to avoid: always placed
+    x, y = placed
     mid = start + (length - 1) / 2
     blobs = [Blob((x, y, mid), (radius * aspect, radius / aspect, length / 2 + 0.5), _wobble(rng))]
     taken = [(x, y, radius * max(aspect, 1 / aspect))]
