@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glioseg.config.schema import BratsParams, parse_params
+from glioseg.config.schema import parse_params
+from glioseg.config.sections import BratsParams
 from glioseg.data.formats import brats
 from glioseg.data.sources import fetch_brats
 from glioseg.data.synthetic.brats import generate_brats

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from glioseg.config.schema import InferenceParams, ModelParams, parse_params
+from glioseg.config.schema import parse_params
+from glioseg.config.sections import InferenceParams, ModelParams
 from glioseg.data.build import build_cache
 from glioseg.data.context import centre_slice, stack_context
 from glioseg.data.transforms import build_pipelines, pipelines_to_dict

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.config.schema import AugmentParams, InferenceParams, ModelParams
+from glioseg.config.sections import AugmentParams, InferenceParams, ModelParams
 from glioseg.data.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
 from glioseg.errors import DataError
 from glioseg.inference.predictor import MemberAveraged, Predictor

@@ -1,6 +1,6 @@
 import numpy as np
 
-from glioseg.config.schema import AugmentParams
+from glioseg.config.sections import AugmentParams
 from glioseg.data.transforms import build_pipelines
 from glioseg.pipeline.stages.augment import preview
 from glioseg.pipeline.stages.train import overlay_rows

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.config.schema import InferenceParams, parse_params
+from glioseg.config.schema import parse_params
+from glioseg.config.sections import InferenceParams
 from glioseg.evaluation.evaluate import predict_masks
 from glioseg.inference.predictor import FLIPS, Predictor, flip_averaged_logits
 from glioseg.model.checkpoint import load_model
@@ -72,7 +73,7 @@ class CountingModel(torch.nn.Module):
 
 def test_predictor_runs_the_flips_only_with_tta(tiny_data):
     """TTA costs one forward per flip; without it the model runs once per batch, as training's predict_labels."""
-    from glioseg.config.schema import ModelParams
+    from glioseg.config.sections import ModelParams
     from glioseg.model.checkpoint import LGG_CARD, LoadedModel
 
     _, val, pipelines = tiny_data

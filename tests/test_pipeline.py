@@ -394,7 +394,7 @@ def exp_show_metrics(root: Path, env: dict[str, str]) -> list[tuple[str, dict | 
 
 
 def test_queued_cross_validation_is_summarised_over_every_patient(project):
-    """The k-fold recipe of docs/how-to/cross-validation.md, at k = 2: both folds queued, run, then `glioseg cv-summary`."""
+    """The k-fold recipe of docs/how-to/cross-validation.md at k = 2: both folds queued, run, cv-summary."""
     root, env = project["root"], project["env"]
     run(["dvc", "exp", "run", "evaluate", "--queue", "-S", "split.folds=2", "-S", "split.fold=0,1"], root, env)
     status = run_queue(root, env)

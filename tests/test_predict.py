@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from glioseg.config.schema import InferenceParams
+from glioseg.config.sections import InferenceParams
 from glioseg.data.cache import SliceArrays
 from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import ConfigError, DataError
@@ -177,7 +177,7 @@ def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
 
 
 def test_nifti_input_to_an_lgg_model_is_a_one_line_error(model_file, tmp_path):
-    from glioseg.config.schema import BratsParams
+    from glioseg.config.sections import BratsParams
     from glioseg.data.synthetic.brats import generate_brats
 
     generate_brats(tmp_path / "cases", 1, 4, 32, seed=0, suffixes=dict(BratsParams().suffixes))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from glioseg.config.schema import Params, SyntheticParams
+from glioseg.config.schema import Params
+from glioseg.config.sections import SyntheticParams
 from glioseg.data.formats.lgg import read_mask
 from glioseg.data.sources import fetch_lgg
 

@@ -14,7 +14,8 @@ from glioseg import paths
 from glioseg.cli import app
 from glioseg.config import reference
 from glioseg.config.compose import compose_params, params_yaml, schema_defaults
-from glioseg.config.schema import InferenceParams, Params, Postprocess, RunParams
+from glioseg.config.schema import Params
+from glioseg.config.sections import InferenceParams, Postprocess, RunParams
 from glioseg.device import DEVICES
 
 REPO = Path(__file__).resolve().parents[1]

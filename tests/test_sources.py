@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from glioseg.config.schema import SyntheticParams
+from glioseg.config.sections import SyntheticParams
 from glioseg.data.sources import MANIFEST_COLUMNS, fetch_lgg
 from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
@@ -373,7 +373,7 @@ def test_zip_layout_reached_through_dotdot_is_not_read(source, tmp_path):
 
 @pytest.mark.parametrize("kind", ["folder", "zip"])
 def test_brats_stray_file_in_a_case_folder_is_reported_and_counted(tmp_path, monkeypatch, capsys, kind):
-    from glioseg.config.schema import BratsParams
+    from glioseg.config.sections import BratsParams
     from glioseg.data.synthetic.brats import generate_brats
 
     cases = tmp_path / "cases"

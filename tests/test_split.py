@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from glioseg.config.schema import Params, SplitParams
+from glioseg.config.schema import Params
+from glioseg.config.sections import SplitParams
 from glioseg.data.sites import patient_site, sites
 from glioseg.data.split import deal, split_slices, subset_sizes, summarise_split
 from glioseg.data.synthetic.lgg import generate_lgg

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from glioseg import paths
 from glioseg.cli import app
-from glioseg.config.schema import InferenceParams, parse_params
+from glioseg.config.schema import parse_params
+from glioseg.config.sections import InferenceParams
 from glioseg.errors import DataError
 from glioseg.evaluation.crossval import cv_summary
 from glioseg.evaluation.promote import promote, run_metrics

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.config.schema import AugmentParams
+from glioseg.config.sections import AugmentParams
 from glioseg.data.transforms import BatchAugment, build_pipelines, channel_stats, pipelines_from_dict, pipelines_to_dict
 from glioseg.errors import DataError
 

@@ -16,7 +16,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from glioseg.config.schema import InferenceParams, Postprocess
+from glioseg.config.sections import InferenceParams, Postprocess
 from glioseg.device import DEVICES
 from glioseg.errors import GliosegError
 from glioseg.paths import MODEL, RAW_BRATS, RAW_LGG
@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 
-Stage = Enum("Stage", {name: name for name in runner.STAGES}, type=str)
+Stage = Enum("Stage", {name: name for name in runner.STAGES}, type=str)  # type: ignore[misc]  # built from STAGES
 
 
 MODEL_HELP = ("model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "

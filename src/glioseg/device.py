@@ -7,16 +7,17 @@ torch is imported by the functions that use it, so that the command line can nam
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
+from glioseg.config.sections import DeviceName
 from glioseg.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES: tuple[str, ...] = get_args(DeviceName)
 
 
 def select_device(choice: str = "auto", setting: str = "run.device") -> torch.device:

@@ -209,7 +209,7 @@ def _mapping_lines(tree: Mapping[str, Any], model: type[BaseModel] | None, depth
     entries = []  # (the key's line, its description, the lines of its block)
     for key, value in tree.items():
         field = model.model_fields.get(key) if model is not None else None
-        section = _section(model, key) if field is not None else None
+        section = _section(model, key) if model is not None and field is not None else None
         if _is_block(value, section):
             entries.append((f"{indent}{inline_yaml(key)}:", field and field.description,
                             _mapping_lines(value, section, depth + 1)))

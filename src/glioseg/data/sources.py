@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from glioseg.config.schema import BratsParams, SyntheticParams
+from glioseg.config.sections import BratsParams, SyntheticParams
 from glioseg.data.formats import brats
 from glioseg.data.formats.lgg import (
     is_patient_name,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glioseg.config.schema import SplitParams
+from glioseg.config.sections import SplitParams
 from glioseg.data.sites import held_out_site, patient_site
 from glioseg.errors import DataError
 

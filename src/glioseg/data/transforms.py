@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glioseg.config.schema import AugmentParams
+from glioseg.config.sections import AugmentParams
 from glioseg.errors import DataError
 
 

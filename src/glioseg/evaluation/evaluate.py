@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from glioseg import metrics
-from glioseg.config.schema import InferenceParams
+from glioseg.config.sections import InferenceParams
 from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.data.context import centre_slice
 from glioseg.figures import overlay, overlay_grid, save_png

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from glioseg.config.schema import Postprocess
+from glioseg.config.sections import Postprocess
 from glioseg.data.cache import volume_indices
 
 

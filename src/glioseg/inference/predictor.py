@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from glioseg.config.schema import InferenceParams
+from glioseg.config.sections import InferenceParams
 from glioseg.data.cache import SliceArrays
 from glioseg.data.context import stack_context
 from glioseg.data.intensity import window_case

@@ -41,7 +41,7 @@ import tifffile
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from glioseg.config.schema import InferenceParams
+from glioseg.config.sections import InferenceParams
 from glioseg.data.formats import brats
 from glioseg.data.formats.lgg import read_image
 from glioseg.errors import ConfigError, DataError

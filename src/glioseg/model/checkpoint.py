@@ -18,7 +18,8 @@ import torch
 from pydantic import ValidationError
 
 from glioseg.config.numerics import TRAINING_NUMERICS, recorded_numerics
-from glioseg.config.schema import LGG_REGIONS, BratsParams, InferenceParams, ModelParams
+from glioseg.config.schema import LGG_REGIONS
+from glioseg.config.sections import BratsParams, InferenceParams, ModelParams
 from glioseg.errors import DataError
 from glioseg.io import atomic_path
 from glioseg.model.network import build_model

@@ -8,7 +8,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from glioseg.config.schema import ModelParams
+from glioseg.config.sections import ModelParams
 from glioseg.errors import DataError
 
 

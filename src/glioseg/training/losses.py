@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glioseg.config.schema import LossName
+from glioseg.config.sections import LossName
 from glioseg.errors import ConfigError
 
 LOSS_NAMES: tuple[str, ...] = get_args(LossName)

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from glioseg.config.schema import BratsParams
+from glioseg.config.sections import BratsParams
 from glioseg.data.intensity import window_to_uint8
 from glioseg.errors import DataError, InputWarning
 
