@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from glioseg.config.schema import Params, _validate
 from glioseg.errors import ConfigError
@@ -64,10 +65,14 @@ def schema_defaults() -> dict[str, Any]:
     return tree
 
 
-def _section(model: type[BaseModel], key: Any) -> type[BaseModel] | None:
-    """The schema class of ``model.key`` when it is a section (merged key by key), else None."""
-    annotation = model.model_fields[key].annotation
+def section_model(field: FieldInfo) -> type[BaseModel] | None:
+    """The schema class of a section field (merged key by key, written as a block), else None."""
+    annotation = field.annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _section(model: type[BaseModel], key: Any) -> type[BaseModel] | None:
+    return section_model(model.model_fields[key])
 
 
 def _dotted(path: tuple) -> str:

@@ -20,18 +20,19 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glioseg.config.compose import compose_params, inline_yaml, params_command, params_yaml, schema_defaults
+from glioseg.config.compose import (
+    compose_params,
+    inline_yaml,
+    params_command,
+    params_yaml,
+    schema_defaults,
+    section_model,
+)
 from glioseg.config.schema import Params
 
 PARAMS = Path("params.yaml")
 REFERENCE = Path("docs/reference/params.md")
 GENERATOR = "python -m glioseg.config.reference"
-
-
-def section_model(field: FieldInfo) -> type[BaseModel] | None:
-    """The schema class of a section field (merged key by key, written as a block), else None."""
-    annotation = field.annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def entry_model(field: FieldInfo) -> type[BaseModel] | None:
