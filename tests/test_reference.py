@@ -76,7 +76,7 @@ def test_written_params_read_back_the_same_with_any_profile():
     assert yaml.safe_load(params_yaml(tree, "glioseg params x")) == tree
 
 
-def test_the_schemas_device_choices_are_glioseg_devices():
+def test_choices_reads_the_values_of_a_literal_field():
     assert reference.choices(RunParams.model_fields["device"].annotation) == DEVICES
 
 
