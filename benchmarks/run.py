@@ -40,8 +40,8 @@ from glioseg.config.compose import compose_params
 from glioseg.config.schema import Params, parse_params
 from glioseg.data.build import build_cache
 from glioseg.data.cache import load_cache, save_cache
-from glioseg.data.formats.lgg import list_pairs, read_mask
-from glioseg.data.synthetic.lgg import generate_lgg
+from glioseg.formats.kaggle3m import list_pairs, read_mask
+from glioseg.formats.synthetic.lgg import generate_lgg
 from glioseg.data.transforms import channel_stats
 from glioseg.device import DEVICES, select_device
 from glioseg.errors import ConfigError, GliosegError

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from glioseg.config.compose import compose_params
 from glioseg.config.schema import parse_params
 from glioseg.data.clean import mean_intensity
-from glioseg.data.formats.lgg import list_pairs, read_image, read_mask
+from glioseg.formats.kaggle3m import list_pairs, read_image, read_mask
 from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import GliosegError
 from glioseg.io import atomic_path

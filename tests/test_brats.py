@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from glioseg.config.schema import parse_params
-from glioseg.config.sections import BratsParams
-from glioseg.data.formats import brats
-from glioseg.data.sources import fetch_brats
-from glioseg.data.synthetic.brats import generate_brats
 from glioseg.errors import DataError, RepairedInput, SkippedInput
+from glioseg.formats import FORMATS, brats, nifti
+from glioseg.formats.brats import BratsParams
+from glioseg.formats.synthetic.brats import generate_brats
+
+fetch_brats = FORMATS["brats"].fetch
 
 PARAMS = BratsParams()
 SUFFIXES = dict(PARAMS.suffixes)
@@ -77,16 +78,16 @@ def test_orientation_is_canonical_whatever_the_storage_order(cases, tmp_path):
     again = brats.read_case(moved, PARAMS)
     np.testing.assert_array_equal(again.images, reference.images)
     np.testing.assert_array_equal(again.labels, reference.labels)
-    assert brats.validate_case(moved, PARAMS) == 12
+    assert brats.validate_case(moved, PARAMS) == (12, [])
 
 
 def test_slices_show_anterior_at_the_top():
     volume = np.zeros((4, 6, 2))
     volume[:, -1, :] = 1  # the most anterior row (largest y in RAS)
-    slices = brats.volume_to_slices(volume)
+    slices = nifti.volume_to_slices(volume)
     assert slices.shape == (2, 6, 4)
     assert slices[0, 0].tolist() == [1, 1, 1, 1] and slices[0, 1:].sum() == 0
-    np.testing.assert_array_equal(brats.slices_to_volume(slices), volume)
+    np.testing.assert_array_equal(nifti.slices_to_volume(slices), volume)
 
 
 def test_modalities_are_chosen_and_ordered_by_params(cases):
@@ -157,7 +158,7 @@ def test_prediction_written_back_has_the_input_affine_shape_and_values(cases, tm
     reference = nib.load(volume_file(folder, "flair"))
     classes = brats.read_case(folder, PARAMS).labels
     source_labels = brats.source_labels(PARAMS.label_map)[classes]
-    written = brats.write_label_volume(source_labels, reference, tmp_path / "pred.nii.gz")
+    written = nifti.write_label_volume(source_labels, reference, tmp_path / "pred.nii.gz")
     loaded = nib.load(tmp_path / "pred.nii.gz")
     assert loaded.shape == reference.shape and written.shape == reference.shape
     np.testing.assert_allclose(loaded.affine, reference.affine)
@@ -169,7 +170,7 @@ def test_fetch_synthetic_lists_one_row_per_slice_in_range(tmp_path):
     params = BratsParams(slice_range=(2, 10))
     synthetic = parse_params({"data": {"synthetic": {"patients": 3, "slices": 12, "size": 32}}}).data.synthetic
     manifest = fetch_brats("synthetic", tmp_path / "brats", tmp_path / "manifest.csv", patients=2,
-                           synthetic=synthetic, params=params)
+                           synthetic=synthetic, settings=params)
     assert manifest["patient"].nunique() == 2 and len(manifest) == 2 * 8
     assert manifest["slice"].tolist()[:3] == [2, 3, 4]
     folder = tmp_path / "brats" / manifest["patient"][0]
@@ -180,13 +181,13 @@ def test_fetch_synthetic_lists_one_row_per_slice_in_range(tmp_path):
 def test_fetch_copies_only_wanted_files_from_a_folder_or_zip(cases, tmp_path):
     synthetic = parse_params({}).data.synthetic
     from_folder = fetch_brats(str(cases), tmp_path / "a", tmp_path / "a.csv", patients=None,
-                              synthetic=synthetic, params=PARAMS)
+                              synthetic=synthetic, settings=PARAMS)
     archive = tmp_path / "cases.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         for path in cases.rglob("*.nii.gz"):
             handle.write(path, f"Training/{path.relative_to(cases)}")
     from_zip = fetch_brats(str(archive), tmp_path / "b", tmp_path / "b.csv", patients=1, synthetic=synthetic,
-                           params=PARAMS)
+                           settings=PARAMS)
     assert len(from_folder) == 24 and len(from_zip) == 12
     assert len(list((tmp_path / "a").rglob("*.nii.gz"))) == 2 * 3
     assert from_zip["image_sha256"][0] == from_folder["image_sha256"][0]
@@ -207,7 +208,7 @@ def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases
             handle.writestr(zipfile.ZipInfo(name), volume_file(first, "t1ce").read_bytes())
     with pytest.warns(SkippedInput) as caught:
         manifest = fetch_brats(str(archive), work / "data/raw/brats", work / "data/raw/manifest.csv", patients=None,
-                               synthetic=parse_params({}).data.synthetic, params=PARAMS)
+                               synthetic=parse_params({}).data.synthetic, settings=PARAMS)
     assert set(manifest["patient"]) == {first.name}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(cases) and p != archive]
     assert all(p.is_relative_to(work / "data/raw") for p in written), written
@@ -216,7 +217,7 @@ def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases
     warnings = [str(w.message) for w in caught]
     assert len(warnings) == len(hostile)
     for name in hostile:
-        assert any(f"member {name!r} skipped" in warning for warning in warnings)
+        assert any(f":{name}: an absolute path or one with '..'; skipped" in warning for warning in warnings)
 
 
 def test_non_finite_voxels_are_read_as_background_and_reported(cases, tmp_path):
@@ -228,7 +229,7 @@ def test_non_finite_voxels_are_read_as_background_and_reported(cases, tmp_path):
     nib.save(nib.Nifti1Image(data, image.affine), path)
     with pytest.warns(RepairedInput, match=r"_flair\.nii\.gz: 3 non-finite voxels \(NaN or infinite\) read as"):
         fetch_brats(str(cases), tmp_path / "raw", tmp_path / "m.csv", patients=None,
-                    synthetic=parse_params({}).data.synthetic, params=PARAMS)
+                    synthetic=parse_params({}).data.synthetic, settings=PARAMS)
     read = brats.read_case(tmp_path / "raw" / folder.name, PARAMS)
     assert np.isfinite(read.images).all() and read.images.dtype == np.uint8
 
@@ -237,7 +238,8 @@ def test_fetch_error_leaves_nothing_behind(cases, tmp_path):
     volume_file(case(cases, 1), "t1ce").unlink()
     synthetic = parse_params({}).data.synthetic
     with pytest.raises(DataError, match=rf"{cases}/{case(cases, 1).name}: case .* has no t1ce volume"):
-        fetch_brats(str(cases), tmp_path / "out", tmp_path / "m.csv", patients=None, synthetic=synthetic, params=PARAMS)
+        fetch_brats(str(cases), tmp_path / "out", tmp_path / "m.csv", patients=None, synthetic=synthetic,
+                    settings=PARAMS)
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.csv").exists()
 
 
@@ -245,7 +247,7 @@ def test_slice_range_beyond_the_volume_is_an_error(cases, tmp_path):
     synthetic = parse_params({}).data.synthetic
     with pytest.raises(DataError, match="slice_range starts at 60 but the case has 12 slices"):
         fetch_brats(str(cases), tmp_path / "out", tmp_path / "m.csv", patients=1, synthetic=synthetic,
-                    params=BratsParams(slice_range=(60, 135)))
+                    settings=BratsParams(slice_range=(60, 135)))
 
 
 def test_params_derive_model_channels_and_reject_bad_brats_keys():
@@ -266,7 +268,7 @@ def test_synthetic_rejects_modalities_it_cannot_render(tmp_path):
     params = BratsParams(modalities=("t1n",), suffixes={"t1n": "t1n", "seg": "seg"})
     synthetic = parse_params({}).data.synthetic
     with pytest.raises(DataError, match="synthetic phantoms have t1, t1ce, t2, flair, not t1n"):
-        fetch_brats("synthetic", tmp_path / "o", tmp_path / "m.csv", patients=1, synthetic=synthetic, params=params)
+        fetch_brats("synthetic", tmp_path / "o", tmp_path / "m.csv", patients=1, synthetic=synthetic, settings=params)
 
 
 def test_brats_2023_suffixes_are_read(cases, tmp_path):

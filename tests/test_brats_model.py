@@ -70,7 +70,7 @@ def test_model_is_softmax_with_the_data_card(pipeline):
     loaded = load_model(model_path)
     assert (loaded.params.in_channels, loaded.classes) == (2, 4)
     assert loaded.dataset == "brats" and list(loaded.regions) == ["whole_tumour", "tumour_core", "enhancing_tumour"]
-    assert loaded.brats.label_map == {0: 0, 1: 1, 2: 2, 4: 3}
+    assert loaded.format_settings.label_map == {0: 0, 1: 1, 2: 2, 4: 3}
 
 
 def test_evaluation_reports_every_region_and_the_seed_metrics(pipeline):
@@ -90,7 +90,7 @@ def test_predict_writes_nifti_aligned_with_the_input_and_equal_to_evaluate(pipel
     root, _, model_path = pipeline
     arrays = load_cache(root / paths.CACHE)
     case = str(arrays.patient[0])
-    source = root / paths.RAW_BRATS / case
+    source = root / paths.raw_cases("brats") / case
     table = predict(source, model_path, tmp_path / "out", "cpu")
     written = nib.load(tmp_path / "out" / case / f"{case}_pred.nii.gz")
     reference = nib.load(source / f"{case}_flair.nii.gz")
@@ -103,7 +103,7 @@ def test_predict_writes_nifti_aligned_with_the_input_and_equal_to_evaluate(pipel
     # Image size equals the input size here, so predict's labels are evaluate's, slice for slice.
     rows = np.flatnonzero(arrays.patient == case)
     expected = evaluate(load_model(model_path), arrays.take(rows), "cpu").predictions
-    from glioseg.data.formats.brats import volume_to_slices
+    from glioseg.formats.nifti import volume_to_slices
 
     canonical = volume_to_slices(np.asarray(nib.as_closest_canonical(written).dataobj))
     classes = np.select([canonical == 4, canonical == 2, canonical == 1], [3, 2, 1], 0)

@@ -1,6 +1,8 @@
 """2.5-D context: stacks of neighbouring slices, built in the cache stage and by the predictor alike."""
 
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,8 @@ from glioseg.data.context import centre_slice, stack_context
 from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 from glioseg.errors import DataError
 from glioseg.inference.predictor import Predictor
-from glioseg.model.checkpoint import LGG_CARD, LoadedModel
+from glioseg.model.checkpoint import OLDEST_CARD as LGG_CARD
+from glioseg.model.checkpoint import LoadedModel
 from tests.conftest import write_slice
 
 
@@ -70,7 +73,7 @@ def context_model(model: torch.nn.Module) -> LoadedModel:
     pipelines = pipelines_to_dict(build_pipelines(parse_params({"augment": {"image_size": 32}}).augment,
                                                   np.zeros((2, 32, 32, 9), np.uint8)))
     return LoadedModel(model, ModelParams(in_channels=9, classes=1), pipelines, InferenceParams(), {},
-                       {**LGG_CARD, "context": 1})
+                       replace(LGG_CARD, context=1))
 
 
 def test_the_predictor_stacks_a_case_and_refuses_a_lone_slice():

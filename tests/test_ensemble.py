@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ import torch
 from glioseg.config.sections import AugmentParams, InferenceParams, ModelParams
 from glioseg.data.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
 from glioseg.errors import DataError
+from glioseg.formats.base import DataCard
 from glioseg.inference.predictor import MemberAveraged, Predictor
-from glioseg.model.checkpoint import LGG_CARD, LoadedModel, ModelSet, describe_models
+from glioseg.model.checkpoint import OLDEST_CARD as LGG_CARD
+from glioseg.model.checkpoint import LoadedModel, ModelSet, describe_models
 
 
 class ConstantProbability(torch.nn.Module):
@@ -39,7 +42,7 @@ def pipelines(mean: float = 0.0, std: float = 1.0) -> dict:
     return built
 
 
-def member(model: torch.nn.Module, threshold: float = 0.5, card: dict = LGG_CARD, size: int = 32,
+def member(model: torch.nn.Module, threshold: float = 0.5, card: DataCard = LGG_CARD, size: int = 32,
            mean: float = 0.0) -> LoadedModel:
     built = pipelines(mean)
     if size != 32:
@@ -81,7 +84,7 @@ def test_a_set_with_tta_flip_averages_each_member():
 def test_models_that_read_cases_differently_cannot_be_ensembled():
     with pytest.raises(DataError, match=r"b.pt: its preprocessing \(image size\) differs from a.pt's"):
         ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), size=64)), ("a.pt", "b.pt"))
-    context_card = {**LGG_CARD, "context": 1}
+    context_card = replace(LGG_CARD, context=1)
     with pytest.raises(DataError, match="b.pt: its data card"):
         ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), card=context_card)),
                  ("a.pt", "b.pt"))

@@ -13,10 +13,10 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `gpu` lives at the repository root, beside src/
 
-from glioseg.data.formats.lgg import list_pairs, read_image, read_mask  # noqa: E402
-from glioseg.data.synthetic.lgg import generate_lgg  # noqa: E402
 from glioseg.data.transforms import preprocess_pipeline  # noqa: E402
 from glioseg.errors import GliosegError  # noqa: E402
+from glioseg.formats.kaggle3m import list_pairs, read_image, read_mask  # noqa: E402
+from glioseg.formats.synthetic.lgg import generate_lgg  # noqa: E402
 from glioseg.pipeline.runner import DATA_STAGES  # noqa: E402
 from gpu import cv_pool, pack, seed_protocol, unpack  # noqa: E402
 from tests.conftest import TINY_PARAMS  # noqa: E402

@@ -74,7 +74,8 @@ class CountingModel(torch.nn.Module):
 def test_predictor_runs_the_flips_only_with_tta(tiny_data):
     """TTA costs one forward per flip; without it the model runs once per batch, as training's predict_labels."""
     from glioseg.config.sections import ModelParams
-    from glioseg.model.checkpoint import LGG_CARD, LoadedModel
+    from glioseg.model.checkpoint import OLDEST_CARD as LGG_CARD
+    from glioseg.model.checkpoint import LoadedModel
 
     _, val, pipelines = tiny_data
     for tta, calls in ((False, 1), (True, len(FLIPS))):

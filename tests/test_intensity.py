@@ -1,5 +1,7 @@
 """Per-patient intensity windows (data.window): one function for the cache stage and the predictor."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,11 +10,12 @@ import torch
 from glioseg.config.schema import parse_params
 from glioseg.config.sections import InferenceParams, ModelParams
 from glioseg.data.build import build_cache
-from glioseg.data.intensity import window_case
 from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 from glioseg.errors import DataError
+from glioseg.formats.intensity import window_case
 from glioseg.inference.predictor import Predictor
-from glioseg.model.checkpoint import LGG_CARD, LoadedModel
+from glioseg.model.checkpoint import OLDEST_CARD as LGG_CARD
+from glioseg.model.checkpoint import LoadedModel
 from tests.conftest import write_slice
 
 
@@ -63,7 +66,7 @@ def windowing_model() -> LoadedModel:
     pipelines = pipelines_to_dict(build_pipelines(parse_params({"augment": {"image_size": 32}}).augment,
                                                   np.zeros((2, 32, 32, 3), np.uint8)))
     return LoadedModel(NoTumour(), ModelParams(in_channels=3, classes=1), pipelines, InferenceParams(), {},
-                       {**LGG_CARD, "context": 0, "window": [1.0, 99.0]})
+                       replace(LGG_CARD, context=0, window=(1.0, 99.0)))
 
 
 def test_the_predictor_windows_a_case_as_the_cache_does_and_refuses_a_lone_slice():

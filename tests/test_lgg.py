@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from glioseg.data.formats.lgg import list_pairs, list_patients, read_image, read_mask, validate_pair
 from glioseg.errors import DataError
+from glioseg.formats.kaggle3m import list_pairs, list_patients, read_image, read_mask, validate_pair
 
 
 def write_image(path: Path, size: int = 16, value: int = 100) -> Path:

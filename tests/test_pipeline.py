@@ -159,7 +159,7 @@ SWEEPS = sorted(TINY["sweeps"])
 
 
 @pytest.mark.parametrize(("module", "expected"), [
-    ("data/sources.py", {"download"}),
+    ("pipeline/stages/download.py", {"download"}),
     ("data/clean.py", {"clean"}),
     ("data/labels.py", {"labels"}),
     ("data/split.py", {"split"}),

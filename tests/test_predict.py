@@ -15,9 +15,12 @@ from glioseg.data.cache import SliceArrays
 from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import ConfigError, DataError
 from glioseg.evaluation.evaluate import evaluate, predict_masks
+from glioseg.formats import FORMATS
 from glioseg.inference.owned_output import STAGING_PREFIX, owned_files
-from glioseg.inference.scans import find_inputs, inference_options, inference_settings, predict
+from glioseg.inference.scans import inference_options, inference_settings, predict
 from glioseg.model.checkpoint import load_model
+
+find_scans = FORMATS["lgg"].find_scans
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,10 @@ def patient_folder(tmp_path):
 
 
 def test_inputs_are_found_in_slice_order(patient_folder):
-    items = find_inputs(patient_folder)
-    assert [i.name for i in items] == [f"TCGA_XX_0001_20000101_{n}" for n in (1, 2, 10)]
-    assert find_inputs(patient_folder.parent)[0].case == "TCGA_XX_0001_20000101"
-    assert len(find_inputs(patient_folder / "TCGA_XX_0001_20000101_2.tif")) == 1
+    [ref] = find_scans(patient_folder)
+    assert [path.stem for path in ref.files] == [f"TCGA_XX_0001_20000101_{n}" for n in (1, 2, 10)]
+    assert find_scans(patient_folder.parent)[0].name == "TCGA_XX_0001_20000101"
+    assert len(find_scans(patient_folder / "TCGA_XX_0001_20000101_2.tif")[0].files) == 1
 
 
 @pytest.mark.parametrize("model", ["model_file", "postprocessing_model_file"])
@@ -177,11 +180,11 @@ def test_bad_inputs_are_one_line_errors(model_file, patient_folder, tmp_path):
 
 
 def test_nifti_input_to_an_lgg_model_is_a_one_line_error(model_file, tmp_path):
-    from glioseg.config.sections import BratsParams
-    from glioseg.data.synthetic.brats import generate_brats
+    from glioseg.formats.brats import BratsParams
+    from glioseg.formats.synthetic.brats import generate_brats
 
     generate_brats(tmp_path / "cases", 1, 4, 32, seed=0, suffixes=dict(BratsParams().suffixes))
-    with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
+    with pytest.raises(DataError, match="trained on LGG and reads TIF slices, not NIfTI cases"):
         predict(tmp_path / "cases", model_file, tmp_path / "out", "cpu")
     assert not (tmp_path / "out").exists()
 

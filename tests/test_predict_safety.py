@@ -12,10 +12,11 @@ import pytest
 import tifffile
 import torch
 
-from glioseg.data.formats import brats
 from glioseg.errors import DataError, InputWarning
+from glioseg.formats import FORMATS
+from glioseg.formats import nifti as nifti_io
 from glioseg.inference.owned_output import MANIFEST, REPLACED_PREFIX, STAGING_PREFIX, owned_files
-from glioseg.inference.scans import find_inputs, predict
+from glioseg.inference.scans import predict
 from tests.conftest import write_slice
 
 A, B = "TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"
@@ -46,6 +47,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def no_staging(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith((STAGING_PREFIX, REPLACED_PREFIX))]
+
+find_scans = FORMATS["lgg"].find_scans
 
 
 # 1. predict removes no file it did not write in the same run, and replaces only its own
@@ -133,13 +136,13 @@ def test_predict_never_follows_a_symlink_out_of_the_folder(model_file, scans, tm
 def test_a_stray_slice_beside_patient_folders_is_refused(model_file, scans, tmp_path):
     tifffile.imwrite(scans / "stray.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
     with pytest.raises(DataError) as raised:
-        find_inputs(scans)
+        find_scans(scans)
     message = str(raised.value)
     assert message.startswith(f"{scans}: holds both slices (stray.tif)") and "\n" not in message
     with pytest.raises(DataError, match="stray.tif"):
         predict(scans, model_file, tmp_path / "out", "cpu")
     assert not (tmp_path / "out").exists()
-    assert len(find_inputs(scans / A)) == 2  # a patient folder alone is still read
+    assert len(find_scans(scans / A)[0].files) == 2  # a patient folder alone is still read
 
 
 # 3. the output folder's own faults
@@ -255,11 +258,11 @@ def nifti(path: Path, qform: tuple[np.ndarray, int] | None = None, sform: tuple[
 def test_a_nifti_without_orientation_codes_warns_and_its_prediction_keeps_them(tmp_path):
     path = nifti(tmp_path / "case_flair.nii.gz")
     with pytest.warns(InputWarning) as caught:
-        reference = brats.load_image(path)
+        reference = nifti_io.load_image(path)
     assert len(caught) == 1 and str(caught[0].message).startswith(f"{path}: no orientation (qform_code and "
                                                                   "sform_code are 0)")
-    labels = brats.volume_to_slices(np.ones(reference.shape, np.uint8))
-    brats.write_label_volume(labels, reference, tmp_path / "pred.nii.gz")
+    labels = nifti_io.volume_to_slices(np.ones(reference.shape, np.uint8))
+    nifti_io.write_label_volume(labels, reference, tmp_path / "pred.nii.gz")
     written = nib.load(tmp_path / "pred.nii.gz")
     assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (0, 0)
     np.testing.assert_allclose(written.affine, reference.affine)
@@ -273,8 +276,8 @@ def test_a_predictions_header_has_the_inputs_own_qform_and_sform(tmp_path):
     path = nifti(tmp_path / "case_flair.nii.gz", qform=(scanner, 1), sform=(aligned, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)  # codes given: read without a warning
-        reference = brats.load_image(path)
-    brats.write_label_volume(brats.volume_to_slices(np.zeros(reference.shape, np.uint8)), reference,
+        reference = nifti_io.load_image(path)
+    nifti_io.write_label_volume(nifti_io.volume_to_slices(np.zeros(reference.shape, np.uint8)), reference,
                              tmp_path / "pred.nii.gz")
     written = nib.load(tmp_path / "pred.nii.gz")
     assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (1, 2)

@@ -7,10 +7,11 @@ import pytest
 
 from glioseg.config.schema import parse_params
 from glioseg.data.clean import find_dark, measure_slices
-from glioseg.data.formats import brats
 from glioseg.data.labels import build_labels
-from glioseg.data.sources import fetch_brats
 from glioseg.data.split import split_slices
+from glioseg.formats import FORMATS, brats
+
+fetch_brats = FORMATS["brats"].fetch
 
 SHARED_BRATS = Path(__file__).resolve().parents[1].parent / "shared" / "brats"
 BRATS_2015 = {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}
@@ -32,7 +33,7 @@ def params():
 def fetched(tmp_path_factory, params):
     root = tmp_path_factory.mktemp("brats")
     manifest = fetch_brats(str(SHARED_BRATS), root / "brats", root / "manifest.csv", patients=None,
-                           synthetic=params.data.synthetic, params=params.data.brats)
+                           synthetic=params.data.synthetic, settings=params.data.brats)
     return root, manifest
 
 
@@ -58,7 +59,7 @@ def test_the_2020_map_refuses_the_2015_label_3(tmp_path):
     params = parse_params({"dataset": "brats"})
     with pytest.raises(DataError, match="BraTS2015_pat0001_seg.nii.gz: label value 3 is not in data.brats.label_map"):
         fetch_brats(str(SHARED_BRATS), tmp_path / "b", tmp_path / "m.csv", patients=1,
-                    synthetic=params.data.synthetic, params=params.data.brats)
+                    synthetic=params.data.synthetic, settings=params.data.brats)
 
 
 def test_a_missing_modality_is_named(tmp_path):
@@ -68,7 +69,7 @@ def test_a_missing_modality_is_named(tmp_path):
     params = parse_params({"dataset": "brats", "data": {"brats": brats_params}})
     with pytest.raises(DataError, match=r"case BraTS2015_pat0001 has no t1 volume \(BraTS2015_pat0001_t1.nii.gz\)"):
         fetch_brats(str(SHARED_BRATS), tmp_path / "b", tmp_path / "m.csv", patients=1,
-                    synthetic=params.data.synthetic, params=params.data.brats)
+                    synthetic=params.data.synthetic, settings=params.data.brats)
 
 
 def test_clean_labels_and_split_keep_each_case_in_one_subset(fetched, params):

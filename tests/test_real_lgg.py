@@ -9,8 +9,8 @@ import pytest
 
 from glioseg.config.schema import Params
 from glioseg.config.sections import SyntheticParams
-from glioseg.data.formats.lgg import read_mask
-from glioseg.data.sources import fetch_lgg
+from glioseg.formats import FORMATS
+from glioseg.formats.kaggle3m import read_mask
 
 SHARED_LGG = Path(__file__).resolve().parents[1].parent / "shared" / "lgg"
 PATIENTS = 3
@@ -42,8 +42,9 @@ def expected() -> pd.DataFrame:
 
 
 def fetch(source: Path, out: Path) -> pd.DataFrame:
-    return fetch_lgg(
-        str(source), out / "kaggle_3m", out / "manifest.csv", patients=PATIENTS, synthetic=SyntheticParams()
+    return FORMATS["lgg"].fetch(
+        str(source), out / "kaggle_3m", out / "manifest.csv", patients=PATIENTS, synthetic=SyntheticParams(),
+        settings=None,
     )
 
 

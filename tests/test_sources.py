@@ -10,9 +10,10 @@ import pytest
 import tifffile
 
 from glioseg.config.sections import SyntheticParams
-from glioseg.data.sources import MANIFEST_COLUMNS, fetch_lgg
-from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
+from glioseg.formats import FORMATS
+from glioseg.formats.base import MANIFEST_COLUMNS
+from glioseg.formats.synthetic.lgg import generate_lgg
 
 PATIENTS, SLICES, SIZE = 4, 5, 32
 SYNTHETIC = SyntheticParams(patients=3, slices=4, size=32, seed=0)
@@ -49,7 +50,8 @@ def sha256(path: Path) -> str:
 def fetch(source, tmp_path: Path, patients: int | None = None) -> pd.DataFrame:
     raw = tmp_path / "raw"
     manifest_path = raw / "manifest.csv"
-    return fetch_lgg(str(source), raw / "kaggle_3m", manifest_path, patients=patients, synthetic=SYNTHETIC)
+    return FORMATS["lgg"].fetch(str(source), raw / "kaggle_3m", manifest_path, patients=patients,
+                                synthetic=SYNTHETIC, settings=None)
 
 
 def assert_published(manifest: pd.DataFrame, tmp_path: Path, source_root: Path, patients: list[str]) -> None:
@@ -95,7 +97,7 @@ def test_manifest_paths_are_relative_posix_when_dest_is(tmp_path, source, monkey
     monkeypatch.chdir(tmp_path)
 
     dest, manifest_path = Path("data/raw/kaggle_3m"), Path("data/raw/manifest.csv")
-    manifest = fetch_lgg(str(source), dest, manifest_path, patients=1, synthetic=SYNTHETIC)
+    manifest = FORMATS["lgg"].fetch(str(source), dest, manifest_path, patients=1, synthetic=SYNTHETIC, settings=None)
 
     first = patients_of(source)[0]
     assert manifest["image"].iloc[0] == f"data/raw/kaggle_3m/{first}/{first}_1.tif"
@@ -373,8 +375,8 @@ def test_zip_layout_reached_through_dotdot_is_not_read(source, tmp_path):
 
 @pytest.mark.parametrize("kind", ["folder", "zip"])
 def test_brats_stray_file_in_a_case_folder_is_reported_and_counted(tmp_path, monkeypatch, capsys, kind):
-    from glioseg.config.sections import BratsParams
-    from glioseg.data.synthetic.brats import generate_brats
+    from glioseg.formats.brats import BratsParams
+    from glioseg.formats.synthetic.brats import generate_brats
 
     cases = tmp_path / "cases"
     generate_brats(cases, 2, 12, 32, seed=5, suffixes=dict(BratsParams().suffixes))

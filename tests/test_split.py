@@ -6,8 +6,8 @@ from glioseg.config.schema import Params
 from glioseg.config.sections import SplitParams
 from glioseg.data.sites import patient_site, sites
 from glioseg.data.split import deal, split_slices, subset_sizes, summarise_split
-from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
+from glioseg.formats.synthetic.lgg import generate_lgg
 
 
 def make_labels(patients: int, slices: int = 10) -> pd.DataFrame:

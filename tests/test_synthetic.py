@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from glioseg.data.formats.lgg import list_pairs
-from glioseg.data.synthetic.lgg import generate_lgg
+from glioseg.formats.kaggle3m import list_pairs
+from glioseg.formats.synthetic.lgg import generate_lgg
 
 PATIENTS, SLICES, SIZE = 10, 20, 256
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

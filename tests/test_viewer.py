@@ -21,9 +21,11 @@ import pytest
 import tifffile
 
 from glioseg.app import logic
-from glioseg.data.formats.lgg import read_mask
-from glioseg.data.synthetic.lgg import generate_lgg
 from glioseg.errors import DataError
+from glioseg.formats import FORMATS
+from glioseg.formats.base import Scan, ScanRef
+from glioseg.formats.kaggle3m import read_mask
+from glioseg.formats.synthetic.lgg import generate_lgg
 from glioseg.inference.scans import predict
 from glioseg.model.checkpoint import ModelSet
 from tests.conftest import train_tiny_model
@@ -60,7 +62,9 @@ def known_result() -> logic.CaseResult:
     images = tuple(np.zeros((10, 10, 3), np.uint8) for _ in range(3))
     predictions = (square((10, 10), 2, 2, 4), np.zeros((10, 10), np.uint8), square((10, 10), 0, 0, 3))
     truths = (square((10, 10), 2, 4, 4), np.zeros((10, 10), np.uint8), None)
-    return logic.CaseResult("C", ("C_1", "C_2", "C_3"), images, predictions, truths)
+    names = ("C_1", "C_2", "C_3")
+    scan = Scan(ScanRef("C", Path("C")), names, names, (Path("C"),) * 3, images, truths)
+    return logic.CaseResult("C", names, images, predictions, truths, scan=scan, data_format=FORMATS["lgg"])
 
 
 def test_areas_and_dice_on_known_masks():
@@ -109,7 +113,9 @@ def test_enlarge_keeps_pixels_crisp():
 
 def test_zip_holds_kaggle_named_masks_at_input_size():
     result = known_result()
-    with zipfile.ZipFile(io.BytesIO(logic.masks_zip(result))) as archive:
+    data, file_name, mime = logic.prediction_download(result)
+    assert (file_name, mime) == ("C_masks.zip", "application/zip")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.namelist() == ["C/C_1_mask.tif", "C/C_2_mask.tif", "C/C_3_mask.tif"]
         for name, prediction in zip(archive.namelist(), result.predictions):
             mask = tifffile.imread(io.BytesIO(archive.read(name)))
@@ -123,7 +129,7 @@ def test_uploads_become_one_case_folder(tmp_path):
     assert folder.name == "P" and sorted(p.name for p in folder.iterdir()) == ["P_2.tif", "P_2_mask.tif"]
     assert logic.save_uploads(list(reversed(files)), tmp_path) == folder
     assert logic.save_uploads([("scan.tif", b"image")], tmp_path).name == "upload"
-    with pytest.raises(DataError, match="no .tif image slices"):
+    with pytest.raises(DataError, match="no TIF slices or NIfTI cases"):
         logic.save_uploads([("P_2_mask.tif", b"mask")], tmp_path)
 
 
@@ -131,15 +137,15 @@ def test_cases_are_listed_from_the_data_folder(cases, tmp_path):
     assert logic.list_cases(cases) == sorted(p.name for p in cases.iterdir())
     assert logic.list_cases(tmp_path / "missing") == []
     case = logic.load_case(cases / logic.list_cases(cases)[0])
-    assert [item.name for item in case.items] == [f"{case.name}_{n}" for n in range(1, 9)]
-    assert all(path is not None and path.name.endswith("_mask.tif") for path in case.truth_paths)
+    assert [path.stem for path in case.ref.files] == [f"{case.name}_{n}" for n in range(1, 9)]
+    assert all(path.with_name(f"{path.stem}_mask.tif").is_file() for path in case.ref.files)
 
 
 def test_viewer_masks_equal_what_predict_writes(model_file, cases, tmp_path):
     name = logic.list_cases(cases)[1]
     result = logic.case_result(logic.load(str(model_file)), logic.load_case(cases / name), "cpu")
     predict(cases / name, model_file, tmp_path / "out", device="cpu")
-    with zipfile.ZipFile(io.BytesIO(logic.masks_zip(result))) as archive:
+    with zipfile.ZipFile(io.BytesIO(logic.prediction_download(result)[0])) as archive:
         for slice_name, truth in zip(result.slices, result.truths):
             written = tifffile.imread(tmp_path / "out" / name / f"{slice_name}_mask.tif")
             zipped = tifffile.imread(io.BytesIO(archive.read(f"{name}/{slice_name}_mask.tif")))
@@ -393,7 +399,7 @@ BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tu
 def brats_cases(tmp_path_factory):
     """Two NIfTI phantom cases (8 axial slices of 32 x 32) with their seg files, and a third without."""
     from glioseg.config.schema import parse_params
-    from glioseg.data.synthetic.brats import generate_brats
+    from glioseg.formats.synthetic.brats import generate_brats
 
     root = tmp_path_factory.mktemp("brats") / "brats"
     suffixes = parse_params(BRATS_PARAMS).data.brats.suffixes
@@ -410,8 +416,8 @@ def brats_model(brats_cases, tmp_path_factory):
     import torch
 
     from glioseg.config.schema import parse_params
-    from glioseg.data.formats import brats
     from glioseg.data.transforms import build_pipelines, pipelines_to_dict
+    from glioseg.formats import brats
     from glioseg.model.checkpoint import model_payload, save_checkpoint
     from glioseg.model.network import build_model
 
@@ -471,7 +477,7 @@ def test_brats_cases_are_listed_and_read_as_nifti_folders(brats_cases):
     names = logic.list_cases(brats_cases)
     assert names == sorted(p.name for p in brats_cases.iterdir()) and len(names) == 3
     case = logic.load_case(brats_cases / names[0])
-    assert case.nifti == brats_cases / names[0] and case.items == ()
+    assert case.folder == brats_cases / names[0] and case.data_format is FORMATS["brats"] and case.ref.files == ()
     assert len(case.files()) == 5  # t1, t1ce, t2, flair, seg
     assert logic.case_fingerprint(case) != logic.case_fingerprint(logic.load_case(brats_cases / names[1]))
 
@@ -521,8 +527,8 @@ def test_without_data_the_viewer_opens_the_raw_folder_of_the_models_dataset(mode
     from glioseg import paths
     from glioseg.app import streamlit_command
 
-    assert logic.default_data_folder(logic.load(str(model_file))) == paths.RAW_LGG
-    assert logic.default_data_folder(logic.load(str(brats_model))) == paths.RAW_BRATS
+    assert logic.default_data_folder(logic.load(str(model_file))) == paths.raw_cases("kaggle_3m")
+    assert logic.default_data_folder(logic.load(str(brats_model))) == paths.raw_cases("brats")
     command = streamlit_command("m.pt", None, 8501, "cpu")
     assert command[command.index("--") + 1:] == ["--model", "m.pt", "--device", "cpu"]
     command = streamlit_command("m.pt", Path("cases"), 8501, "cpu")
@@ -541,7 +547,7 @@ def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brat
     assert uploaded.has_truth and len(uploaded.slices) == 8
     for got, expected in zip(uploaded.predictions + uploaded.truths, original.predictions + original.truths):
         np.testing.assert_array_equal(got, expected)
-    with pytest.raises(DataError, match="TIF slices and NIfTI volumes together"):
+    with pytest.raises(DataError, match=r"TIF slices \(P_1.tif\) and NIfTI cases \(.*\) together"):
         logic.save_uploads(files + [("P_1.tif", b"image")], tmp_path)
     with pytest.raises(DataError, match=r"for one case \(cases: A, B\)"):
         logic.save_uploads([("A_flair.nii.gz", b"x"), ("B_flair.nii.gz", b"y")], tmp_path)
@@ -549,7 +555,7 @@ def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brat
 
 def test_a_model_of_the_other_dataset_is_a_one_line_error(model_file, brats_model, brats_cases, cases):
     brats_case = logic.load_case(brats_cases / logic.list_cases(brats_cases)[0])
-    with pytest.raises(DataError, match="trained on LGG TIF slices and cannot read NIfTI volumes"):
+    with pytest.raises(DataError, match="trained on LGG and reads TIF slices, not NIfTI cases"):
         logic.case_result(logic.load(str(model_file)), brats_case, "cpu")
     lgg_case = logic.load_case(cases / logic.list_cases(cases)[0])
     with pytest.raises(DataError, match="trained on BraTS and reads NIfTI cases"):

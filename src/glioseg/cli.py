@@ -19,7 +19,8 @@ import typer
 from glioseg.config.sections import InferenceParams, Postprocess
 from glioseg.device import DEVICES
 from glioseg.errors import GliosegError
-from glioseg.paths import MODEL, RAW_BRATS, RAW_LGG
+from glioseg.formats import FORMATS
+from glioseg.paths import MODEL, raw_cases
 from glioseg.pipeline import runner
 
 app = typer.Typer(
@@ -217,8 +218,9 @@ def predict_command(
 def serve(
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     data: Annotated[Path | None, typer.Option(
-        help=f"folder of cases to choose from [default: {RAW_LGG.as_posix()}, or {RAW_BRATS.as_posix()} for a "
-        "BraTS model]", show_default=False)] = None,
+        help="folder of cases to choose from [default: the model's dataset's, " + ", ".join(
+            f"{raw_cases(f.raw_name).as_posix()} for {f.title}" for f in FORMATS.values()) + "]",
+        show_default=False)] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8501,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:

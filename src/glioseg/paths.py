@@ -11,8 +11,6 @@ from pathlib import Path
 DATA = Path("data")
 PARAMS_VALID = DATA / "params.valid"
 RAW = DATA / "raw"
-RAW_LGG = RAW / "kaggle_3m"
-RAW_BRATS = RAW / "brats"
 MANIFEST = RAW / "manifest.csv"
 REMOVED = DATA / "removed.csv"
 LABELS = DATA / "labels.csv"
@@ -40,6 +38,11 @@ EVALUATION = REPORTS / "evaluation"
 def repo_root() -> Path:
     """The repository root: DVC's DVC_ROOT inside a stage (also for queued/temp experiments)."""
     return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
+
+def raw_cases(folder: str) -> Path:
+    """Where the download stage puts a format's cases (``DataFormat.raw_name``: kaggle_3m, brats)."""
+    return RAW / folder
 
 
 def sweep_dir(name: str) -> Path:

@@ -1,12 +1,9 @@
 """What the viewer computes, free of Streamlit: cases, predictions, areas, Dice, overlays, downloads.
 
-A case is a kaggle_3m patient folder of TIF slices or a BraTS case folder of NIfTI volumes
-(cut into axial slices as training cut them). Predictions come from :mod:`glioseg.inference.scans`'s
-functions, which go through the :class:`~glioseg.inference.predictor.Predictor` evaluate uses too (the
-checkpoint's own preprocessing, inference settings and post-processing), at the input's size,
-so the viewer shows, and lets you download, exactly what ``glioseg predict`` writes: a zip of TIF masks, or
-the predicted label volume aligned with the input. Areas and Dice are given per evaluation
-region of the model (LGG: tumour; BraTS: whole tumour, tumour core, enhancing tumour).
+A case is a case folder of any data format (:mod:`glioseg.formats`), read and predicted on
+``glioseg predict``'s own path (:mod:`glioseg.inference.scans`), so the viewer shows, and lets you
+download, exactly the files predict writes. Areas and Dice are given per evaluation region of the
+model (LGG: tumour; BraTS: whole tumour, tumour core, enhancing tumour).
 """
 
 from __future__ import annotations
@@ -20,32 +17,18 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import cv2
-import nibabel as nib
 import numpy as np
 import pandas as pd
-import tifffile
 
 from glioseg import paths
-from glioseg.config.schema import LGG_REGIONS
-from glioseg.data.formats import brats
-from glioseg.data.formats.lgg import read_mask
 from glioseg.errors import DataError
 from glioseg.figures import PREDICTION_COLOUR, TRUTH_COLOUR, class_colour_name, display_image, fill
-from glioseg.inference.scans import (
-    SliceInput,
-    check_input_kind,
-    find_inputs,
-    find_inputs_in_case,
-    is_image_tif,
-    is_nifti,
-    predict_inputs,
-    predict_volume,
-    reference_volume,
-    to_input_size,
-)
+from glioseg.formats import FORMATS, format_of_case
+from glioseg.formats.base import TUMOUR_REGIONS, DataFormat, Scan, ScanRef
+from glioseg.inference.scans import check_input_kind, predict_scan, predictor, read_scan
 from glioseg.metrics import Regions, dice, region_confusion
 from glioseg.model.checkpoint import LoadedModel, ModelSet
 from glioseg.model.specs import load_models
@@ -58,31 +41,25 @@ DISPLAY_SIZE = 512
 
 @dataclass(frozen=True)
 class Case:
-    """A case to show: TIF slices in order with the truth mask file of each where one exists, or,
-    with ``nifti``, the folder of a BraTS case, whose volumes are read when it is predicted."""
+    """A case to show: its folder, the format it is in and the format's reference to it, read when it is
+    predicted."""
 
     name: str
-    items: tuple[SliceInput, ...] = ()
-    truth_paths: tuple[Path | None, ...] = ()
-    nifti: Path | None = None
-
-    @property
-    def folder(self) -> Path:
-        return self.nifti if self.nifti is not None else self.items[0].path.parent
+    folder: Path
+    data_format: DataFormat[Any]
+    ref: ScanRef
 
     def files(self) -> list[Path]:
-        if self.nifti is not None:
-            return sorted(p for p in self.nifti.iterdir() if is_nifti(p))
-        return [item.path for item in self.items] + [p for p in self.truth_paths if p is not None]
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 @dataclass(frozen=True)
 class CaseResult:
     """A predicted case: per slice its image, predicted class labels at input size and truth (or None).
 
-    ``regions`` are the model's evaluation regions (sets of class labels). A NIfTI case also
-    carries ``reference``, the volume whose geometry the prediction is written back in, and
-    ``file_labels``, the files' label value of each class.
+    ``regions`` are the model's evaluation regions (sets of class labels); with ``scan``, its
+    ``data_format`` and the model's ``format_settings``, the prediction is written back in the
+    case's own files for the download.
     """
 
     name: str
@@ -90,11 +67,12 @@ class CaseResult:
     images: tuple[np.ndarray, ...]
     predictions: tuple[np.ndarray, ...]
     truths: tuple[np.ndarray | None, ...]
-    regions: Regions = field(default_factory=lambda: dict(LGG_REGIONS))
+    regions: Regions = field(default_factory=lambda: dict(TUMOUR_REGIONS))
     classes: int = 1
     class_names: tuple[str, ...] = ()
-    reference: Path | None = None
-    file_labels: tuple[int, ...] | None = None
+    scan: Scan | None = None
+    data_format: DataFormat[Any] | None = None
+    format_settings: Any = None
 
     @property
     def has_truth(self) -> bool:
@@ -113,28 +91,21 @@ class CaseResult:
 
 def default_data_folder(loaded: LoadedModel | ModelSet) -> Path:
     """Where the pipeline keeps the raw cases of the model's dataset: the viewer's folder without ``--data``."""
-    return paths.RAW_BRATS if loaded.dataset == "brats" else paths.RAW_LGG
+    return paths.raw_cases(loaded.format.raw_name)
 
 
 def list_cases(root: Path) -> list[str]:
-    """Names of the case folders (TIF or NIfTI) under ``root``; none when it is missing (uploads still work)."""
+    """Names of the case folders of any format under ``root``; none when it is missing (uploads still work)."""
     if not root.is_dir():
         return []
-    return [p.name for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (find_inputs_in_case(p) or brats.is_case_folder(p))]
-
-
-def truth_path(item: SliceInput) -> Path | None:
-    path = item.path.with_name(f"{item.path.stem}_mask{item.path.suffix}")
-    return path if path.is_file() else None
+    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+            and any(data_format.is_case(p) for data_format in FORMATS.values())]
 
 
 def load_case(folder: Path) -> Case:
-    """A case from its folder: the one place that tells the formats apart (BraTS NIfTI, kaggle_3m TIF)."""
-    if brats.is_case_folder(folder):
-        return Case(folder.name, nifti=folder)
-    items = tuple(find_inputs(folder))
-    return Case(folder.name, items, tuple(truth_path(item) for item in items))
+    """A case from its folder, in whichever format it is (:func:`glioseg.formats.format_of_case`)."""
+    data_format = format_of_case(folder)
+    return Case(folder.name, folder, data_format, data_format.find_scans(folder)[0])
 
 
 def case_fingerprint(case: Case) -> str:
@@ -158,41 +129,15 @@ def load(spec: str) -> LoadedModel | ModelSet:
     return load_models(spec)
 
 
-def read_truth(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
-    if path is None:
-        return None
-    truth = read_mask(path)
-    if truth.shape != shape:
-        raise DataError(f"{path}: mask is {truth.shape[0]}x{truth.shape[1]} but its image is {shape[0]}x{shape[1]}")
-    return truth
-
-
 def case_result(loaded: LoadedModel | ModelSet, case: Case, device: str = "auto") -> CaseResult:
-    """The case predicted as ``glioseg predict`` would; a model of the other dataset is a one-line error."""
+    """The case predicted as ``glioseg predict`` would; a model of another format is a one-line error."""
     check_input_kind(loaded, case.folder, "in use")
-    if case.nifti is not None:
-        return nifti_case_result(loaded, case, device)
-    images, predictions = [], []
-    for _, image, mask in predict_inputs(loaded, list(case.items), device):
-        images.append(image)
-        predictions.append(to_input_size(mask, image.shape[:2]))
-    truths = [read_truth(path, image.shape[:2]) for path, image in zip(case.truth_paths, images)]
-    return CaseResult(case.name, tuple(item.name for item in case.items), tuple(images), tuple(predictions),
-                      tuple(truths), loaded.regions, loaded.classes)
-
-
-def nifti_case_result(loaded: LoadedModel | ModelSet, case: Case, device: str) -> CaseResult:
-    """A BraTS case's axial slices, their predicted classes and, where the case has its seg file, the truth."""
-    params = loaded.brats
-    assert params is not None and case.nifti is not None  # a BraTS model, and a NIfTI case (case_result)
-    has_truth = brats.find_file(case.nifti, params.suffixes[brats.LABELS]) is not None
-    volume = brats.read_case(case.nifti, params, with_labels=has_truth)
-    labels = predict_volume(loaded, volume.images, device)
-    truths = tuple(volume.labels) if volume.labels is not None else (None,) * len(labels)
-    return CaseResult(case.name, tuple(f"{case.name}_{z:03d}" for z in range(len(labels))), tuple(volume.images),
-                      tuple(labels), truths, loaded.regions, loaded.classes, tuple(params.class_names),
-                      reference_volume(loaded, case.nifti),
-                      tuple(int(value) for value in brats.source_labels(params.label_map)))
+    shared = predictor(loaded, device)
+    scan = read_scan(loaded, case.ref, shared.slice_channels)
+    _, labels = predict_scan(shared, scan)
+    settings = loaded.format_settings
+    return CaseResult(case.name, scan.names, scan.images, tuple(labels), scan.truths, loaded.regions,
+                      loaded.classes, loaded.format.class_names(settings), scan, loaded.format, settings)
 
 
 def case_dice(result: CaseResult, region: str | None = None) -> float | None:
@@ -275,22 +220,6 @@ def enlarge(image: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
     return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
-def tif_bytes(mask: np.ndarray) -> bytes:
-    """A {0,1} mask as the TIF predict writes: 0/255, single channel."""
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, mask.astype(np.uint8) * 255, photometric="minisblack")
-    return buffer.getvalue()
-
-
-def masks_zip(result: CaseResult) -> bytes:
-    """A zip of ``<case>/<slice>_mask.tif`` for every slice, laid out as predict's output folder."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, mask in zip(result.slices, result.predictions):
-            archive.writestr(f"{result.name}/{name}_mask.tif", tif_bytes(mask))
-    return buffer.getvalue()
-
-
 def legend(result: CaseResult, index: int) -> str:
     """What the colours of slice ``index``'s picture mean."""
     has_truth = result.truths[index] is not None
@@ -301,22 +230,25 @@ def legend(result: CaseResult, index: int) -> str:
     return f"{'left: truth, right: prediction' if has_truth else 'prediction'} · {colours}"
 
 
-def label_volume_bytes(result: CaseResult) -> bytes:
-    """The predicted classes of a NIfTI case as ``glioseg predict`` writes them: a .nii.gz in the input's geometry."""
-    labels = np.asarray(result.file_labels)[np.stack(result.predictions)]
-    with tempfile.TemporaryDirectory(prefix="glioseg-viewer-") as tmp:
-        path = Path(tmp) / f"{result.name}_pred.nii.gz"
-        assert result.reference is not None  # a NIfTI case's result names its reference volume
-        # nib.load is typed as returning any image class; a BraTS case file is a NIfTI one.
-        brats.write_label_volume(labels, cast(nib.Nifti1Image, nib.load(result.reference)), path)
-        return path.read_bytes()
+MIME_TYPES = {".gz": "application/gzip", ".nii": "application/octet-stream", ".tif": "image/tiff",
+              ".zip": "application/zip"}
 
 
 def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
-    """(data, file name, MIME type) of the prediction: the label volume of a NIfTI case, else the masks' zip."""
-    if result.reference is not None:
-        return label_volume_bytes(result), f"{result.name}_pred.nii.gz", "application/gzip"
-    return masks_zip(result), f"{result.name}_masks.zip", "application/zip"
+    """(data, file name, MIME type) of the prediction as ``glioseg predict`` writes it: its one file (a NIfTI
+    case's label volume), or a zip of ``<case>/<file>`` when the format writes several (TIF masks)."""
+    assert result.scan is not None and result.data_format is not None  # made by case_result
+    with tempfile.TemporaryDirectory(prefix="glioseg-viewer-") as tmp:
+        written = result.data_format.write_prediction(result.scan, list(result.predictions), Path(tmp),
+                                                      result.format_settings)
+        if len(written) == 1:
+            path = written[0]
+            return path.read_bytes(), path.name, MIME_TYPES.get(path.suffix, "application/octet-stream")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in written:
+                archive.write(path, f"{result.name}/{path.name}")
+        return buffer.getvalue(), f"{result.name}_masks.zip", MIME_TYPES[".zip"]
 
 
 def page_message(message: str, server_folders: Iterable[Path]) -> str:
@@ -330,41 +262,32 @@ def page_message(message: str, server_folders: Iterable[Path]) -> str:
     return message
 
 
-def upload_case_name(names: list[str]) -> str:
-    """``<patient>`` from Kaggle slice names ``<patient>_<n>.tif``; ``upload`` for other names."""
-    stems = sorted(Path(name).stem for name in names if is_image_tif(Path(name)))
-    head, _, tail = stems[0].rpartition("_") if stems else ("", "", "")
-    return head if head and tail.isdigit() else "upload"
-
-
-def nifti_case_name(names: list[str]) -> str:
-    """``<case>`` from BraTS file names ``<case>_<modality>.nii[.gz]``; one case per upload."""
-    cases = {Path(name).name.rpartition("_")[0] for name in names}
-    if len(cases) != 1 or "" in cases:
-        found = ", ".join(sorted(cases - {""})) or "none"
-        raise DataError(f"upload: NIfTI files must be named <case>_<modality>.nii.gz for one case (cases: {found})")
-    return cases.pop()
+def upload_request() -> tuple[str, list[str]]:
+    """What the upload box asks for, and the file extensions it takes, from every format that takes uploads."""
+    formats = [f for f in FORMATS.values() if f.upload_help]
+    return "One case: " + ", or ".join(f.upload_help for f in formats), [t for f in formats for t in f.upload_types]
 
 
 def save_uploads(files: list[tuple[str, bytes]], root: Path) -> Path:
     """Write uploaded files into a case folder under ``root`` and return it.
 
-    Either TIF slices (with their masks) or the NIfTI volumes of one BraTS case, named as in the
-    data (``<case>_<modality>.nii.gz``, the seg file for a truth). The folder is named after the
-    content, so uploading the same files again finds the same folder (and the cached
-    prediction). Only the base name of each upload is used.
+    The files of one case of one format, named as in its data (LGG: TIF slices with their masks;
+    BraTS: ``<case>_<modality>.nii.gz``, the seg file for a truth); files no format takes are left
+    out. The folder is named after the content, so uploading the same files again finds the same
+    folder (and the cached prediction). Only the base name of each upload is used.
     """
     uploads = [(os.path.basename(name), data) for name, data in files]
-    tifs = [(name, data) for name, data in uploads if Path(name).suffix.lower() in (".tif", ".tiff")]
-    volumes = [(name, data) for name, data in uploads if is_nifti(Path(name))]
-    if tifs and volumes:
-        raise DataError("upload: TIF slices and NIfTI volumes together; upload the files of one case")
-    if volumes:
-        kept, case = volumes, nifti_case_name([name for name, _ in volumes])
-    elif any(is_image_tif(Path(name)) for name, _ in tifs):
-        kept, case = tifs, upload_case_name([name for name, _ in tifs])
-    else:
-        raise DataError("upload: no .tif image slices or .nii.gz volumes (only masks or other files)")
+    claimed = {name: [(n, d) for n, d in uploads if f.accepts_upload(n)] for name, f in FORMATS.items()}
+    claimed = {name: kept for name, kept in claimed.items() if kept}
+    if len(claimed) > 1:
+        shown = " and ".join(f"{FORMATS[name].scans} ({kept[0][0]})" for name, kept in claimed.items())
+        raise DataError(f"upload: {shown} together; upload the files of one case")
+    found = [(FORMATS[name].upload_case([n for n, _ in kept]), kept) for name, kept in claimed.items()]
+    if not found or found[0][0] is None:
+        known = " or ".join(f.scans for f in FORMATS.values())
+        raise DataError(f"upload: no {known} (only masks or other files)")
+    case, kept = found[0]
+    assert case is not None  # checked above
     digest = hashlib.sha256()
     for name, data in sorted(kept):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())

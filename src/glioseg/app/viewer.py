@@ -74,9 +74,8 @@ def choose_case(data: Path) -> Path | None:
             st.sidebar.info(f"No cases under {data}; upload slices instead.")
             return None
         return data / st.sidebar.selectbox("Case", cases)
-    uploads = st.sidebar.file_uploader("One case: its TIF slices (with their *_mask.tif, if any), or its "
-                                       "BraTS volumes <case>_<modality>.nii.gz (with <case>_seg, if any)",
-                                       type=["tif", "tiff", "nii", "gz"], accept_multiple_files=True)
+    prompt, types = logic.upload_request()
+    uploads = st.sidebar.file_uploader(prompt, type=types, accept_multiple_files=True)
     if not uploads:
         return None
     return logic.save_uploads([(f.name, f.getvalue()) for f in uploads], upload_root())

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -32,11 +33,9 @@ from glioseg.config.sections import (
     _section_field,
 )
 from glioseg.errors import ConfigError
+from glioseg.formats import FORMATS, get_format
+from glioseg.formats.base import DataCard, DataFormat
 from glioseg.io import read_yaml
-
-Dataset = Literal["lgg", "brats"]
-LGG_CHANNELS = 3
-LGG_REGIONS: dict[str, tuple[int, ...]] = {"tumour": (1,)}  # LGG's one evaluation region
 
 
 class Params(Strict):
@@ -51,8 +50,9 @@ class Params(Strict):
 
     seed: int = Field(42, ge=0, description="seed of the split, the initial weights, the batch order and the "
                       "augmentation")
-    dataset: Dataset = Field("lgg", description="lgg (Kaggle LGG TIF slices) or brats (NIfTI volumes): "
-                             "dvc exp run -S dataset=brats")
+    dataset: str = Field("lgg", description="the data format (glioseg.formats): " + ", ".join(
+        f"{name} ({data_format.title} {data_format.scans})" for name, data_format in FORMATS.items())
+        + "; dvc exp run -S dataset=brats")
     lr: float = Field(1e-3, gt=0, description="Adam's learning rate (where train.schedule starts)")
     loss: LossName = Field("combined", description="wbce (weighted cross-entropy, train.weight_map), dice, or "
                            "combined (their sum)")
@@ -76,6 +76,13 @@ class Params(Strict):
         "table, combined loss, the seed's rows scaled as the defaults are: (lr/2, 70/50 x epochs), (lr, epochs) = "
         "the main run, (5 x lr, epochs).")
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown data format (known: {', '.join(FORMATS)})")
+        return value
+
     @model_validator(mode="after")
     def _model_fits_dataset(self) -> Params:
         """Fill ``model.in_channels``/``classes`` from the dataset, or reject values that do not fit."""
@@ -85,18 +92,25 @@ class Params(Strict):
             if given is not None and given != value:
                 raise ValueError(f"model.{key} is {given} but dataset '{self.dataset}' needs {value}")
         object.__setattr__(self, "model", self.model.model_copy(update=expected))
-        if self.data.window is not None and self.dataset == "brats":
-            raise ValueError("data.window applies to LGG slices; BraTS volumes are always windowed, by "
-                             "data.brats.percentiles")
-        if self.split.by == "site" and self.dataset == "brats":
-            raise ValueError("split.by: site needs kaggle_3m patient ids (TCGA_<site>_<id>_<date>); BraTS case "
-                             "names carry no acquiring site, so dataset brats splits by patient")
+        conflict = self.format.param_conflict(self.data.window is not None, self.split.by == "site")
+        if conflict is not None:
+            raise ValueError(conflict)
         return self
 
     @property
+    def format(self) -> DataFormat[Any]:
+        """The data format of ``dataset`` (:mod:`glioseg.formats`)."""
+        return get_format(self.dataset)
+
+    @property
+    def format_settings(self) -> Any:
+        """The format's own settings, ``data.<dataset>`` (None for a format without any)."""
+        return getattr(self.data, self.dataset, None)
+
+    @property
     def slice_channels(self) -> int:
-        """Channels of one slice: LGG's three sequences or the BraTS modalities."""
-        return LGG_CHANNELS if self.dataset == "lgg" else len(self.data.brats.modalities)
+        """Channels of one slice (LGG's three sequences, the BraTS modalities)."""
+        return self.format.slice_channels(self.format_settings)
 
     @property
     def input_channels(self) -> int:
@@ -105,22 +119,20 @@ class Params(Strict):
 
     @property
     def output_channels(self) -> int:
-        """1 for LGG (a sigmoid tumour map); one softmax channel per class for BraTS."""
-        return 1 if self.dataset == "lgg" else self.data.brats.classes
+        """1 for a binary format (a sigmoid tumour map, LGG); one softmax channel per class otherwise."""
+        return self.format.output_channels(self.format_settings)
 
     def regions(self) -> dict[str, tuple[int, ...]]:
         """The evaluation regions (sets of class labels); LGG has the one region 'tumour'."""
-        return dict(LGG_REGIONS) if self.dataset == "lgg" else dict(self.data.brats.regions)
+        return self.format.regions(self.format_settings)
 
-    def data_card(self) -> dict[str, Any]:
+    def class_names(self) -> tuple[str, ...]:
+        """A name per class label of a multi-class format (BraTS), background first; () for a binary one."""
+        return self.format.class_names(self.format_settings)
+
+    def data_card(self) -> DataCard:
         """What a checkpoint must carry to read and score new cases like the training data."""
-        card: dict[str, Any] = {"dataset": self.dataset, "regions": {k: list(v) for k, v in self.regions().items()},
-                                "context": self.data.context}
-        if self.data.window is not None:
-            card["window"] = list(self.data.window)
-        if self.dataset == "brats":
-            card["brats"] = self.data.brats.model_dump(mode="json")
-        return card
+        return self.format.card(self.format_settings, self.data.context, self.data.window)
 
     def for_sweep(self, name: str) -> Params:
         """These params with the overrides of sweep ``name`` applied."""

@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import inspect
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from glioseg.formats.brats import BratsParams
+from glioseg.formats.intensity import check_percentiles
+from glioseg.strict import Strict
+
 LossName = Literal["wbce", "dice", "combined"]
-BRATS_2020_LABELS = {0: 0, 1: 1, 2: 2, 4: 3}
 DeviceName = Literal["auto", "cpu", "cuda"]  # the torch devices glioseg.device selects from
-
-
-def _numeric(annotation: Any) -> bool:
-    """Whether a field holds a number (``int``, ``float``, or one of them or None)."""
-    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-    return bool(options) and all(option in (int, float, type(None)) for option in options) \
-        and any(option in (int, float) for option in options)
-
-
-class Strict(BaseModel):
-    """Unknown keys, infinities and NaN are errors, and a number is never given as true/false.
-
-    YAML reads ``epochs: true`` as a boolean, which pydantic would take as 1; ``lr: .inf`` as a
-    float that would train to a NaN loss.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        assert info.field_name is not None  # always set for a field validator
-        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError("expected a number, not true/false")
-        return value
 
 
 def _section_field(model: type[Strict]) -> Any:
@@ -59,70 +33,6 @@ class SyntheticParams(Strict):
     slices: int = Field(8, ge=4, description="axial slices per patient volume")
     size: int = Field(128, ge=32, description="px of each square slice (the model sees augment.image_size)")
     seed: int = Field(0, ge=0, description="seed of the generator: the same seed, the same data")
-
-
-def check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
-    low, high = percentiles
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(percentiles)}")
-    return percentiles
-
-
-class BratsParams(Strict):
-    """How BraTS NIfTI cases (`<case>/<case>_<suffix>.nii.gz`) become 2-D slices and class labels (used
-    when `dataset: brats`)."""
-
-    modalities: tuple[str, ...] = Field(("t1ce", "flair"), min_length=1,
-                                        description="input channels, in this order (default: the seeds' choice)")
-    suffixes: dict[str, str] = Field(
-        {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
-        description="file-name suffix per modality and for the label volume (seg); BraTS 2023 "
-        "names them t1n, t1c, t2w, t2f",
-    )
-    label_map: dict[int, int] = Field(
-        BRATS_2020_LABELS,
-        description="every label value of the files -> class index 0..C-1, a value not listed being an error; "
-        "BraTS 2015 files: {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}",
-    )
-    class_names: tuple[str, ...] = Field(("background", "necrotic_core", "oedema", "enhancing"),
-                                         description="a name per class index, background (0) first")
-    regions: dict[str, tuple[int, ...]] = Field(
-        {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)},
-        description="evaluation regions as sets of tumour classes, each scored per case; their mean Dice is "
-        "the headline",
-    )
-    slice_range: tuple[int, int] | None = Field(
-        None, description="[first, stop) axial slices kept (the seeds keep [60, 135]); null: all"
-    )
-    percentiles: tuple[float, float] = Field(
-        (0.5, 99.5), description="per-volume intensity window inside the brain, mapped to 0..255"
-    )
-
-    @field_validator("percentiles")
-    @classmethod
-    def _percentiles_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return check_percentiles(value)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BratsParams:
-        missing = [name for name in (*self.modalities, "seg") if name not in self.suffixes]
-        if missing:
-            raise ValueError(f"no file suffix for {', '.join(missing)} in data.brats.suffixes")
-        classes = sorted(set(self.label_map.values()))
-        if classes != list(range(len(classes))) or len(classes) < 2:
-            raise ValueError(f"label_map values must be the classes 0..C-1 (C >= 2), got {classes}")
-        if len(self.class_names) != len(classes):
-            raise ValueError(f"class_names has {len(self.class_names)} names for {len(classes)} classes")
-        for name, members in self.regions.items():
-            if not members or not set(members) <= set(range(1, len(classes))):
-                raise ValueError(f"region '{name}' must list tumour classes 1..{len(classes) - 1}")
-        if self.slice_range is not None and not 0 <= self.slice_range[0] < self.slice_range[1]:
-            raise ValueError(f"slice_range must be [first, stop) with 0 <= first < stop, got {self.slice_range}")
-        return self
-
-    @property
-    def classes(self) -> int:
-        return len(self.class_names)
 
 
 class DataParams(Strict):

@@ -12,10 +12,10 @@ from glioseg.config.schema import Params
 from glioseg.data.borders import border_distance_sum
 from glioseg.data.cache import SliceArrays, volume_indices
 from glioseg.data.context import stack_context
-from glioseg.data.intensity import window_case
 from glioseg.data.reader import read_slices
 from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import ConfigError, DataError
+from glioseg.formats.intensity import window_case
 
 
 def available_memory() -> int:

@@ -4,7 +4,7 @@ The real LGG scans' background is scanner noise rather than exact zeros, so a sl
 its mean intensity (over all pixels and channels, 0..255) falls below a threshold. With the
 default 2.0 this removes the near-black slices at the ends of each volume (53 of the 3929
 Kaggle pairs, all negative, per the data's own README). BraTS slices are windowed to 0..255
-inside the brain with 0 outside (:mod:`glioseg.data.formats.brats`), so there the same rule removes the
+inside the brain with 0 outside (:mod:`glioseg.formats.brats`), so there the same rule removes the
 slices with little or no brain: the empty-slice handling of the seeds' fixed slice range.
 """
 

@@ -42,7 +42,7 @@ def build_labels(manifest: pd.DataFrame, removed: pd.DataFrame, params: Params) 
     BraTS tables also count each tumour class (``<class>_pixels``), after the label map.
     """
     removed_keys = set(zip(removed["patient"], removed["slice"].astype(int)))
-    class_names = params.data.brats.class_names if params.dataset == "brats" else ()
+    class_names = params.class_names()
     rows = []
     for row, _, mask in read_slices(manifest, params, desc="labels"):
         rows.append(

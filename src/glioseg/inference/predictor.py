@@ -31,10 +31,10 @@ import torch
 from glioseg.config.sections import InferenceParams
 from glioseg.data.cache import SliceArrays
 from glioseg.data.context import stack_context
-from glioseg.data.intensity import window_case
 from glioseg.data.transforms import Normaliser, eval_normaliser, pipelines_from_dict
 from glioseg.device import select_device
 from glioseg.errors import DataError
+from glioseg.formats.intensity import window_case
 from glioseg.inference.forward import predict_labels
 from glioseg.inference.postprocess import postprocess_case, postprocess_cases
 from glioseg.model.checkpoint import LoadedModel, ModelSet

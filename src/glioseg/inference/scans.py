@@ -1,51 +1,34 @@
-"""Apply a trained model to new scans: TIF slices, kaggle_3m patient folders, or BraTS NIfTI cases.
+"""`glioseg predict`: a trained model applied to new scans of its data format, masks written back in that format.
 
-The preprocessing is the checkpoint's own (its serialized albumentations pipelines and, for
-BraTS, its modalities, suffixes and intensity window), never re-typed, so predict cannot drift
-from training. Slices go through :class:`glioseg.inference.predictor.Predictor`, the path evaluate and the
-viewer take, with the model file's inference settings (threshold, TTA, post-processing) unless
-``inference`` overrides them. Masks are written in the input's format:
-
-- LGG: a ``<name>_mask.tif`` (0/255, the input's size) per slice, as Kaggle names them, and an
-  overlay PNG per slice;
-- BraTS: ``<case>/<case>_pred.nii.gz`` with the input's affine, header and voxel order and the
-  files' own label values (the inverse of ``label_map``), and overlay PNGs of slices with tumour.
-
-``areas.csv`` has the tumour pixels per slice (per class for BraTS), ``cases.csv`` the totals
-per case, with volumes in millilitres for NIfTI input, and ``prediction.json`` the model(s) and
-inference settings the masks came from; the three describe the latest run.
-
-The output folder is shared with the user (:mod:`glioseg.inference.owned_output`): predict removes no file,
-so cases predicted one after another into one folder accumulate; it replaces only files it wrote
-there before unless told to, never an input's own truth mask, and never writes through a symlink
-out of the folder.
-
-Models are named as :mod:`glioseg.model.specs` reads them; several make a fold ensemble.
+The model's format (:mod:`glioseg.formats`) finds and reads the cases and writes the masks (LGG:
+a ``<slice>_mask.tif`` per slice; BraTS: ``<case>_pred.nii.gz`` in the input's geometry) with the
+checkpoint's own preprocessing, never re-typed. Slices go through the
+:class:`~glioseg.inference.predictor.Predictor` evaluate and the viewer take. ``areas.csv`` has the
+tumour pixels per slice, ``cases.csv`` the totals per case (in millilitres where the format knows a
+voxel's volume), ``prediction.json`` the model(s) and inference settings. The output folder is
+shared with the user (:mod:`glioseg.inference.owned_output`): predict removes nothing there and
+never writes over an input or its truth.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import cv2
-import nibabel as nib
 import numpy as np
 import pandas as pd
-import tifffile
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from glioseg.config.sections import InferenceParams
-from glioseg.data.formats import brats
-from glioseg.data.formats.lgg import read_image
 from glioseg.errors import ConfigError, DataError
 from glioseg.figures import overlay
+from glioseg.formats import format_holding
+from glioseg.formats.base import Scan, ScanRef
 from glioseg.inference.owned_output import check_output_folder, staged_output
 from glioseg.inference.predictor import Predictor
 from glioseg.model.checkpoint import LoadedModel, ModelSet, describe_models
@@ -55,76 +38,24 @@ RECORD = "prediction.json"
 DEVICE_OPTION = "--device"  # where predict's and the viewer's device comes from, for its error
 
 
-@dataclass(frozen=True)
-class SliceInput:
-    case: str
-    name: str
-    path: Path
+def read_scan(loaded: LoadedModel | ModelSet, ref: ScanRef, channels: int) -> Scan:
+    """A case read by the model's format, its slices checked against the channels the model expects."""
+    scan = loaded.format.read_scan(ref, loaded.format_settings)
+    for source, image in zip(scan.sources, scan.images):
+        if image.shape[-1] != channels:
+            raise DataError(f"{source}: {image.shape[-1]} channels, the model expects {channels}")
+    return scan
 
 
-def is_image_tif(path: Path) -> bool:
-    return path.suffix.lower() in (".tif", ".tiff") and not path.stem.endswith("_mask")
+def predict_scan(shared: Predictor, scan: Scan) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A case's predicted labels at model size and at each slice's input size.
 
-
-def is_nifti(path: Path) -> bool:
-    return path.name.endswith(brats.EXTENSIONS)
-
-
-def find_nifti_cases(source: Path) -> list[Path]:
-    """Case folders for a NIfTI file (its folder), a case folder, or a folder of case folders."""
-    if not source.exists():
-        raise DataError(f"{source}: input not found")
-    if source.is_file():
-        if not is_nifti(source):
-            raise DataError(f"{source}: expected a NIfTI file (.nii or .nii.gz) of a BraTS case")
-        return [source.parent]
-    return [source] if brats.is_case_folder(source) else brats.list_cases(source)
-
-
-def contains_nifti(source: Path) -> bool:
-    if source.is_file():
-        return is_nifti(source)
-    return source.is_dir() and any(is_nifti(p) for p in [*source.glob("*.nii*"), *source.glob("*/*.nii*")])
-
-
-def find_inputs(source: Path) -> list[SliceInput]:
-    """One TIF slice, a patient folder of slices, or a folder of patient folders."""
-    if not source.exists():
-        raise DataError(f"{source}: input not found")
-    if source.is_file():
-        if not is_image_tif(source):
-            raise DataError(f"{source}: expected a .tif image slice (not a mask)")
-        return [SliceInput(source.parent.name, source.stem, source)]
-    direct = find_inputs_in_case(source)
-    nested = [p for p in sorted(source.iterdir()) if p.is_dir()]
-    found = [item for folder in nested for item in find_inputs_in_case(folder)]
-    if direct and found:  # either reading alone would silently leave the other's slices out
-        raise DataError(f"{source}: holds both slices ({direct[0].path.name}{', ...' if len(direct) > 1 else ''}) "
-                        f"and patient folders of slices ({found[0].case}, ...); move the loose slices out, or give "
-                        "one patient folder")
-    if not (direct or found):
-        raise DataError(f"{source}: no .tif image slices found")
-    return direct or found
-
-
-def find_inputs_in_case(folder: Path) -> list[SliceInput]:
-    files = [p for p in folder.iterdir() if p.is_file() and is_image_tif(p)]
-    return [SliceInput(folder.name, p.stem, p) for p in _by_slice_number(files)]
-
-
-def _by_slice_number(files: list[Path]) -> list[Path]:
-    def key(path: Path) -> tuple[str, int]:
-        head, _, tail = path.stem.rpartition("_")
-        return (head, int(tail)) if tail.isdigit() else (path.stem, -1)
-
-    return sorted(files, key=key)
-
-
-def load_slice(item: SliceInput, channels: int) -> np.ndarray:
-    image = read_image(item.path)
-    if image.shape[-1] != channels:
-        raise DataError(f"{item.path}: {image.shape[-1]} channels, the model expects {channels}")
-    return image
+    The case's slices are predicted together so that the post-processing sees the case's volume,
+    as evaluate does.
+    """
+    where = scan.sources[0] if len(scan.sources) == 1 else scan.ref.folder
+    masks = list(shared.predict_case(list(scan.images), str(where)))
+    return masks, [to_input_size(mask, image.shape[:2]) for mask, image in zip(masks, scan.images)]
 
 
 def inference_options(**options: Any) -> dict[str, Any]:
@@ -158,21 +89,6 @@ def predictor(loaded: LoadedModel | ModelSet, device: str = "auto", inference: I
     return Predictor(loaded, device, inference, batch_size, device_setting=DEVICE_OPTION)
 
 
-def predict_inputs(loaded: LoadedModel | ModelSet, items: list[SliceInput], device: str = "auto",
-                   inference: InferenceParams | None = None, batch_size: int = 32):
-    """Yield (item, original image, model-size mask), case by case.
-
-    A case's slices are predicted together so that the post-processing sees the case's volume,
-    as evaluation does; ``inference`` overrides the model file's settings.
-    """
-    shared = predictor(loaded, device, inference, batch_size)
-    cases = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.case)]
-    for case in tqdm(cases, desc="predict", unit="case"):
-        originals = [load_slice(item, shared.slice_channels) for item in case]
-        where = case[0].path if len(case) == 1 else case[0].path.parent
-        yield from zip(case, originals, shared.predict_case(originals, str(where)))
-
-
 def to_input_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a model-size mask back to the input slice's size."""
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -183,96 +99,54 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, classes: in
     path.write_bytes(cv2.imencode(".png", overlay(image, None, labels, classes)[..., ::-1])[1].tobytes())
 
 
-def predict_tifs(loaded: LoadedModel | ModelSet, source: Path, out: Path, device: str,
-                 inference: InferenceParams | None = None) -> list[dict]:
-    """LGG slices: ``<slice>_mask.tif`` and an overlay per slice; one table row per slice."""
+def slice_rows(scan: Scan, masks: list[np.ndarray], labels: list[np.ndarray], class_names: tuple[str, ...],
+               classes: int) -> list[dict]:
+    """One areas-table row per slice: tumour pixels at input and model size, per class for a multi-class
+    model, and a voxel's volume where the format knows it."""
     rows = []
-    for item, image, mask in predict_inputs(loaded, find_inputs(source), device, inference):
-        full = to_input_size(mask, image.shape[:2])
-        case_dir = out / item.case
-        case_dir.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(case_dir / f"{item.name}_mask.tif", full * 255, photometric="minisblack")
-        write_overlay(case_dir / f"{item.name}_overlay.png", image, full, loaded.classes)
-        rows.append({"case": item.case, "slice": item.name, "image": str(item.path),
-                     "tumour_pixels": int(full.sum()), "model_pixels": int(mask.sum())})
+    for index, (mask, slice_labels) in enumerate(zip(masks, labels)):
+        counts = np.bincount(slice_labels.ravel(), minlength=classes)
+        rows.append({"case": scan.ref.name, "slice": scan.ids[index], "image": str(scan.sources[index]),
+                     "tumour_pixels": int(counts[1:].sum()), "model_pixels": int((mask > 0).sum()),
+                     **({} if scan.voxel_ml is None else {"voxel_ml": scan.voxel_ml}),
+                     **{f"{name}_pixels": int(counts[k]) for k, name in enumerate(class_names) if k > 0}})
     return rows
 
 
-def predict_volume(loaded: LoadedModel | ModelSet, images: np.ndarray, device: str = "auto",
-                   inference: InferenceParams | None = None) -> np.ndarray:
-    """(Z,H,W) class labels at the input size for a case's axial slices (Z,H,W,C).
-
-    The case is predicted and post-processed at model size, as evaluate does, then resized back.
-    """
-    masks = predictor(loaded, device, inference).predict_case(list(images))
-    return np.stack([to_input_size(mask, images.shape[1:3]) for mask in masks])
-
-
-def reference_volume(loaded: LoadedModel | ModelSet, folder: Path) -> Path:
-    """The file whose affine, header and voxel order a case's predicted label volume takes (its first modality)."""
-    params = loaded.brats
-    assert params is not None  # a BraTS model's data card says how its cases are read
-    return brats.case_files(folder, params, with_labels=False)[params.modalities[0]]
-
-
-def write_nifti_case(loaded: LoadedModel | ModelSet, folder: Path, out: Path, device: str = "auto",
-                     inference: InferenceParams | None = None) -> list[dict]:
-    """One NIfTI case: the label volume aligned with the input, overlays, one row per axial slice."""
-    params = loaded.brats
-    assert params is not None  # a BraTS model's data card says how its cases are read
-    case = brats.read_case(folder, params, with_labels=False)
-    reference_path = reference_volume(loaded, folder)
-    # nib.load is typed as returning any image class; a BraTS case file is a NIfTI one.
-    reference = cast(nib.Nifti1Image, nib.load(reference_path))
-    labels = predict_volume(loaded, case.images, device, inference)
-    case_dir = out / case.name
-    case_dir.mkdir(parents=True)
-    file_labels = brats.source_labels(params.label_map)[labels]
-    brats.write_label_volume(file_labels, reference, case_dir / f"{case.name}_pred.nii.gz")
-    voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
-    rows = []
-    for z, slice_labels in enumerate(labels):
-        if slice_labels.any():
-            write_overlay(case_dir / f"{case.name}_{z:03d}_overlay.png", case.images[z], slice_labels, loaded.classes)
-        counts = np.bincount(slice_labels.ravel(), minlength=loaded.classes)
-        rows.append({"case": case.name, "slice": z, "image": str(reference_path),
-                     "tumour_pixels": int(counts[1:].sum()), "voxel_ml": voxel_ml,
-                     **{f"{name}_pixels": int(counts[k]) for k, name in enumerate(params.class_names) if k > 0}})
-    return rows
-
-
-def predict_nifti(loaded: LoadedModel | ModelSet, source: Path, out: Path, device: str,
+def predict_cases(loaded: LoadedModel | ModelSet, refs: list[ScanRef], out: Path, device: str,
                   inference: InferenceParams | None = None) -> list[dict]:
-    """BraTS cases: a label volume and overlays per case; one table row per axial slice."""
+    """Every case: the masks in the format's own files, overlays, one table row per slice."""
+    shared = predictor(loaded, device, inference)
+    data_format, settings = loaded.format, loaded.format_settings
+    class_names = data_format.class_names(settings)
     rows = []
-    for folder in tqdm(find_nifti_cases(source), desc="predict", unit="case"):
-        rows += write_nifti_case(loaded, folder, out, device, inference)
+    for ref in tqdm(refs, desc="predict", unit="case"):
+        scan = read_scan(loaded, ref, shared.slice_channels)
+        masks, labels = predict_scan(shared, scan)
+        case_dir = out / ref.name
+        case_dir.mkdir(parents=True, exist_ok=True)
+        data_format.write_prediction(scan, labels, case_dir, settings)
+        for name, image, slice_labels in zip(scan.names, scan.images, labels):
+            if data_format.overlay_every_slice or slice_labels.any():
+                write_overlay(case_dir / f"{name}_overlay.png", image, slice_labels, loaded.classes)
+        rows += slice_rows(scan, masks, labels, class_names, loaded.classes)
     return rows
 
 
-def protected_files(loaded: LoadedModel | ModelSet, source: Path) -> list[Path]:
+def protected_files(loaded: LoadedModel | ModelSet, refs: list[ScanRef]) -> list[Path]:
     """The files predict reads and the truth masks beside them: no prediction may be written over one."""
-    if loaded.dataset == "brats":
-        params = loaded.brats
-        assert params is not None  # a BraTS model's data card says how its cases are read
-        files: list[Path] = []
-        for folder in find_nifti_cases(source):
-            files += brats.case_files(folder, params, with_labels=False).values()
-            truth = brats.find_file(folder, params.suffixes[brats.LABELS])
-            files += [truth] if truth else []
-        return files
-    slices = [item.path for item in find_inputs(source)]
-    masks = [path.with_name(f"{path.stem}_mask.tif") for path in slices]
-    return slices + [mask for mask in masks if mask.is_file()]
+    return [path for ref in refs for path in loaded.format.case_files(ref, loaded.format_settings)]
 
 
 def check_input_kind(loaded: LoadedModel | ModelSet, source: Path, model: str | os.PathLike) -> None:
-    """A BraTS model reads NIfTI cases and an LGG model TIF slices; anything else is an error."""
-    nifti = contains_nifti(source)
-    if loaded.dataset == "brats" and not nifti:
-        raise DataError(f"{source}: model {model} was trained on BraTS and reads NIfTI cases, not TIF slices")
-    if loaded.dataset == "lgg" and nifti:
-        raise DataError(f"{source}: model {model} was trained on LGG TIF slices and cannot read NIfTI volumes")
+    """A model reads its own format's scans; input of another format is a one-line error naming both."""
+    ours = loaded.format
+    if not source.exists() or ours.holds_scans(source):
+        return
+    other = format_holding(source)
+    if other is not None:
+        raise DataError(f"{source}: model {model} was trained on {ours.title} and reads {ours.scans}, "
+                        f"not {other.scans}")
 
 
 def case_totals(table: pd.DataFrame) -> pd.DataFrame:
@@ -313,10 +187,10 @@ def predict(
     names = model_specs(model)
     loaded = load_models(names)
     check_input_kind(loaded, source, ", ".join(names))
+    refs = loaded.format.find_scans(source)
     settings = inference_settings(loaded, inference)
-    with staged_output(out_dir, overwrite, protected_files(loaded, source)) as tmp:
-        predict_cases = predict_nifti if loaded.dataset == "brats" else predict_tifs
-        table = pd.DataFrame(predict_cases(loaded, source, tmp, device, settings))
+    with staged_output(out_dir, overwrite, protected_files(loaded, refs)) as tmp:
+        table = pd.DataFrame(predict_cases(loaded, refs, tmp, device, settings))
         # Plain writes: the staging folder already makes them appear whole or not at all.
         table.to_csv(tmp / "areas.csv", index=False)
         case_totals(table).to_csv(tmp / "cases.csv", index=False)

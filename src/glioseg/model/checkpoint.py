@@ -1,8 +1,8 @@
 """The smp U-Net factory and checkpoint files that carry everything predict needs.
 
 A checkpoint holds only tensors and plain data (state dict, model params, the serialized
-albumentations pipelines, the inference settings of its training run, the data card: dataset, evaluation regions and for
-BraTS how cases are read), so it loads with ``torch.load(weights_only=True)``:
+albumentations pipelines, the inference settings of its training run, the data card: dataset, evaluation regions and the
+format's settings for reading cases), so it loads with ``torch.load(weights_only=True)``:
 no unpickling of arbitrary objects from user files.
 """
 
@@ -18,9 +18,10 @@ import torch
 from pydantic import ValidationError
 
 from glioseg.config.numerics import TRAINING_NUMERICS, recorded_numerics
-from glioseg.config.schema import LGG_REGIONS
-from glioseg.config.sections import BratsParams, InferenceParams, ModelParams
+from glioseg.config.sections import InferenceParams, ModelParams
 from glioseg.errors import DataError
+from glioseg.formats import FORMATS
+from glioseg.formats.base import TUMOUR_REGIONS, DataCard, DataFormat
 from glioseg.io import atomic_path
 from glioseg.model.network import build_model
 
@@ -44,7 +45,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: not a glioseg checkpoint ({type(exc).__name__})") from None
 
 
-LGG_CARD = {"dataset": "lgg", "regions": {name: list(members) for name, members in LGG_REGIONS.items()}}
+OLDEST_CARD = DataCard("lgg", dict(TUMOUR_REGIONS))  # model files from before the data card were all LGG
 
 
 @dataclass
@@ -54,20 +55,25 @@ class LoadedModel:
     pipelines: dict[str, Any]
     inference: InferenceParams  # the training run's settings: defaults for predict and the viewer
     meta: dict[str, Any]
-    data_card: dict[str, Any]
+    card: DataCard
 
     @property
     def dataset(self) -> str:
-        return self.data_card["dataset"]
+        return self.card.dataset
+
+    @property
+    def format(self) -> DataFormat[Any]:
+        """The data format of the training data: how new cases are found, read and written back."""
+        return FORMATS[self.card.dataset]
+
+    @property
+    def format_settings(self) -> Any:
+        """The format's settings the model was trained with (BraTS: modalities, suffixes, label map)."""
+        return self.format.card_settings(self.card)
 
     @property
     def regions(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(members) for name, members in self.data_card["regions"].items()}
-
-    @property
-    def brats(self) -> BratsParams | None:
-        card = self.data_card.get("brats")
-        return BratsParams.model_validate(card) if card is not None else None
+        return dict(self.card.regions)
 
     @property
     def classes(self) -> int:
@@ -78,13 +84,12 @@ class LoadedModel:
     @property
     def context(self) -> int:
         """Neighbouring slices on each side stacked as extra channels (``data.context``; 0: 2-D)."""
-        return int(self.data_card.get("context", 0))
+        return self.card.context
 
     @property
     def window(self) -> tuple[float, float] | None:
         """The per-patient intensity window's percentiles (``data.window``); None: slices as stored."""
-        window = self.data_card.get("window")
-        return None if window is None else (float(window[0]), float(window[1]))
+        return self.card.window
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class ModelSet:
         for loaded, name in zip(self.members[1:], self.names[1:]):
             for what, ours, theirs in (
                 ("data card (dataset, regions, context, intensity window, how cases are read)",
-                 loaded.data_card, first.data_card),
+                 loaded.card, first.card),
                 ("input channels", loaded.params.in_channels, first.params.in_channels),
                 ("classes", loaded.classes, first.classes),
                 ("preprocessing (image size)", loaded.pipelines.get("preprocess"), first.pipelines.get("preprocess")),
@@ -123,10 +128,11 @@ class ModelSet:
     params = property(lambda self: self.first.params)
     pipelines = property(lambda self: self.first.pipelines)
     inference = property(lambda self: self.first.inference)
-    data_card = property(lambda self: self.first.data_card)
+    card = property(lambda self: self.first.card)
     dataset = property(lambda self: self.first.dataset)
+    format = property(lambda self: self.first.format)
+    format_settings = property(lambda self: self.first.format_settings)
     regions = property(lambda self: self.first.regions)
-    brats = property(lambda self: self.first.brats)
     classes = property(lambda self: self.first.classes)
     context = property(lambda self: self.first.context)
     window = property(lambda self: self.first.window)
@@ -147,7 +153,7 @@ def describe_models(loaded: LoadedModel | ModelSet, names: tuple[str, ...]) -> l
 
 
 def model_payload(
-    model: torch.nn.Module, params: ModelParams, pipelines: dict, inference: InferenceParams, data_card: dict, **meta
+    model: torch.nn.Module, params: ModelParams, pipelines: dict, inference: InferenceParams, card: DataCard, **meta
 ) -> dict:
     return {
         # A copy: on the CPU .cpu() returns the live tensor, and a best-epoch payload would follow training.
@@ -155,7 +161,7 @@ def model_payload(
         "model_params": params.model_dump(),
         "pipelines": pipelines,
         "inference": inference.model_dump(mode="json"),
-        "data_card": data_card,
+        "data_card": card.to_json(),
         "meta": meta,
     }
 
@@ -178,5 +184,12 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     except (KeyError, ValidationError, RuntimeError) as exc:
         raise DataError(f"{path}: checkpoint does not match a glioseg U-Net ({type(exc).__name__})") from None
     model.eval()
-    return LoadedModel(model, params, payload["pipelines"], inference, payload.get("meta", {}),
-                       payload.get("data_card", LGG_CARD))
+    card = payload.get("data_card")
+    try:
+        data_card = OLDEST_CARD if card is None else DataCard.from_json(card)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: its data card is damaged ({type(exc).__name__}: {exc})") from None
+    if data_card.dataset not in FORMATS:
+        raise DataError(f"{path}: trained on data format '{data_card.dataset}', which this glioseg does not know "
+                        f"(known: {', '.join(FORMATS)})")
+    return LoadedModel(model, params, payload["pipelines"], inference, payload.get("meta", {}), data_card)

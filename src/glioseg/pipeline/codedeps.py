@@ -62,7 +62,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def _with_parents(name: str) -> list[str]:
-    """``glioseg.data.formats.brats`` -> ``glioseg``, ``glioseg.data``, ``glioseg.data.formats.brats``."""
+    """``glioseg.formats.synthetic.lgg`` -> ``glioseg``, ``glioseg.formats``, ..., ``glioseg.formats.synthetic.lgg``."""
     parts = name.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 

@@ -12,18 +12,14 @@ from typing import Any
 
 from glioseg import paths
 from glioseg.config.schema import Params
-from glioseg.data.sources import fetch_brats, fetch_lgg
 from glioseg.errors import InputWarning, RepairedInput, SkippedInput
 
 
 def fetch(params: Params) -> dict[str, Any]:
     data = params.data
-    if params.dataset == "brats":
-        manifest = fetch_brats(data.source, paths.RAW_BRATS, paths.MANIFEST, patients=data.patients,
-                               synthetic=data.synthetic, params=data.brats)
-        return {"cases": manifest["patient"].nunique(), "slices": len(manifest)}
-    manifest = fetch_lgg(data.source, paths.RAW_LGG, paths.MANIFEST, patients=data.patients, synthetic=data.synthetic)
-    return {"patients": manifest["patient"].nunique(), "pairs": len(manifest)}
+    manifest = params.format.fetch(data.source, paths.raw_cases(params.format.raw_name), paths.MANIFEST,
+                                   patients=data.patients, synthetic=data.synthetic, settings=params.format_settings)
+    return {params.format.case_noun: manifest["patient"].nunique(), params.format.slice_noun: len(manifest)}
 
 
 def run(params: Params) -> dict[str, Any]:

@@ -245,7 +245,7 @@ def build_report(params: Params) -> Path:
             "HD95 means count every patient: a missed tumour, or a tumour predicted in a patient without one,",
             "scores the diagonal of that patient's evaluation grid (`protocol.hd95` in `metrics/test.json`).",
             *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
-              if params.dataset == "brats" else []),
+              if len(params.regions()) > 1 else []),
             "",
             "## Data",
             "",

@@ -30,3 +30,11 @@ def window_case(slices: np.ndarray, percentiles: tuple[float, float] | None) -> 
         return slices
     channels = slices.astype(np.float32)
     return np.stack([window_to_uint8(channels[..., c], None, percentiles) for c in range(slices.shape[-1])], axis=-1)
+
+
+def check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
+    """A window's ``(low, high)`` percentiles, or a ValueError for the params' validation to name."""
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(percentiles)}")
+    return percentiles

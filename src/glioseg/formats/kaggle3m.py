@@ -4,7 +4,7 @@
     root/<patient>/<patient>_<n>_mask.tif   tumour mask, uint8 0/255
 
 Anything else under ``root`` (Kaggle ships a README and ``data.csv`` beside the patient folders)
-is ignored.
+is ignored. The LGG format, with its sources, is :mod:`glioseg.formats.lgg`.
 """
 
 from __future__ import annotations
