@@ -185,7 +185,8 @@ def evaluate_command(
 @app.command("predict")
 @user_errors
 def predict_command(
-    source: Annotated[Path, typer.Argument(help="a .tif slice, a kaggle_3m patient folder, or a folder of them")],
+    source: Annotated[Path, typer.Argument(help="new scans in the model's data format, one case or a folder of "
+                                           "cases: " + "; ".join(f"{f.title} {f.scans}" for f in FORMATS.values()))],
     out: Annotated[Path, typer.Option(help="output folder: predict adds its files and replaces only those it "
                                       "wrote there before")],
     model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")] = [  # noqa: B006
@@ -200,7 +201,7 @@ def predict_command(
         metavar=f"[{'|'.join(get_args(Postprocess))}]", help=inference_help("postprocess"),
         show_default=False)] = None,
 ) -> None:
-    """Segment new scans: masks (<slice>_mask.tif), overlays and tumour areas (areas.csv, cases.csv).
+    """Segment new scans: masks in the scans' own format, overlays and tumour areas (areas.csv, cases.csv).
 
     Threshold, TTA and post-processing are the model file's (its training run's) unless given.
     """

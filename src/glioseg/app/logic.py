@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import mimetypes
 import os
 import tempfile
 import zipfile
@@ -230,8 +231,10 @@ def legend(result: CaseResult, index: int) -> str:
     return f"{'left: truth, right: prediction' if has_truth else 'prediction'} · {colours}"
 
 
-MIME_TYPES = {".gz": "application/gzip", ".nii": "application/octet-stream", ".tif": "image/tiff",
-              ".zip": "application/zip"}
+def mime_type(name: str) -> str:
+    """A download's MIME type from its file name; a gzip-compressed file is served as gzip."""
+    kind, encoding = mimetypes.guess_type(name)
+    return "application/gzip" if encoding == "gzip" else kind or "application/octet-stream"
 
 
 def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
@@ -243,12 +246,12 @@ def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
                                                       result.format_settings)
         if len(written) == 1:
             path = written[0]
-            return path.read_bytes(), path.name, MIME_TYPES.get(path.suffix, "application/octet-stream")
+            return path.read_bytes(), path.name, mime_type(path.name)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in written:
                 archive.write(path, f"{result.name}/{path.name}")
-        return buffer.getvalue(), f"{result.name}_masks.zip", MIME_TYPES[".zip"]
+        return buffer.getvalue(), f"{result.name}_masks.zip", "application/zip"
 
 
 def page_message(message: str, server_folders: Iterable[Path]) -> str:
@@ -271,10 +274,9 @@ def upload_request() -> tuple[str, list[str]]:
 def save_uploads(files: list[tuple[str, bytes]], root: Path) -> Path:
     """Write uploaded files into a case folder under ``root`` and return it.
 
-    The files of one case of one format, named as in its data (LGG: TIF slices with their masks;
-    BraTS: ``<case>_<modality>.nii.gz``, the seg file for a truth); files no format takes are left
-    out. The folder is named after the content, so uploading the same files again finds the same
-    folder (and the cached prediction). Only the base name of each upload is used.
+    The files of one case of one format, named as in its data (each format's ``upload_case``); files
+    no format takes are left out. The folder is named after the content, so uploading the same files
+    again finds the same folder (and the cached prediction). Only the base name of each upload is used.
     """
     uploads = [(os.path.basename(name), data) for name, data in files]
     claimed = {name: [(n, d) for n, d in uploads if f.accepts_upload(n)] for name, f in FORMATS.items()}
