@@ -146,12 +146,22 @@ def available_variants(native_bf16: bool, compiled: bool = False) -> list[Varian
     return [variant for variant in chosen if native_bf16 or not variant.bf16]
 
 
-def measure(params: Params, variants: list[Variant], *, steps: int, warmup: int, rounds: int,
-            profiled_steps: int, log=lambda _: None) -> list[dict[str, Any]]:
+def measure(
+    params: Params,
+    variants: list[Variant],
+    *,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    profiled_steps: int,
+    log=lambda _: None,
+) -> list[dict[str, Any]]:
     """Warm up every variant, then ``rounds`` timed rounds in turn (each variant leading one), then profile."""
     if steps < rounds or rounds < 1 or warmup < 0 or profiled_steps < 1:
-        raise ValueError(f"need steps >= rounds >= 1, warmup >= 0, profiled steps >= 1; "
-                         f"got {steps}, {rounds}, {warmup}, {profiled_steps}")
+        raise ValueError(
+            f"need steps >= rounds >= 1, warmup >= 0, profiled steps >= 1; "
+            f"got {steps}, {rounds}, {warmup}, {profiled_steps}"
+        )
     sessions = [BareStep(params, variant) for variant in variants]
     for session in sessions:
         began = time.perf_counter()
@@ -159,27 +169,32 @@ def measure(params: Params, variants: list[Variant], *, steps: int, warmup: int,
         session.warmup_seconds = time.perf_counter() - began
     chunks = [steps // rounds + (i < steps % rounds) for i in range(rounds)]
     for i, chunk in enumerate(chunks):
-        order = sessions[i % len(sessions):] + sessions[: i % len(sessions)]
+        order = sessions[i % len(sessions) :] + sessions[: i % len(sessions)]
         speeds = {session.variant.name: session.timed(chunk) for session in order}
-        log(f"round {i + 1}/{rounds}: " + ", ".join(f"{name} {speed:.1f}" for name, speed in speeds.items())
-            + " images/s")
+        log(
+            f"round {i + 1}/{rounds}: "
+            + ", ".join(f"{name} {speed:.1f}" for name, speed in speeds.items())
+            + " images/s"
+        )
     results = []
     for session in sessions:
         images = sum(r[0] for r in session.rounds)
         seconds = sum(r[1] for r in session.rounds)
-        results.append({
-            **asdict(session.variant),
-            "precision": session.variant.precision,
-            "memory_format": session.variant.memory_format,
-            "adam": session.variant.adam,
-            "warmup_steps": warmup,
-            "warmup_seconds": round(session.warmup_seconds, 2),
-            "images": images,
-            "seconds": round(seconds, 4),
-            "images_per_s": images / seconds,
-            "images_per_s_per_round": [round(n / s, 3) for n, s in session.rounds],
-            "time_shares": session.time_shares(profiled_steps),
-        })
+        results.append(
+            {
+                **asdict(session.variant),
+                "precision": session.variant.precision,
+                "memory_format": session.variant.memory_format,
+                "adam": session.variant.adam,
+                "warmup_steps": warmup,
+                "warmup_seconds": round(session.warmup_seconds, 2),
+                "images": images,
+                "seconds": round(seconds, 4),
+                "images_per_s": images / seconds,
+                "images_per_s_per_round": [round(n / s, 3) for n, s in session.rounds],
+                "time_shares": session.time_shares(profiled_steps),
+            }
+        )
     naive = next(r for r in results if r["name"] == "naive")
     for result in results:
         paired = [v / n for v, n in zip(result["images_per_s_per_round"], naive["images_per_s_per_round"])]
@@ -189,8 +204,10 @@ def measure(params: Params, variants: list[Variant], *, steps: int, warmup: int,
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = ("| variant | precision | layout | Adam | images/s | per round | over naive (median of rounds) "
-            "| convolution | batch norm | optimiser | other |")
+    head = (
+        "| variant | precision | layout | Adam | images/s | per round | over naive (median of rounds) "
+        "| convolution | batch norm | optimiser | other |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         shares = r["time_shares"]
@@ -206,15 +223,26 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ceiling", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("profiles/cpu-real.yaml"),
-                        help="model, image size, batch and lr (default: the CPU profile)")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("profiles/cpu-real.yaml"),
+        help="model, image size, batch and lr (default: the CPU profile)",
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (default 30)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds the timed steps are split into (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
-    parser.add_argument("--profiled-steps", type=int, default=3,
-                        help="steps per variant under the torch profiler for the time shares (default 3)")
-    parser.add_argument("--compile", action="store_true",
-                        help="add glioseg's step under torch.compile (compiling takes minutes on 2 cores)")
+    parser.add_argument(
+        "--profiled-steps",
+        type=int,
+        default=3,
+        help="steps per variant under the torch profiler for the time shares (default 3)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add glioseg's step under torch.compile (compiling takes minutes on 2 cores)",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/ceiling.json"), help="where to write results")
     return parser.parse_args(argv)
 
@@ -233,10 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_average()
     started = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"{params.model.encoder} U-Net at {params.augment.image_size} px, batch {params.batch_size}: "
-        f"{args.warmup} warm-up + {args.steps} timed steps per variant, {len(variants)} variants")
-    results = measure(params, variants, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                      profiled_steps=args.profiled_steps, log=log)
+    log(
+        f"{params.model.encoder} U-Net at {params.augment.image_size} px, batch {params.batch_size}: "
+        f"{args.warmup} warm-up + {args.steps} timed steps per variant, {len(variants)} variants"
+    )
+    results = measure(
+        params,
+        variants,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        profiled_steps=args.profiled_steps,
+        log=log,
+    )
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.ceiling " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -253,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     if not native_bf16:
         print("\nno native bf16 on this CPU: the bf16 variants are left out")
-    print(f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start {load_start}, "
-          f"at end {report['machine']['loadavg_1_5_15_at_end']}")
+    print(
+        f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start {load_start}, "
+        f"at end {report['machine']['loadavg_1_5_15_at_end']}"
+    )
     write_report(args.json, report)
     return 0
 

@@ -297,8 +297,9 @@ class GliosegSession(Session):
         self.trainer = Trainer(self.config, arrays, val, pipelines, fingerprint="benchmark")
         self.device = self.trainer.device
         self.rng = np.random.default_rng(self.config.seed)
-        self.precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler",
-                          None: "fp32"}[self.trainer.precision]
+        self.precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler", None: "fp32"}[
+            self.trainer.precision
+        ]
         self._prepared: tuple[int, DeviceArrays] | None = None
 
     def _batches(self, steps: int) -> DeviceArrays:
@@ -309,10 +310,7 @@ class GliosegSession(Session):
         self._prepared = (steps, self._batches(steps))
 
     def _steps(self, steps: int) -> int:
-        if self._prepared is not None and self._prepared[0] == steps:
-            data = self._prepared[1]
-        else:
-            data = self._batches(steps)
+        data = self._prepared[1] if self._prepared is not None and self._prepared[0] == steps else self._batches(steps)
         self._prepared = None
         self.trainer.train_data = data
         self.trainer.train_epoch()

@@ -41,8 +41,9 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> floa
 def measure(repo: Path, workdir: Path, noop_repeats: int) -> dict[str, object]:
     clone = workdir / "glioseg"
     subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, check=True, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=clone, check=True, capture_output=True, text=True
+    ).stdout.strip()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the clone's own store, as a fresh checkout has
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     noop = report["noop_repro_s"]
     print("| commit | `dvc repro` from scratch | no-op `dvc repro` (each run) |\n|---|---|---|")
-    print(f"| {report['commit'][:7]} | {report['repro_from_scratch_s']:.0f} s "
-          f"({report['repro_from_scratch_s'] / 60:.1f} min) | {' / '.join(f'{s:.1f} s' for s in noop)} |")
+    print(
+        f"| {report['commit'][:7]} | {report['repro_from_scratch_s']:.0f} s "
+        f"({report['repro_from_scratch_s'] / 60:.1f} min) | {' / '.join(f'{s:.1f} s' for s in noop)} |"
+    )
     write_report(args.json, report)
     return 0
 

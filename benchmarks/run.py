@@ -40,11 +40,11 @@ from glioseg.config.compose import compose_params
 from glioseg.config.schema import Params, parse_params
 from glioseg.data.build import build_cache
 from glioseg.data.cache import load_cache, save_cache
-from glioseg.formats.kaggle3m import list_pairs, read_mask
-from glioseg.formats.synthetic.lgg import generate_lgg
 from glioseg.data.transforms import channel_stats
 from glioseg.device import DEVICES, select_device
 from glioseg.errors import ConfigError, GliosegError
+from glioseg.formats.kaggle3m import list_pairs, read_mask
+from glioseg.formats.synthetic.lgg import generate_lgg
 
 REFERENCE = "naive_reference_batch"  # the naive loop at the profile's reference (seed) batch size
 SYNTHETIC = {"patients": 6, "slices": 20, "size": 256, "seed": 0}
@@ -75,16 +75,37 @@ class Profile:
 # protocol ~10 images/s, CPU profile ~40 images/s at 96 px) and stays within minutes when another
 # job competes for the cores (the seed protocol then drops to ~1.5-2.5 images/s).
 PROFILES = {
-    "default": Profile("default", "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
-                       SEED_PROTOCOL, steps=8, warmup=1, rounds=4),
-    "cpu": Profile("cpu", "CPU profile (profiles/cpu-real.yaml)", {}, steps=30, warmup=2, rounds=5,
-                   reference_batch=SEED_PROTOCOL["batch_size"]),
+    "default": Profile(
+        "default",
+        "seed protocol: 128 px, resnet34, decoder 256-128-64-32-16, batch 10",
+        SEED_PROTOCOL,
+        steps=8,
+        warmup=1,
+        rounds=4,
+    ),
+    "cpu": Profile(
+        "cpu",
+        "CPU profile (profiles/cpu-real.yaml)",
+        {},
+        steps=30,
+        warmup=2,
+        rounds=5,
+        reference_batch=SEED_PROTOCOL["batch_size"],
+    ),
     # The GPU table: the seed protocol at the seeds' batch and at 64, on CUDA. More warm-up steps
     # for cuDNN's algorithm search and the CUDA context.
-    "gpu-10": Profile("gpu-10", "seed protocol on CUDA, batch 10", SEED_PROTOCOL, steps=100, warmup=10, rounds=5,
-                      device="cuda"),
-    "gpu-64": Profile("gpu-64", "seed protocol on CUDA, batch 64", SEED_PROTOCOL | {"batch_size": 64}, steps=40,
-                      warmup=5, rounds=5, device="cuda"),
+    "gpu-10": Profile(
+        "gpu-10", "seed protocol on CUDA, batch 10", SEED_PROTOCOL, steps=100, warmup=10, rounds=5, device="cuda"
+    ),
+    "gpu-64": Profile(
+        "gpu-64",
+        "seed protocol on CUDA, batch 64",
+        SEED_PROTOCOL | {"batch_size": 64},
+        steps=40,
+        warmup=5,
+        rounds=5,
+        device="cuda",
+    ),
 }
 PROFILE_SETS = {
     "both": ["default", "cpu"],
@@ -219,8 +240,10 @@ def run_profile(
     config = params.model_dump(mode="json")
     pair_list = list(zip(labels["image"], labels["mask"]))
     chunks = split_steps(steps, rounds)
-    log(f"[{profile.name}] {params.model.encoder} at {size} px, batch {params.batch_size}: "
-        f"{warmup} warm-up + {steps} timed steps per loop in rounds of {chunks}")
+    log(
+        f"[{profile.name}] {params.model.encoder} at {size} px, batch {params.batch_size}: "
+        f"{warmup} warm-up + {steps} timed steps per loop in rounds of {chunks}"
+    )
     loops = {"naive": Loop("naive", (config, pair_list, mean, std), isolate)}
     reference_batch = profile.reference_batch
     if reference_batch is not None and reference_batch != params.batch_size:
@@ -233,11 +256,14 @@ def run_profile(
         names = list(loops)
         for i, chunk in enumerate(chunks):
             speeds = {}
-            for name in names[i % len(names):] + names[: i % len(names)]:  # each loop leads in turn
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # each loop leads in turn
                 loops[name].call("prepare", chunk)
                 speeds[name] = loops[name].call("run", chunk)
-            log(f"[{profile.name}]   round {i + 1}/{len(chunks)}: "
-                + ", ".join(f"{name} {speed:.2f}" for name, speed in speeds.items()) + " images/s")
+            log(
+                f"[{profile.name}]   round {i + 1}/{len(chunks)}: "
+                + ", ".join(f"{name} {speed:.2f}" for name, speed in speeds.items())
+                + " images/s"
+            )
         results = {name: loop.call("result") | {"isolated": isolate} for name, loop in loops.items()}
     finally:
         for loop in loops.values():
@@ -266,8 +292,11 @@ def run_profile(
 def speedup(glioseg: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
     """glioseg's images/s over a naive loop's: overall, and per round (rounds pair loops close in time)."""
     paired = [g / n for g, n in zip(glioseg["images_per_s_per_round"], naive["images_per_s_per_round"])]
-    return {"overall": glioseg["images_per_s"] / naive["images_per_s"],
-            "per_round": [round(x, 3) for x in paired], "median_of_rounds": statistics.median(paired)}
+    return {
+        "overall": glioseg["images_per_s"] / naive["images_per_s"],
+        "per_round": [round(x, 3) for x in paired],
+        "median_of_rounds": statistics.median(paired),
+    }
 
 
 # --------------------------------------------------------------------------- output
@@ -286,9 +315,11 @@ def speedup_cell(overall: float, median: float) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per loop, the speed-up on the glioseg row, cache timings below."""
-    head = ("| profile | loop | device | torch | px | batch | precision, layout | timed images (steps x batch) "
-            "| seconds | images/s | per round | glioseg speed-up over this loop (median of rounds) "
-            f"| epoch s ({REAL_TRAIN_SLICES} slices, projected) | peak RSS MiB (+ over start) | CUDA max alloc MiB |")
+    head = (
+        "| profile | loop | device | torch | px | batch | precision, layout | timed images (steps x batch) "
+        "| seconds | images/s | per round | glioseg speed-up over this loop (median of rounds) "
+        f"| epoch s ({REAL_TRAIN_SLICES} slices, projected) | peak RSS MiB (+ over start) | CUDA max alloc MiB |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for result in results:
         rows = {"naive": speedup_cell(result["speedup"], result["speedup_median_of_rounds"])}
@@ -321,30 +352,53 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=[*PROFILES, *PROFILE_SETS], default="all",
-                        help="default = seed protocol (128 px, resnet34); cpu = the --params file; both = those "
-                        "two (the CPU table); gpu = the seed protocol at batch 10 and 64 on CUDA (gpu-10, gpu-64); "
-                        "all (default) = both, and gpu where CUDA is present")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed optimiser steps per loop (default: default=8, cpu=30)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="split the timed steps into N rounds alternating the loops (default: default=4, cpu=5)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps before timing (default: default=1, cpu=2)")
+    parser.add_argument(
+        "--profile",
+        choices=[*PROFILES, *PROFILE_SETS],
+        default="all",
+        help="default = seed protocol (128 px, resnet34); cpu = the --params file; both = those "
+        "two (the CPU table); gpu = the seed protocol at batch 10 and 64 on CUDA (gpu-10, gpu-64); "
+        "all (default) = both, and gpu where CUDA is present",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed optimiser steps per loop (default: default=8, cpu=30)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="split the timed steps into N rounds alternating the loops (default: default=4, cpu=5)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps before timing (default: default=1, cpu=2)"
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where to write results")
-    parser.add_argument("--data", default="synthetic",
-                        help="'synthetic' (generate_lgg into a temp dir) or a path to a kaggle_3m folder")
-    parser.add_argument("--max-slices", type=int, default=120,
-                        help="use the first N slices of --data (synthetic gives 120)")
-    parser.add_argument("--params", type=Path, default=Path("profiles/cpu-real.yaml"),
-                        help="a profile composed onto the defaults: the cpu profile's params, and the base the "
-                        "default profile's overrides go on (default: the real-data CPU profile; its data.source "
-                        "is not read)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="device of the default and cpu profiles (default cpu: the CPU table); "
-                        "the gpu profiles always run on CUDA")
-    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
-                        help="run the loops in this process (peak RSS then is the process's high-water mark)")
+    parser.add_argument(
+        "--data", default="synthetic", help="'synthetic' (generate_lgg into a temp dir) or a path to a kaggle_3m folder"
+    )
+    parser.add_argument(
+        "--max-slices", type=int, default=120, help="use the first N slices of --data (synthetic gives 120)"
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("profiles/cpu-real.yaml"),
+        help="a profile composed onto the defaults: the cpu profile's params, and the base the "
+        "default profile's overrides go on (default: the real-data CPU profile; its data.source "
+        "is not read)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="device of the default and cpu profiles (default cpu: the CPU table); the gpu profiles always run on CUDA",
+    )
+    parser.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="run the loops in this process (peak RSS then is the process's high-water mark)",
+    )
     return parser.parse_args(argv)
 
 
@@ -388,8 +442,19 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         for name in names:
             profile = PROFILES[name]
             params = profile_params(profile, base, args.device)
-            results.append(run_profile(profile, params, pairs, Path(tmp), steps=args.steps, warmup=args.warmup,
-                                       rounds=args.rounds, isolate=args.isolate, log=log))
+            results.append(
+                run_profile(
+                    profile,
+                    params,
+                    pairs,
+                    Path(tmp),
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    rounds=args.rounds,
+                    isolate=args.isolate,
+                    log=log,
+                )
+            )
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -402,8 +467,10 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(table(results))
     if note:
         print(f"\n{note}")
-    print(f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start "
-          f"{report['machine']['loadavg_1_5_15_at_start']}, at end {report['machine']['loadavg_1_5_15_at_end']}")
+    print(
+        f"\ntotal {report['total_seconds']:.0f} s; load average (1, 5, 15 min) at start "
+        f"{report['machine']['loadavg_1_5_15_at_start']}, at end {report['machine']['loadavg_1_5_15_at_end']}"
+    )
     write_report(args.json, report)
     return 0
 

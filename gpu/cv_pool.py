@@ -52,15 +52,17 @@ def pool(results: list[dict[str, Any]]) -> pd.DataFrame:
         if repeated:
             raise DataError(f"{name}: patients tested in more than one fold: {', '.join(repeated[:3])}")
         interval = metrics.mean_interval(patients["dice"].to_numpy())
-        rows.append({
-            "configuration": name,
-            "folds": expected,
-            "patients": len(patients),
-            "Dice per patient": float(patients["dice"].mean()),
-            "95% CI low": interval["low"],
-            "95% CI high": interval["high"],
-            "training s per fold": float(pd.Series([fold["training_seconds"] for fold in folds]).mean()),
-        })
+        rows.append(
+            {
+                "configuration": name,
+                "folds": expected,
+                "patients": len(patients),
+                "Dice per patient": float(patients["dice"].mean()),
+                "95% CI low": interval["low"],
+                "95% CI high": interval["high"],
+                "training s per fold": float(pd.Series([fold["training_seconds"] for fold in folds]).mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 

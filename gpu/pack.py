@@ -41,22 +41,36 @@ from tqdm import tqdm
 from glioseg.config.compose import compose_params
 from glioseg.config.schema import parse_params
 from glioseg.data.clean import mean_intensity
-from glioseg.formats.kaggle3m import list_pairs, read_image, read_mask
 from glioseg.data.transforms import preprocess_pipeline
 from glioseg.errors import GliosegError
+from glioseg.formats.kaggle3m import list_pairs, read_image, read_mask
 from glioseg.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 # What the machine lacks of glioseg's training, evaluation and benchmark imports (KINDS.md's package
 # list), and typing_extensions, which it has but maybe older than pydantic-core's needs (Sentinel).
 MISSING_PACKAGES = (
-    "segmentation_models_pytorch", "albumentations", "albucore", "stringzilla", "simsimd",
-    "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "typing_extensions", "nibabel",
+    "segmentation_models_pytorch",
+    "albumentations",
+    "albucore",
+    "stringzilla",
+    "simsimd",
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "typing_inspection",
+    "typing_extensions",
+    "nibabel",
 )
 DEVICE_PYTHON = "3.12"
 # pip matches each manylinux tag exactly: the tags the device README names.
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 WEBP_LOSSLESS = [cv2.IMWRITE_WEBP_QUALITY, 101]  # OpenCV: quality above 100 is lossless
 
 
@@ -79,9 +93,23 @@ def pinned_versions(lock: Path, names: tuple[str, ...] = MISSING_PACKAGES) -> di
 
 def download_command(pins: dict[str, str], dest: Path, python: str = DEVICE_PYTHON) -> list[str]:
     platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
-    return [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-            "--python-version", python, "--implementation", "cp", *platforms, "-d", str(dest),
-            *(f"{name}=={version}" for name, version in pins.items())]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        *platforms,
+        "-d",
+        str(dest),
+        *(f"{name}=={version}" for name, version in pins.items()),
+    ]
 
 
 def download_wheels(dest: Path, lock: Path = REPO / "requirements.lock") -> list[str]:
@@ -122,11 +150,15 @@ def pack_lgg(source: Path, dest: Path, size: int, min_mean_intensity: float) -> 
                 lost_tumour.append(stem)
             archive.writestr(f"{row.patient}/{stem}.webp", encode_lossless(small["image"], ".webp", WEBP_LOSSLESS))
             archive.writestr(f"{row.patient}/{stem}_mask.png", encode_lossless(small["mask"] * 255, ".png"))
-    return {"patients": int(pairs["patient"].nunique()), "slices": len(pairs) - len(dropped_dark),
-            "image_size": size, "min_mean_intensity": min_mean_intensity,
-            "left_out_as_dark_at_full_size": dropped_dark,
-            "kept_but_dark_at_this_size": dark_when_small,
-            "slices_whose_tumour_vanishes_at_this_size": lost_tumour}
+    return {
+        "patients": int(pairs["patient"].nunique()),
+        "slices": len(pairs) - len(dropped_dark),
+        "image_size": size,
+        "min_mean_intensity": min_mean_intensity,
+        "left_out_as_dark_at_full_size": dropped_dark,
+        "kept_but_dark_at_this_size": dark_when_small,
+        "slices_whose_tumour_vanishes_at_this_size": lost_tumour,
+    }
 
 
 def mib(path: Path) -> float:
@@ -138,8 +170,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gpu.pack", description=__doc__.splitlines()[0])
     parser.add_argument("--lgg", type=Path, required=True, help="a kaggle_3m folder (python ../shared/lgg/restore.py)")
     parser.add_argument("--out", type=Path, default=REPO / "carry" / "gpu", help="the kit folder (git-ignored)")
-    parser.add_argument("--params", type=Path, default=REPO / "profiles" / "seed-gpu.yaml",
-                        help="the protocol's params: augment.image_size and clean.min_mean_intensity")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=REPO / "profiles" / "seed-gpu.yaml",
+        help="the protocol's params: augment.image_size and clean.min_mean_intensity",
+    )
     parser.add_argument("--no-wheels", dest="wheels", action="store_false", help="pack the data only")
     return parser.parse_args(argv)
 
@@ -161,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     lgg = manifest["lgg"]
-    print(f"wrote {args.out}: {lgg['slices']} slices ({manifest['lgg_mib']} MiB; "
-          f"{len(lgg['left_out_as_dark_at_full_size'])} left out as dark), "
-          f"{len(manifest.get('wheels', []))} wheels ({manifest.get('wheels_mib', 0)} MiB); at {lgg['image_size']} px "
-          f"{len(lgg['kept_but_dark_at_this_size'])} kept slices turn dark and "
-          f"{len(lgg['slices_whose_tumour_vanishes_at_this_size'])} lose their tumour")
+    print(
+        f"wrote {args.out}: {lgg['slices']} slices ({manifest['lgg_mib']} MiB; "
+        f"{len(lgg['left_out_as_dark_at_full_size'])} left out as dark), "
+        f"{len(manifest.get('wheels', []))} wheels ({manifest.get('wheels_mib', 0)} MiB); at {lgg['image_size']} px "
+        f"{len(lgg['kept_but_dark_at_this_size'])} kept slices turn dark and "
+        f"{len(lgg['slices_whose_tumour_vanishes_at_this_size'])} lose their tumour"
+    )
     return 0
 
 

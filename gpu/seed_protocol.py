@@ -71,8 +71,9 @@ def run(params_file: Path, data: Path, overrides: list[str], workdir: Path) -> d
         "training_seconds": round(seconds, 2),
         "epoch_seconds": [round(s, 3) for s in history["seconds"]],
         "train_images_per_s": round(len(train) * params.epochs / seconds, 1),
-        "cuda_max_allocated_mib": (round(torch.cuda.max_memory_allocated(trainer.device) / 2**20, 1)
-                                   if trainer.device.type == "cuda" else None),
+        "cuda_max_allocated_mib": (
+            round(torch.cuda.max_memory_allocated(trainer.device) / 2**20, 1) if trainer.device.type == "cuda" else None
+        ),
         "best_epoch": outcome.best_epoch,
         "history": history.to_dict("records"),
         "test": test.summary,
@@ -83,11 +84,21 @@ def run(params_file: Path, data: Path, overrides: list[str], workdir: Path) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu.seed_protocol", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("profiles/seed-gpu.yaml"),
-                        help="a profile: its differences from the defaults")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("profiles/seed-gpu.yaml"),
+        help="a profile: its differences from the defaults",
+    )
     parser.add_argument("--data", type=Path, required=True, help="a kaggle_3m folder")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override one dotted key after the profile (YAML value), e.g. --set epochs=1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one dotted key after the profile (YAML value), e.g. --set epochs=1",
+    )
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     args = parser.parse_args(argv)
     out = args.json.resolve()
@@ -101,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     test = result["test"]
-    print(f"{result['device_name']}: {result['epochs']} epochs in {result['training_seconds']:.1f} s "
-          f"({result['train_images_per_s']:.0f} images/s); test Dice per patient "
-          f"{test.get('dice_patient_mean', float('nan')):.3f}; wrote {out}")
+    print(
+        f"{result['device_name']}: {result['epochs']} epochs in {result['training_seconds']:.1f} s "
+        f"({result['train_images_per_s']:.0f} images/s); test Dice per patient "
+        f"{test.get('dice_patient_mean', float('nan')):.3f}; wrote {out}"
+    )
     return 0
 
 

@@ -78,9 +78,17 @@ class Decathlon(DataFormat[None]):
             except DataError as exc:
                 raise DataError(named_from(origin, staging, str(exc))) from None
             image_sha, label_sha = sha256(case / IMAGE), sha256(case / LABEL)
-            rows += [{"patient": case.name, "slice": z, "image": (dest / case.name).as_posix(),
-                      "mask": (dest / case.name / LABEL).as_posix(), "image_sha256": image_sha,
-                      "mask_sha256": label_sha} for z in range(len(images))]
+            rows += [
+                {
+                    "patient": case.name,
+                    "slice": z,
+                    "image": (dest / case.name).as_posix(),
+                    "mask": (dest / case.name / LABEL).as_posix(),
+                    "image_sha256": image_sha,
+                    "mask_sha256": label_sha,
+                }
+                for z in range(len(images))
+            ]
         return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
     def read_rows(self, rows: pd.DataFrame, settings: None) -> Iterator[tuple[SliceRow, np.ndarray, np.ndarray]]:
@@ -105,8 +113,15 @@ class Decathlon(DataFormat[None]):
         depth = len(images)
         truths = tuple(labels) if labels is not None else (None,) * depth
         image = ref.folder / IMAGE
-        return Scan(ref, tuple(f"{ref.name}_{z:03d}" for z in range(depth)), tuple(range(depth)), (image,) * depth,
-                    tuple(images), truths, nifti.voxel_ml(nifti.load_image(image)))
+        return Scan(
+            ref,
+            tuple(f"{ref.name}_{z:03d}" for z in range(depth)),
+            tuple(range(depth)),
+            (image,) * depth,
+            tuple(images),
+            truths,
+            nifti.voxel_ml(nifti.load_image(image)),
+        )
 
     def case_files(self, ref: ScanRef, settings: None) -> list[Path]:
         return [path for path in (ref.folder / IMAGE, ref.folder / LABEL) if path.is_file()]

@@ -18,8 +18,14 @@ MAX_MODULES_PER_FOLDER = 12
 def lint_imports(source_root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` with the project's contracts, on the package found under ``source_root``."""
     env = {"PYTHONPATH": str(source_root), "PATH": "/usr/bin:/bin", "HOME": str(source_root)}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--config", str(PROJECT / "pyproject.toml")],
-                          cwd=source_root, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--config", str(PROJECT / "pyproject.toml")],
+        cwd=source_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def copy_package(tmp_path: Path) -> Path:
@@ -33,12 +39,15 @@ def test_the_layer_contracts_pass_on_the_tree():
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize(("module", "upward"), [
-    ("config/schema.py", "from glioseg.training import loop"),       # params lean on training
-    ("formats/lgg.py", "from glioseg.model import network"),          # a format leans on the model
-    ("training/loop.py", "from glioseg.inference import predictor"),  # siblings import each other
-    ("formats/brats.py", "import torch"),                             # a format needs torch
-])
+@pytest.mark.parametrize(
+    ("module", "upward"),
+    [
+        ("config/schema.py", "from glioseg.training import loop"),  # params lean on training
+        ("formats/lgg.py", "from glioseg.model import network"),  # a format leans on the model
+        ("training/loop.py", "from glioseg.inference import predictor"),  # siblings import each other
+        ("formats/brats.py", "import torch"),  # a format needs torch
+    ],
+)
 def test_an_upward_or_sideways_import_breaks_a_contract(tmp_path, module, upward):
     copy = copy_package(tmp_path)
     target = copy / module
@@ -49,21 +58,30 @@ def test_an_upward_or_sideways_import_breaks_a_contract(tmp_path, module, upward
 
 
 def test_no_module_is_long_and_no_folder_crowded():
-    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
-            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
-    crowded = {str(folder.relative_to(PACKAGE)): n for folder in [PACKAGE, *PACKAGE.rglob("*/")]
-               if folder.is_dir() and (n := len([p for p in folder.glob("*.py") if p.name != "__init__.py"]))
-               > MAX_MODULES_PER_FOLDER}
+    crowded = {
+        str(folder.relative_to(PACKAGE)): n
+        for folder in [PACKAGE, *PACKAGE.rglob("*/")]
+        if folder.is_dir()
+        and (n := len([p for p in folder.glob("*.py") if p.name != "__init__.py"])) > MAX_MODULES_PER_FOLDER
+    }
     assert not crowded, f"folders with more than {MAX_MODULES_PER_FOLDER} modules: {crowded}"
 
 
 def test_the_design_package_map_names_every_module_and_only_modules_that_exist():
     design = (PROJECT / "docs" / "design.md").read_text()
-    table = design[design.index("## Package map"):design.index("## Data flow")]
+    table = design[design.index("## Package map") : design.index("## Data flow")]
     named = {name for name in re.findall(r"`([a-z0-9_/]+\.py)`", table) if not name.startswith("tests/")}
-    modules = {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
-               if path.name != "__init__.py" and "pipeline/stages" not in path.as_posix()}
+    modules = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py" and "pipeline/stages" not in path.as_posix()
+    }
     assert modules - named == set(), "modules the package map does not name"
     assert {name for name in named if not (PACKAGE / name).is_file()} == set(), "named modules that do not exist"
     stages = {path.stem for path in (PACKAGE / "pipeline" / "stages").glob("*.py") if path.name != "__init__.py"}

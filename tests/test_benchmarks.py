@@ -101,8 +101,24 @@ def test_cli_writes_json(tmp_path, monkeypatch):
     params.write_text(json.dumps(TINY))  # JSON is YAML
     out = tmp_path / "out.json"
     monkeypatch.setattr("benchmarks.run.SYNTHETIC", {"patients": 2, "slices": 6, "size": 64, "seed": 0})
-    assert main(["--profile", "cpu", "--steps", "1", "--warmup", "0", "--no-isolate",
-                 "--params", str(params), "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--profile",
+                "cpu",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--no-isolate",
+                "--params",
+                str(params),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     (result,) = report["profiles"]
     assert result["naive"]["images_per_s"] > 0 and result["glioseg"]["images_per_s"] > 0

@@ -169,8 +169,9 @@ def test_prediction_written_back_has_the_input_affine_shape_and_values(cases, tm
 def test_fetch_synthetic_lists_one_row_per_slice_in_range(tmp_path):
     params = BratsParams(slice_range=(2, 10))
     synthetic = parse_params({"data": {"synthetic": {"patients": 3, "slices": 12, "size": 32}}}).data.synthetic
-    manifest = fetch_brats("synthetic", tmp_path / "brats", tmp_path / "manifest.csv", patients=2,
-                           synthetic=synthetic, settings=params)
+    manifest = fetch_brats(
+        "synthetic", tmp_path / "brats", tmp_path / "manifest.csv", patients=2, synthetic=synthetic, settings=params
+    )
     assert manifest["patient"].nunique() == 2 and len(manifest) == 2 * 8
     assert manifest["slice"].tolist()[:3] == [2, 3, 4]
     folder = tmp_path / "brats" / manifest["patient"][0]
@@ -180,14 +181,16 @@ def test_fetch_synthetic_lists_one_row_per_slice_in_range(tmp_path):
 
 def test_fetch_copies_only_wanted_files_from_a_folder_or_zip(cases, tmp_path):
     synthetic = parse_params({}).data.synthetic
-    from_folder = fetch_brats(str(cases), tmp_path / "a", tmp_path / "a.csv", patients=None,
-                              synthetic=synthetic, settings=PARAMS)
+    from_folder = fetch_brats(
+        str(cases), tmp_path / "a", tmp_path / "a.csv", patients=None, synthetic=synthetic, settings=PARAMS
+    )
     archive = tmp_path / "cases.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         for path in cases.rglob("*.nii.gz"):
             handle.write(path, f"Training/{path.relative_to(cases)}")
-    from_zip = fetch_brats(str(archive), tmp_path / "b", tmp_path / "b.csv", patients=1, synthetic=synthetic,
-                           settings=PARAMS)
+    from_zip = fetch_brats(
+        str(archive), tmp_path / "b", tmp_path / "b.csv", patients=1, synthetic=synthetic, settings=PARAMS
+    )
     assert len(from_folder) == 24 and len(from_zip) == 12
     assert len(list((tmp_path / "a").rglob("*.nii.gz"))) == 2 * 3
     assert from_zip["image_sha256"][0] == from_folder["image_sha256"][0]
@@ -199,21 +202,32 @@ def test_zip_members_that_would_escape_data_raw_are_skipped_with_a_warning(cases
     monkeypatch.chdir(work)
     first = case(cases, 1)
     archive = tmp_path / "hostile.zip"
-    hostile = ["../escaped/escaped_t1ce.nii.gz", "../.._t1ce.nii.gz", f"{tmp_path}/abs/abs_flair.nii.gz",
-               "Training/x/../../../up/up_seg.nii.gz"]
+    hostile = [
+        "../escaped/escaped_t1ce.nii.gz",
+        "../.._t1ce.nii.gz",
+        f"{tmp_path}/abs/abs_flair.nii.gz",
+        "Training/x/../../../up/up_seg.nii.gz",
+    ]
     with zipfile.ZipFile(archive, "w") as handle:
         for path in first.glob("*.nii.gz"):
             handle.write(path, f"Training/{first.name}/{path.name}")
         for name in hostile:  # ZipInfo keeps the name as given (ZipFile.write would normalise it)
             handle.writestr(zipfile.ZipInfo(name), volume_file(first, "t1ce").read_bytes())
     with pytest.warns(SkippedInput) as caught:
-        manifest = fetch_brats(str(archive), work / "data/raw/brats", work / "data/raw/manifest.csv", patients=None,
-                               synthetic=parse_params({}).data.synthetic, settings=PARAMS)
+        manifest = fetch_brats(
+            str(archive),
+            work / "data/raw/brats",
+            work / "data/raw/manifest.csv",
+            patients=None,
+            synthetic=parse_params({}).data.synthetic,
+            settings=PARAMS,
+        )
     assert set(manifest["patient"]) == {first.name}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(cases) and p != archive]
     assert all(p.is_relative_to(work / "data/raw") for p in written), written
     assert sorted(p.name for p in (work / "data/raw/brats").rglob("*.nii.gz")) == sorted(
-        f"{first.name}_{suffix}.nii.gz" for suffix in ("t1ce", "flair", "seg"))
+        f"{first.name}_{suffix}.nii.gz" for suffix in ("t1ce", "flair", "seg")
+    )
     warnings = [str(w.message) for w in caught]
     assert len(warnings) == len(hostile)
     for name in hostile:
@@ -228,8 +242,14 @@ def test_non_finite_voxels_are_read_as_background_and_reported(cases, tmp_path):
     data[0, 0, :3] = [np.nan, np.inf, -np.inf]
     nib.save(nib.Nifti1Image(data, image.affine), path)
     with pytest.warns(RepairedInput, match=r"_flair\.nii\.gz: 3 non-finite voxels \(NaN or infinite\) read as"):
-        fetch_brats(str(cases), tmp_path / "raw", tmp_path / "m.csv", patients=None,
-                    synthetic=parse_params({}).data.synthetic, settings=PARAMS)
+        fetch_brats(
+            str(cases),
+            tmp_path / "raw",
+            tmp_path / "m.csv",
+            patients=None,
+            synthetic=parse_params({}).data.synthetic,
+            settings=PARAMS,
+        )
     read = brats.read_case(tmp_path / "raw" / folder.name, PARAMS)
     assert np.isfinite(read.images).all() and read.images.dtype == np.uint8
 
@@ -238,16 +258,23 @@ def test_fetch_error_leaves_nothing_behind(cases, tmp_path):
     volume_file(case(cases, 1), "t1ce").unlink()
     synthetic = parse_params({}).data.synthetic
     with pytest.raises(DataError, match=rf"{cases}/{case(cases, 1).name}: case .* has no t1ce volume"):
-        fetch_brats(str(cases), tmp_path / "out", tmp_path / "m.csv", patients=None, synthetic=synthetic,
-                    settings=PARAMS)
+        fetch_brats(
+            str(cases), tmp_path / "out", tmp_path / "m.csv", patients=None, synthetic=synthetic, settings=PARAMS
+        )
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.csv").exists()
 
 
 def test_slice_range_beyond_the_volume_is_an_error(cases, tmp_path):
     synthetic = parse_params({}).data.synthetic
     with pytest.raises(DataError, match="slice_range starts at 60 but the case has 12 slices"):
-        fetch_brats(str(cases), tmp_path / "out", tmp_path / "m.csv", patients=1, synthetic=synthetic,
-                    settings=BratsParams(slice_range=(60, 135)))
+        fetch_brats(
+            str(cases),
+            tmp_path / "out",
+            tmp_path / "m.csv",
+            patients=1,
+            synthetic=synthetic,
+            settings=BratsParams(slice_range=(60, 135)),
+        )
 
 
 def test_params_derive_model_channels_and_reject_bad_brats_keys():

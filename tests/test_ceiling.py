@@ -76,8 +76,25 @@ def test_cli_writes_json(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(TINY))  # JSON is YAML
     out = tmp_path / "ceiling.json"
-    assert main(["--params", str(params), "--steps", "2", "--rounds", "2", "--warmup", "0",
-                 "--profiled-steps", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--params",
+                str(params),
+                "--steps",
+                "2",
+                "--rounds",
+                "2",
+                "--warmup",
+                "0",
+                "--profiled-steps",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m benchmarks.ceiling") and report["image_size"] == 32
     assert report["variants"][0]["name"] == "naive" and report["machine"]["torch"]

@@ -201,8 +201,10 @@ def test_main_gates_on_the_class_baseline_or_else_on_the_min_floors(tmp_path, ca
 
     assert main([str(metrics), str(ci), "real", "fp32", "neon"]) == 0  # the min floor only
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("ci: no same-class baseline ci/baseline-real-fp32-neon.json (CPU class neon, fp32): gated on "
-                      "the min floors of ci/floors.yaml only")
+    assert out[0] == (
+        "ci: no same-class baseline ci/baseline-real-fp32-neon.json (CPU class neon, fp32): gated on "
+        "the min floors of ci/floors.yaml only"
+    )
     assert out[-1] == "metrics check: passed"
 
     assert main([str(metrics), str(ci), "brats", "fp32", "neon"]) == 1  # the kind's own rules
@@ -217,5 +219,6 @@ def test_main_without_a_baseline_needs_a_min_floor(tmp_path, capsys):
     metrics.write_text(json.dumps({"dice": 0.7}))
 
     assert main([str(metrics), str(ci), "real", "fp32", "neon"]) == 2
-    assert capsys.readouterr().err == (f"error: {ci / 'floors.yaml'}: no min floors to gate CPU class neon on "
-                                       "without its baseline\n")
+    assert capsys.readouterr().err == (
+        f"error: {ci / 'floors.yaml'}: no min floors to gate CPU class neon on without its baseline\n"
+    )

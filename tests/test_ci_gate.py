@@ -80,8 +80,10 @@ def test_a_cpu_class_without_a_baseline_is_gated_on_the_min_floors(kind, tmp_pat
     assert not baseline.exists()
     floors = {metric: rule["min"] for metric, rule in load_floors(rules_path).items() if "min" in rule}
     metrics = json.loads((CI / f"baseline-{kind}-fp32-avx2.json").read_text())
-    notice = (f"ci: no same-class baseline ci/{baseline.name} (CPU class neon, fp32): gated on the min floors "
-              f"of ci/{rules_path.name} only")
+    notice = (
+        f"ci: no same-class baseline ci/{baseline.name} (CPU class neon, fp32): gated on the min floors "
+        f"of ci/{rules_path.name} only"
+    )
 
     passed, report = ci_gate(write(tmp_path / "above.json", metrics), CI, kind, "fp32", "neon")
     assert passed, report
@@ -93,7 +95,7 @@ def test_a_cpu_class_without_a_baseline_is_gated_on_the_min_floors(kind, tmp_pat
         passed, report = ci_gate(write(tmp_path / "below.json", below), CI, kind, "fp32", "neon")
         assert not passed, metric
         assert report.splitlines()[0] == notice
-        assert [line for line in report.splitlines() if "FAIL" in line][0].startswith(f"| {metric} ")
+        assert next(line for line in report.splitlines() if "FAIL" in line).startswith(f"| {metric} ")
 
 
 def fake_checkout(root: Path, metrics: Path, training: str | None = None) -> dict[str, str]:
@@ -118,8 +120,12 @@ def fake_checkout(root: Path, metrics: Path, training: str | None = None) -> dic
     subprocess.run([*git, "add", "ci", "metrics"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "ci"], cwd=root, check=True)
     # ATEN_CPU_CAPABILITY=default makes torch report a CPU class that has no baseline.
-    return os.environ | {"ATEN_CPU_CAPABILITY": "default", "GLIOSEG_CI_GATES": "lgg", "GLIOSEG_CI_DATA": "synthetic",
-                         "GLIOSEG_CI_PRECISION": "fp32"}
+    return os.environ | {
+        "ATEN_CPU_CAPABILITY": "default",
+        "GLIOSEG_CI_GATES": "lgg",
+        "GLIOSEG_CI_DATA": "synthetic",
+        "GLIOSEG_CI_PRECISION": "fp32",
+    }
 
 
 @pytest.mark.slow
@@ -130,14 +136,22 @@ def test_the_script_gates_a_cpu_class_without_a_baseline_on_the_floors(tmp_path,
     metrics = set_metric(metrics, "test.dice_pooled", pooled)
     env = fake_checkout(tmp_path / "checkout", write(tmp_path / "test.json", metrics))
 
-    done = subprocess.run(["bash", "ci/real_data_check.sh"], cwd=tmp_path / "checkout", env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "ci/real_data_check.sh"],
+        cwd=tmp_path / "checkout",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     output = done.stdout + done.stderr
     capability = "default_amx" if "CPU capability default_amx" in output else "default"
     notices = [line for line in output.splitlines() if line.startswith("ci: no same-class baseline")]
-    assert notices == [f"ci: no same-class baseline ci/baseline-synthetic-fp32-{capability}.json (CPU class "
-                       f"{capability}, fp32): gated on the min floors of ci/floors.yaml only"], output
+    assert notices == [
+        f"ci: no same-class baseline ci/baseline-synthetic-fp32-{capability}.json (CPU class "
+        f"{capability}, fp32): gated on the min floors of ci/floors.yaml only"
+    ], output
     assert done.returncode == (0 if pooled > 0.45 else 1), output
     assert ("metrics check: passed" if pooled > 0.45 else "metrics check: FAILED") in output
 
@@ -152,19 +166,28 @@ MISSING = {"baseline-synthetic-bf16-avx512_amx", "baseline-synthetic-fp32-avx512
 
 
 def test_every_ci_data_kind_has_a_baseline_per_precision_and_cpu_capability_that_records_both():
-    assert {b.stem for b in BASELINES} == {f"baseline-{kind}-{numerics}" for kind in ("real", "synthetic", "brats")
-                                           for numerics in NUMERICS} - MISSING
+    assert {b.stem for b in BASELINES} == {
+        f"baseline-{kind}-{numerics}" for kind in ("real", "synthetic", "brats") for numerics in NUMERICS
+    } - MISSING
     for baseline in BASELINES:
         protocol = json.loads(baseline.read_text())["test"]["protocol"]
         recorded = [protocol["training_precision"], protocol["training_kernels"]]
         assert baseline.stem.split("-")[2:] == recorded, baseline.name
 
 
-@pytest.mark.parametrize(("baseline", "key", "ours", "refusal"), [
-    ("real-bf16-avx512", "training_precision", "fp32", r"trained in fp32, but .*bf16-avx512\.json in bf16"),
-    ("real-fp32-avx512", "training_kernels", "avx2",
-     r"trained with avx2 kernels, but .*fp32-avx512\.json with avx512 kernels"),
-], ids=["precision", "kernels"])
+@pytest.mark.parametrize(
+    ("baseline", "key", "ours", "refusal"),
+    [
+        ("real-bf16-avx512", "training_precision", "fp32", r"trained in fp32, but .*bf16-avx512\.json in bf16"),
+        (
+            "real-fp32-avx512",
+            "training_kernels",
+            "avx2",
+            r"trained with avx2 kernels, but .*fp32-avx512\.json with avx512 kernels",
+        ),
+    ],
+    ids=["precision", "kernels"],
+)
 def test_metrics_are_never_gated_against_a_baseline_of_other_numerics(tmp_path, baseline, key, ours, refusal):
     baseline = CI / f"baseline-{baseline}.json"
     metrics = json.loads(baseline.read_text())
@@ -188,8 +211,14 @@ def test_the_script_fails_when_training_fails(tmp_path):
     metrics = write(tmp_path / "test.json", json.loads((CI / "baseline-synthetic-fp32-avx2.json").read_text()))
     env = fake_checkout(tmp_path / "checkout", metrics, training="echo 'dvc: training failed' >&2; exit 3\n")
 
-    done = subprocess.run(["bash", "ci/real_data_check.sh"], cwd=tmp_path / "checkout", env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "ci/real_data_check.sh"],
+        cwd=tmp_path / "checkout",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 3, done.stdout + done.stderr
     assert "dvc: training failed" in done.stderr

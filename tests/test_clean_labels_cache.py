@@ -31,10 +31,10 @@ def write_pair(root: Path, patient: str, n: int, brightness: int, blobs: list[tu
 @pytest.fixture
 def manifest(tmp_path):
     rows = [
-        write_pair(tmp_path, "P1", 1, 1, []),                        # dark, negative
-        write_pair(tmp_path, "P1", 2, 90, [(10, 10, 5)]),            # one region of 25 px
+        write_pair(tmp_path, "P1", 1, 1, []),  # dark, negative
+        write_pair(tmp_path, "P1", 2, 90, [(10, 10, 5)]),  # one region of 25 px
         write_pair(tmp_path, "P1", 3, 90, [(5, 5, 4), (40, 40, 3)]),  # two regions, 16 + 9 px
-        write_pair(tmp_path, "P2", 1, 1, [(0, 0, 2)]),               # dark but positive
+        write_pair(tmp_path, "P2", 1, 1, [(0, 0, 2)]),  # dark but positive
         write_pair(tmp_path, "P2", 2, 90, []),
     ]
     return pd.DataFrame(rows)
@@ -57,7 +57,13 @@ def test_labels_count_pixels_regions_and_kept(manifest):
     assert labels["components"].tolist() == [0, 1, 2, 1, 0]
     assert labels["kept"].tolist() == [0, 1, 1, 0, 1]
     assert summarise_labels(labels) == {
-        "pairs": 5, "positive": 3, "negative": 2, "removed": 2, "removed_positive": 1, "kept": 3, "patients": 2,
+        "pairs": 5,
+        "positive": 3,
+        "negative": 2,
+        "removed": 2,
+        "removed_positive": 1,
+        "kept": 3,
+        "patients": 2,
     }
 
 
@@ -101,7 +107,9 @@ def test_a_damaged_cache_is_one_line_naming_the_file_and_the_fix(tmp_path):
     whole = path.read_bytes()
     for damaged in (whole[: len(whole) // 2], b"not a zip at all", whole[:-40]):
         path.write_bytes(damaged)
-        expected = (r"slices\.npz: damaged \(\w+\); restore it with `dvc checkout .*slices\.npz` "
-                    r"or rebuild it with `dvc repro --force cache`")
+        expected = (
+            r"slices\.npz: damaged \(\w+\); restore it with `dvc checkout .*slices\.npz` "
+            r"or rebuild it with `dvc repro --force cache`"
+        )
         with pytest.raises(DataError, match=expected):
             load_cache(path)

@@ -40,7 +40,8 @@ def test_bad_param_is_one_line_naming_the_key(tmp_path):
     result = runner.invoke(app, ["check-params", str(params)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: {params}: key 'loss': Input should be 'wbce', 'dice' or 'combined' (got 'focal')"]
+        f"error: {params}: key 'loss': Input should be 'wbce', 'dice' or 'combined' (got 'focal')"
+    ]
     assert "Traceback" not in result.output
 
 

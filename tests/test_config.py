@@ -159,14 +159,20 @@ def test_a_profiles_sweeps_replace_the_defaults_and_set_changes_one_entry():
     ("text", "overrides", "message"),
     [
         ("train:\n  threshold: 0.5\n", [], "{profile}: unknown key 'train.threshold'"),
-        ("inference:\n  threshold: 1.5\n", [], "{profile}: key 'inference.threshold': Input should be less "
-         "than or equal to 1 (got 1.5)"),
+        (
+            "inference:\n  threshold: 1.5\n",
+            [],
+            "{profile}: key 'inference.threshold': Input should be less than or equal to 1 (got 1.5)",
+        ),
         ("sweeps:\n  fast: {lrr: 0.1}\n", [], "{profile}: unknown key 'sweeps.fast.lrr'"),
         ("[1, 2]\n", [], "{profile}: expected a mapping of params at the top level"),
         ("epochs: 3\n", ["train.tresh=0.5"], "--set train.tresh=0.5: unknown key 'train.tresh'"),
         ("epochs: 3\n", ["epochs"], "--set epochs: expected key=value, e.g. --set lr=0.0005"),
-        ("epochs: 3\n", ["split.train=0.5"], "--set split.train=0.5: key 'split': split.train + split.val + "
-         "split.test must be 1, got 0.78"),
+        (
+            "epochs: 3\n",
+            ["split.train=0.5"],
+            "--set split.train=0.5: key 'split': split.train + split.val + split.test must be 1, got 0.78",
+        ),
     ],
 )
 def test_composition_errors_name_the_profile_or_set_item_and_the_key(tmp_path, text, overrides, message):

@@ -1,6 +1,5 @@
 """2.5-D context: stacks of neighbouring slices, built in the cache stage and by the predictor alike."""
 
-
 from dataclasses import replace
 
 import numpy as np
@@ -45,8 +44,9 @@ def test_stacks_hold_the_neighbouring_slices_with_the_ends_repeated():
 
 def test_the_cache_stacks_each_kept_slice_from_all_its_patients_slices(tmp_path):
     """Slice 1 of P1 is removed (dark) but still the neighbour of slice 2; P2's slices never mix with P1's."""
-    rows = [write_slice(tmp_path, "P1", n, 10 * n) for n in (1, 2, 3)] + \
-           [write_slice(tmp_path, "P2", n, 100 + 10 * n) for n in (1, 2)]
+    rows = [write_slice(tmp_path, "P1", n, 10 * n) for n in (1, 2, 3)] + [
+        write_slice(tmp_path, "P2", n, 100 + 10 * n) for n in (1, 2)
+    ]
     labels = pd.DataFrame(rows).assign(kept=[0, 1, 1, 1, 1], diagnosis=0)
     split = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].assign(subset="train")
     params = parse_params({"augment": {"image_size": 32}, "data": {"context": 1}})
@@ -70,10 +70,12 @@ class InputRecorder(torch.nn.Module):
 
 
 def context_model(model: torch.nn.Module) -> LoadedModel:
-    pipelines = pipelines_to_dict(build_pipelines(parse_params({"augment": {"image_size": 32}}).augment,
-                                                  np.zeros((2, 32, 32, 9), np.uint8)))
-    return LoadedModel(model, ModelParams(in_channels=9, classes=1), pipelines, InferenceParams(), {},
-                       replace(LGG_CARD, context=1))
+    pipelines = pipelines_to_dict(
+        build_pipelines(parse_params({"augment": {"image_size": 32}}).augment, np.zeros((2, 32, 32, 9), np.uint8))
+    )
+    return LoadedModel(
+        model, ModelParams(in_channels=9, classes=1), pipelines, InferenceParams(), {}, replace(LGG_CARD, context=1)
+    )
 
 
 def test_the_predictor_stacks_a_case_and_refuses_a_lone_slice():
@@ -83,8 +85,12 @@ def test_the_predictor_stacks_a_case_and_refuses_a_lone_slice():
     originals = list(volume(3, size=64))
     assert predictor.predict_case(originals).shape == (3, 32, 32)
     assert recorder.seen == [(3, 9, 32, 32)]
-    np.testing.assert_array_equal(predictor.preprocess(originals), stack_context(predictor.preprocess(originals)[
-        ..., 3:6], 1))
-    with pytest.raises(DataError, match=r"scan.tif: a single slice, but the model reads each slice with the 1 "
-                                        r"slice\(s\) above and below it \(data.context\)"):
+    np.testing.assert_array_equal(
+        predictor.preprocess(originals), stack_context(predictor.preprocess(originals)[..., 3:6], 1)
+    )
+    with pytest.raises(
+        DataError,
+        match=r"scan.tif: a single slice, but the model reads each slice with the 1 "
+        r"slice\(s\) above and below it \(data.context\)",
+    ):
         predictor.predict_case(originals[:1], "scan.tif")

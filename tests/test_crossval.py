@@ -47,21 +47,26 @@ def test_summary_gives_fold_mean_sd_and_the_mean_over_all_patients():
 
 
 def test_the_newest_run_of_each_fold_of_the_newest_complete_configuration_counts():
-    runs = pd.DataFrame([
-        fold_run(0, 0.5, 2, 1), fold_run(1, 0.5, 2, 2), fold_run(2, 0.5, 2, 3),
-        fold_run(1, 0.8, 2, 10),                               # a rerun of fold 1: replaces the first
-        fold_run(0, 0.1, 2, 20, lr="0.01"),                    # a newer configuration, incomplete
-        fold_run(0, 0.2, 2, 21, run_name="sweep-dice"),        # another run name
-        fold_run(2, 0.3, 2, 22, folds=5),                      # another k
-        {**fold_run(2, 0.4, 2, 23), "metrics.test_dice_patient_mean": float("nan")},  # not evaluated yet
-    ])
+    runs = pd.DataFrame(
+        [
+            fold_run(0, 0.5, 2, 1),
+            fold_run(1, 0.5, 2, 2),
+            fold_run(2, 0.5, 2, 3),
+            fold_run(1, 0.8, 2, 10),  # a rerun of fold 1: replaces the first
+            fold_run(0, 0.1, 2, 20, lr="0.01"),  # a newer configuration, incomplete
+            fold_run(0, 0.2, 2, 21, run_name="sweep-dice"),  # another run name
+            fold_run(2, 0.3, 2, 22, folds=5),  # another k
+            {**fold_run(2, 0.4, 2, 23), "metrics.test_dice_patient_mean": float("nan")},  # not evaluated yet
+        ]
+    )
     chosen = complete_folds(runs, 3, "train")
     assert list(chosen["run_id"]) == ["run-0-1", "run-1-10", "run-2-3"]
 
 
 def test_run_settings_such_as_threads_do_not_split_a_configuration():
-    runs = pd.DataFrame([fold_run(0, 0.5, 2, 1, threads="1"), fold_run(1, 0.5, 2, 2, threads="2"),
-                         fold_run(2, 0.5, 2, 3)])
+    runs = pd.DataFrame(
+        [fold_run(0, 0.5, 2, 1, threads="1"), fold_run(1, 0.5, 2, 2, threads="2"), fold_run(2, 0.5, 2, 3)]
+    )
     assert len(complete_folds(runs, 3, "train")) == 3
 
 
@@ -76,8 +81,12 @@ def test_missing_folds_are_named():
 
 
 def test_brats_regions_get_their_own_per_case_columns():
-    runs = pd.DataFrame([{**fold_run(f, 0.5, 1, f, folds=2),
-                          "metrics.test_regions.whole_tumour.dice_patient_mean": 0.7 + f / 10} for f in range(2)])
+    runs = pd.DataFrame(
+        [
+            {**fold_run(f, 0.5, 1, f, folds=2), "metrics.test_regions.whole_tumour.dice_patient_mean": 0.7 + f / 10}
+            for f in range(2)
+        ]
+    )
     table = summarise(complete_folds(runs, 2, "train")).set_index("fold")
     assert table.loc["all 2 patients", "test Dice per patient (whole_tumour)"] == pytest.approx(0.75)
 
@@ -124,12 +133,18 @@ def test_leave_one_site_out_runs_are_summarised_per_site_with_intervals(tmp_path
     for fold, (site, dice) in enumerate(patients.items()):
         with mlflow.start_run(experiment_id=experiment, run_name="train"):
             mlflow.log_params({"split.by": "site", "split.folds": 0, "split.fold": fold, "lr": 0.001})
-            mlflow.log_metrics({"test_dice_patient_mean": sum(dice) / len(dice), "test_patients": len(dice),
-                                "test_ci95.dice_patient_mean.low": min(dice),
-                                "test_ci95.dice_patient_mean.high": max(dice)})
+            mlflow.log_metrics(
+                {
+                    "test_dice_patient_mean": sum(dice) / len(dice),
+                    "test_patients": len(dice),
+                    "test_ci95.dice_patient_mean.low": min(dice),
+                    "test_ci95.dice_patient_mean.high": max(dice),
+                }
+            )
             mlflow.set_tags({"test_site": site, "split_sites": "2", **SERVED})
-            table = pd.DataFrame({"region": "tumour", "patient": [f"TCGA_{site}_{i}" for i in range(len(dice))],
-                                  "dice": dice})
+            table = pd.DataFrame(
+                {"region": "tumour", "patient": [f"TCGA_{site}_{i}" for i in range(len(dice))], "dice": dice}
+            )
             mlflow.log_text(table.to_csv(index=False), tracking.PER_PATIENT_ARTIFACT.format(subset="test"))
 
     out = CliRunner().invoke(app, ["cv-summary", "--by", "site", "--csv", str(tmp_path / "sites.csv")])

@@ -42,8 +42,9 @@ def trainer(epochs: int) -> Trainer:
     train = {**TINY_PARAMS["train"], "amp": False, "weight_map": {"class_balance": True}, "ema": 0.5}
     # Brightness and contrast are drawn per slice of the global batch: the ranks must draw alike.
     augment = {**TINY_PARAMS["augment"], "brightness_contrast": 0.5}
-    params = parse_params({**TINY_PARAMS, "epochs": epochs, "batch_size": BATCH, "model": model, "train": train,
-                           "augment": augment})
+    params = parse_params(
+        {**TINY_PARAMS, "epochs": epochs, "batch_size": BATCH, "model": model, "train": train, "augment": augment}
+    )
     slices = square_slices(SLICES, 32, seed=0)
     val = square_slices(6, 32, seed=1, patients=2)
     pipelines = pipelines_to_dict(build_pipelines(params.augment, slices.images))
@@ -55,17 +56,25 @@ def trainer(epochs: int) -> Trainer:
 
 def train_rank(rank: int, port: int, out: Path) -> None:
     """One of two ranks, set up as torchrun would: a run to the end, then one interrupted and resumed."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     whole = trainer(EPOCHS)
     outcome = whole.fit(out / f"rank{rank}")
     trainer(1).fit(out / "shared")
     resumed = trainer(EPOCHS)
     resumed_outcome = resumed.fit(out / "shared")
-    torch.save({"model": whole.model.state_dict(), "kept": whole.kept_model.state_dict(),
-                "train_loss": outcome.history["train_loss"].tolist(),
-                "val_dice": outcome.history["val_dice"].tolist(), "resumed_model": resumed.model.state_dict(),
-                "resumed_from": resumed_outcome.resumed_from}, out / f"result{rank}.pt")
+    torch.save(
+        {
+            "model": whole.model.state_dict(),
+            "kept": whole.kept_model.state_dict(),
+            "train_loss": outcome.history["train_loss"].tolist(),
+            "val_dice": outcome.history["val_dice"].tolist(),
+            "resumed_model": resumed.model.state_dict(),
+            "resumed_from": resumed_outcome.resumed_from,
+        },
+        out / f"result{rank}.pt",
+    )
 
 
 def free_port() -> int:
@@ -97,8 +106,9 @@ def test_two_gloo_ranks_train_the_model_of_one_process(tmp_path, monkeypatch):
         torch.testing.assert_close(written[key], value, rtol=1e-4, atol=1e-5, msg=key)
         assert torch.equal(results[0]["model"][key], results[1]["model"][key]), key
         assert torch.equal(results[0]["kept"][key], results[1]["kept"][key]), key
-        torch.testing.assert_close(results[0]["kept"][key], single.kept_model.state_dict()[key], rtol=1e-4, atol=1e-5,
-                                   msg=key)
+        torch.testing.assert_close(
+            results[0]["kept"][key], single.kept_model.state_dict()[key], rtol=1e-4, atol=1e-5, msg=key
+        )
         assert torch.equal(results[0]["resumed_model"][key], results[0]["model"][key]), key
     np.testing.assert_allclose(results[0]["train_loss"], outcome.history["train_loss"], rtol=1e-4)
     assert results[0]["val_dice"] == results[1]["val_dice"]

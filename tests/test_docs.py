@@ -20,7 +20,8 @@ def anchors(markdown: Path) -> set[str]:
 
 def test_github_anchor_matches_githubs_rule():
     assert github_anchor(" Throughput: 2 CPU cores, no GPU (2026-12-01 18:18 UTC)") == (
-        "throughput-2-cpu-cores-no-gpu-2026-12-01-1818-utc")
+        "throughput-2-cpu-cores-no-gpu-2026-12-01-1818-utc"
+    )
     assert github_anchor("GPU: no figures yet") == "gpu-no-figures-yet"
 
 

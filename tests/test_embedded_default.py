@@ -27,8 +27,10 @@ def test_the_default_test_split_has_eight_patients_some_without_tumour(tmp_path,
 
 
 def test_the_synthetic_baselines_of_every_precision_and_kernel_agree():
-    baselines = {path.stem.removeprefix("baseline-synthetic-"): json.loads(path.read_text())["test"]
-                 for path in sorted((PROJECT / "ci").glob("baseline-synthetic-*.json"))}
+    baselines = {
+        path.stem.removeprefix("baseline-synthetic-"): json.loads(path.read_text())["test"]
+        for path in sorted((PROJECT / "ci").glob("baseline-synthetic-*.json"))
+    }
     assert {"bf16-avx512", "fp32-avx512", "fp32-avx2"} <= set(baselines)
     dice = {kind: test["dice_patient_mean"] for kind, test in baselines.items()}
     assert all(test["patients"] >= 8 for test in baselines.values())

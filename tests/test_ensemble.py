@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from glioseg.config.sections import AugmentParams, InferenceParams, ModelParams
-from glioseg.data.transforms import build_pipelines, eval_normaliser, pipelines_to_dict
+from glioseg.data.batch_augment import eval_normaliser
+from glioseg.data.transforms import build_pipelines, pipelines_to_dict
 from glioseg.errors import DataError
 from glioseg.formats.base import DataCard
 from glioseg.inference.predictor import MemberAveraged, Predictor
@@ -42,13 +43,20 @@ def pipelines(mean: float = 0.0, std: float = 1.0) -> dict:
     return built
 
 
-def member(model: torch.nn.Module, threshold: float = 0.5, card: DataCard = LGG_CARD, size: int = 32,
-           mean: float = 0.0) -> LoadedModel:
+def member(
+    model: torch.nn.Module, threshold: float = 0.5, card: DataCard = LGG_CARD, size: int = 32, mean: float = 0.0
+) -> LoadedModel:
     built = pipelines(mean)
     if size != 32:
         built = pipelines_to_dict(build_pipelines(AugmentParams(image_size=size), np.zeros((2, 8, 8, 3), np.uint8)))
-    return LoadedModel(model, ModelParams(in_channels=3, classes=1), built, InferenceParams(threshold=threshold),
-                       {"mlflow_run_id": f"run-{id(model)}"}, card)
+    return LoadedModel(
+        model,
+        ModelParams(in_channels=3, classes=1),
+        built,
+        InferenceParams(threshold=threshold),
+        {"mlflow_run_id": f"run-{id(model)}"},
+        card,
+    )
 
 
 def test_an_ensemble_of_two_known_models_averages_their_probabilities():
@@ -86,8 +94,9 @@ def test_models_that_read_cases_differently_cannot_be_ensembled():
         ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), size=64)), ("a.pt", "b.pt"))
     context_card = replace(LGG_CARD, context=1)
     with pytest.raises(DataError, match="b.pt: its data card"):
-        ModelSet((member(ConstantProbability(0.5)), member(ConstantProbability(0.5), card=context_card)),
-                 ("a.pt", "b.pt"))
+        ModelSet(
+            (member(ConstantProbability(0.5)), member(ConstantProbability(0.5), card=context_card)), ("a.pt", "b.pt")
+        )
 
 
 def test_the_model_set_is_recorded():
@@ -118,8 +127,9 @@ def test_evaluate_command_scores_each_model_and_their_ensemble(tmp_path, monkeyp
     arrays = dataclasses.replace(square_slices(9, 32, seed=5), subset=np.array(["test"] * 9))
     save_cache(arrays, tmp_path / "data" / "cache" / "slices.npz")
     (tmp_path / "params.yaml").write_text("run: {device: cpu}\n")
-    out = CliRunner().invoke(app, ["evaluate", "--model", str(first), "--model", str(second),
-                                   "--out", str(tmp_path / "compared.json")])
+    out = CliRunner().invoke(
+        app, ["evaluate", "--model", str(first), "--model", str(second), "--out", str(tmp_path / "compared.json")]
+    )
     assert out.exit_code == 0, out.output
     assert "ensemble of 2" in out.output and "dice_patient_mean 95% CI" in out.output
     compared = json.loads((tmp_path / "compared.json").read_text())
@@ -132,5 +142,7 @@ def test_evaluate_command_scores_each_model_and_their_ensemble(tmp_path, monkeyp
     (tmp_path / "params.yaml").write_text("run: {device: cpu}\ndata: {window: [1, 99]}\n")
     windowed = CliRunner().invoke(app, ["evaluate", "--model", str(first)])
     assert windowed.exit_code == 2
-    assert (f"{first}: trained with data.window null, but this pipeline's cache (data/cache) was built with "
-            "data.window [1.0, 99.0]") in windowed.output
+    assert (
+        f"{first}: trained with data.window null, but this pipeline's cache (data/cache) was built with "
+        "data.window [1.0, 99.0]"
+    ) in windowed.output

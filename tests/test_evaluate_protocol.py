@@ -32,8 +32,12 @@ def volumes(cases: dict[str, tuple[list, list]]) -> tuple[SliceArrays, np.ndarra
                 target[2 * p + z, y, x] = label
     n = len(truth)
     arrays = SliceArrays(
-        images=np.zeros((n, 4, 4, 1), dtype=np.uint8), masks=truth, distance=np.zeros(truth.shape, np.float16),
-        patient=np.repeat(patients, 2), slice=np.tile([1, 2], len(patients)), subset=np.array(["test"] * n),
+        images=np.zeros((n, 4, 4, 1), dtype=np.uint8),
+        masks=truth,
+        distance=np.zeros(truth.shape, np.float16),
+        patient=np.repeat(patients, 2),
+        slice=np.tile([1, 2], len(patients)),
+        subset=np.array(["test"] * n),
     )
     return arrays, pred
 
@@ -77,18 +81,23 @@ def test_missing_a_tumour_makes_the_mean_worse_not_better():
 
 
 def test_false_positive_on_an_empty_case_and_both_empty():
-    per_slice, per_patient = tables({
-        "A": ([(0, 0, 0, 1)], [(0, 0, 3, 1)]),
-        "D": ([], [(1, 3, 3, 1)]),
-        "E": ([], []),
-    })
+    per_slice, per_patient = tables(
+        {
+            "A": ([(0, 0, 0, 1)], [(0, 0, 3, 1)]),
+            "D": ([], [(1, 3, 3, 1)]),
+            "E": ([], []),
+        }
+    )
     assert per_patient["hd95"].tolist() == pytest.approx([3.0, DIAGONAL, 0.0])
     assert per_patient["hd95_status"].tolist() == ["defined", "false_positive", "both_empty"]
     summary = region_summary(per_slice, per_patient)
     assert summary["hd95_patient_mean"] == pytest.approx((3.0 + DIAGONAL + 0.0) / 3)
     assert summary["hd95_defined_mean"] == pytest.approx(1.5)
-    assert (summary["hd95_defined_patients"], summary["hd95_missed_tumour"], summary["hd95_false_positive"]) \
-        == (2, 0, 1)
+    assert (summary["hd95_defined_patients"], summary["hd95_missed_tumour"], summary["hd95_false_positive"]) == (
+        2,
+        0,
+        1,
+    )
 
 
 def test_one_region_summary_states_its_protocol_with_the_tables_case_counts():
@@ -97,8 +106,13 @@ def test_one_region_summary_states_its_protocol_with_the_tables_case_counts():
     protocol = summary["protocol"]
     assert protocol["cases"] == {"slices": len(per_slice), "positive_slices": 3, "patients": len(per_patient)}
     assert protocol["cases"] == {key: summary[key] for key in ("slices", "positive_slices", "patients")}
-    assert set(protocol["aggregation"]) == {"slice_mean", "positive_slice_mean", "patient_mean", "pooled",
-                                            "hd95_patient_mean"}
+    assert set(protocol["aggregation"]) == {
+        "slice_mean",
+        "positive_slice_mean",
+        "patient_mean",
+        "pooled",
+        "hd95_patient_mean",
+    }
     assert protocol["empty_mask_rule"] == metrics.EMPTY_MASK_RULE
     assert "diagonal" in protocol["hd95"]
     assert json.loads(json.dumps(summary)) == summary
@@ -137,8 +151,9 @@ def test_several_regions_keep_their_counts_per_region_and_average_only_the_means
 def test_the_ci_gate_reads_a_summary_with_its_protocol():
     summary = summarise(*tables(THREE_PATIENTS))
     rules = {"dice_patient_mean": {"min": 0.0}, "protocol.cases.patients": {"min": 3}, "protocol.hd95": {"min": 0}}
-    table = check_metrics.compare({"test": summary}, {"test": summary},
-                                  {f"test.{metric}": rule for metric, rule in rules.items()})
+    table = check_metrics.compare(
+        {"test": summary}, {"test": summary}, {f"test.{metric}": rule for metric, rule in rules.items()}
+    )
     assert table["ok"].tolist() == [True, True, False]
     assert "not a finite number" in table["note"].iloc[2]
 

@@ -10,22 +10,21 @@ from glioseg.errors import DataError
 from glioseg.io import atomic_path, read_json, write_json
 
 
-@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
-                                              (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize(
+    ("code", "reason"), [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")]
+)
 def test_a_full_or_read_only_disk_is_one_line_and_keeps_the_last_good_file(tmp_path, code, reason):
     target = tmp_path / "models" / "train.json"
     write_json(target, {"epoch": 1})
-    with pytest.raises(DataError, match=rf"models/train\.json: cannot write: {reason}$"):
-        with atomic_path(target):
-            raise OSError(code, reason.capitalize())
+    with pytest.raises(DataError, match=rf"models/train\.json: cannot write: {reason}$"), atomic_path(target):
+        raise OSError(code, reason.capitalize())
     assert read_json(target) == {"epoch": 1}
     assert [p.name for p in target.parent.iterdir()] == ["train.json"]
 
 
 def test_other_os_errors_keep_their_traceback(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        with atomic_path(tmp_path / "x.json"):
-            raise FileNotFoundError(errno.ENOENT, "gone")
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "x.json"):
+        raise FileNotFoundError(errno.ENOENT, "gone")
 
 
 def test_a_damaged_mlflow_store_is_one_line_naming_it(tmp_path, monkeypatch):
@@ -49,9 +48,11 @@ def test_a_full_artifact_store_is_one_line_and_the_run_is_not_left_running(tmp_p
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     overlay = tmp_path / "mlartifacts" / "glioseg" / "overlay.png"
-    with pytest.raises(DataError, match=rf"{overlay}: cannot write: no space left on device$"):
-        with tracking.start_run("train", {}, {}) as run:
-            raise OSError(errno.ENOSPC, "No space left on device", str(overlay))
+    with (
+        pytest.raises(DataError, match=rf"{overlay}: cannot write: no space left on device$"),
+        tracking.start_run("train", {}, {}) as run,
+    ):
+        raise OSError(errno.ENOSPC, "No space left on device", str(overlay))
     assert tracking.client().get_run(run.info.run_id).info.status == "FAILED"
 
 

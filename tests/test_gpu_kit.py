@@ -89,8 +89,23 @@ def test_the_seed_protocol_runner_trains_and_evaluates_from_a_kaggle_folder(kagg
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({**TINY_PARAMS, "augment": {"image_size": 32}}))  # JSON is YAML
     out = tmp_path / "result.json"
-    assert seed_protocol.main(["--params", str(params), "--data", str(root), "--set", "epochs=1",
-                               "--set", "run.device=cpu", "--json", str(out)]) == 0
+    assert (
+        seed_protocol.main(
+            [
+                "--params",
+                str(params),
+                "--data",
+                str(root),
+                "--set",
+                "epochs=1",
+                "--set",
+                "run.device=cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert list(result["data_stages"]) == list(DATA_STAGES) and result["epochs"] == 1
     assert result["device"] == "cpu" and result["cuda_max_allocated_mib"] is None
@@ -102,14 +117,21 @@ def test_the_seed_protocol_runner_trains_and_evaluates_from_a_kaggle_folder(kagg
 
 
 def fold_result(fold: int, dice: dict[str, float], extra: tuple[str, ...] = ()) -> dict:
-    return {"params": "/repo/profiles/cpu-real.yaml", "training_seconds": 10.0 * (fold + 1),
-            "overrides": ["split.folds=2", f"split.fold={fold}", "run.threads=1", *extra],
-            "test_per_patient": [{"patient": name, "dice": value} for name, value in dice.items()]}
+    return {
+        "params": "/repo/profiles/cpu-real.yaml",
+        "training_seconds": 10.0 * (fold + 1),
+        "overrides": ["split.folds=2", f"split.fold={fold}", "run.threads=1", *extra],
+        "test_per_patient": [{"patient": name, "dice": value} for name, value in dice.items()],
+    }
 
 
 def test_fold_results_pool_per_configuration_over_all_patients(tmp_path, capsys):
-    results = [fold_result(0, {"a": 0.9, "b": 0.7}), fold_result(1, {"c": 0.5, "d": 0.3}),
-               fold_result(1, {"a": 0.0, "b": 0.0}, ("epochs=5",)), fold_result(0, {"c": 1.0, "d": 1.0}, ("epochs=5",))]
+    results = [
+        fold_result(0, {"a": 0.9, "b": 0.7}),
+        fold_result(1, {"c": 0.5, "d": 0.3}),
+        fold_result(1, {"a": 0.0, "b": 0.0}, ("epochs=5",)),
+        fold_result(0, {"c": 1.0, "d": 1.0}, ("epochs=5",)),
+    ]
     table = cv_pool.pool(results).set_index("configuration")
     assert list(table.index) == ["cpu-real.yaml", "cpu-real.yaml epochs=5"]
     assert table.loc["cpu-real.yaml", "Dice per patient"] == pytest.approx(0.6)
@@ -125,7 +147,8 @@ def test_fold_results_pool_per_configuration_over_all_patients(tmp_path, capsys)
     stale.write_text(json.dumps({"params": "p.yaml", "overrides": [], "training_seconds": 1.0}))
     assert cv_pool.main([str(stale)]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"error: {stale}: not a seed-protocol result with per-patient rows (no test_per_patient)")
+        f"error: {stale}: not a seed-protocol result with per-patient rows (no test_per_patient)"
+    )
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -149,19 +172,26 @@ def test_cross_validate_runs_every_fold_of_every_configuration_and_pools_them(tm
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
     candidates = tmp_path / "candidates.txt"
-    candidates.write_text("# a comment\nprofile profiles/cpu-real.yaml\n\n"
-                          "small profiles/cpu-real.yaml epochs=3 lr=0.002\n")
+    candidates.write_text(
+        "# a comment\nprofile profiles/cpu-real.yaml\n\nsmall profiles/cpu-real.yaml epochs=3 lr=0.002\n"
+    )
     results = tmp_path / "results"
-    done = subprocess.run(["bash", str(REPO / "gpu/cross_validate.sh"), str(candidates), "/data", str(results), "3"],
-                          env={**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, check=True)
-    assert sorted(p.name for p in results.glob("*.json")) == [f"{name}-f{f}.json" for name in ("profile", "small")
-                                                              for f in range(5)]
+    done = subprocess.run(
+        ["bash", str(REPO / "gpu/cross_validate.sh"), str(candidates), "/data", str(results), "3"],
+        env={**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sorted(p.name for p in results.glob("*.json")) == [
+        f"{name}-f{f}.json" for name in ("profile", "small") for f in range(5)
+    ]
     small = json.loads((results / "small-f3.json").read_text())
     assert small["overrides"] == ["split.folds=5", "split.fold=3", "run.threads=1", "epochs=3", "lr=0.002"]
     assert json.loads((results / "profile-f0.json").read_text())["overrides"][-1] == "run.threads=1"
     assert done.stdout.count("done") == 10 and "cpu-real.yaml epochs=3 lr=0.002" in done.stdout
     table = cv_pool.pool([json.loads(p.read_text()) for p in sorted(results.glob("*.json"))])
     assert table.set_index("configuration")["Dice per patient"].to_dict() == pytest.approx(
-        {"cpu-real.yaml": 0.2, "cpu-real.yaml epochs=3 lr=0.002": 0.2})
+        {"cpu-real.yaml": 0.2, "cpu-real.yaml epochs=3 lr=0.002": 0.2}
+    )
     assert table["patients"].tolist() == [5, 5]

@@ -80,7 +80,8 @@ def test_predictor_runs_the_flips_only_with_tta(tiny_data):
     _, val, pipelines = tiny_data
     for tta, calls in ((False, 1), (True, len(FLIPS))):
         model = CountingModel()
-        loaded = LoadedModel(model, ModelParams(in_channels=3, classes=1), pipelines, InferenceParams(tta=tta), {},
-                             LGG_CARD)
+        loaded = LoadedModel(
+            model, ModelParams(in_channels=3, classes=1), pipelines, InferenceParams(tta=tta), {}, LGG_CARD
+        )
         labels = Predictor(loaded, "cpu").labels(val.images)
         assert labels.shape == val.masks.shape and model.calls == calls

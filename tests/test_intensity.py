@@ -42,15 +42,19 @@ def test_one_patient_at_two_intensity_scales_becomes_one_input():
 
 def test_the_cache_windows_each_patient_over_all_its_slices(tmp_path):
     """P1's slice 1 is removed (dark) but counts in P1's percentiles; P2 is P1 at twice the brightness."""
-    rows = [write_slice(tmp_path, "P1", n, 20 * n, two_tone=True) for n in (1, 2, 3)] + \
-           [write_slice(tmp_path, "P2", n, 40 * n, two_tone=True) for n in (1, 2, 3)]
+    rows = [write_slice(tmp_path, "P1", n, 20 * n, two_tone=True) for n in (1, 2, 3)] + [
+        write_slice(tmp_path, "P2", n, 40 * n, two_tone=True) for n in (1, 2, 3)
+    ]
     labels = pd.DataFrame(rows).assign(kept=[0, 1, 1, 1, 1, 1], diagnosis=0)
     split = labels[labels["kept"] == 1][["patient", "slice", "diagnosis"]].assign(subset="train")
     params = parse_params({"augment": {"image_size": 32}, "data": {"window": [0, 100]}})
     arrays = build_cache(labels, split, params)
     assert list(zip(arrays.patient, arrays.slice)) == [("P1", 2), ("P1", 3), ("P2", 1), ("P2", 2), ("P2", 3)]
-    as_stored = build_cache(labels, labels[["patient", "slice", "diagnosis"]].assign(subset="train"),
-                            parse_params({"augment": {"image_size": 32}}))
+    as_stored = build_cache(
+        labels,
+        labels[["patient", "slice", "diagnosis"]].assign(subset="train"),
+        parse_params({"augment": {"image_size": 32}}),
+    )
     np.testing.assert_array_equal(arrays.images[:2], window_case(as_stored.images[:3], (0, 100))[1:])
     # P1's darkest pixel (10, in its removed slice) maps to 0 and its brightest (60) to 255
     assert arrays.images[0, 0, 0, 0] == round((20 - 10) / 50 * 255) and arrays.images[1, 31, 0, 0] == 255
@@ -63,10 +67,17 @@ class NoTumour(torch.nn.Module):
 
 
 def windowing_model() -> LoadedModel:
-    pipelines = pipelines_to_dict(build_pipelines(parse_params({"augment": {"image_size": 32}}).augment,
-                                                  np.zeros((2, 32, 32, 3), np.uint8)))
-    return LoadedModel(NoTumour(), ModelParams(in_channels=3, classes=1), pipelines, InferenceParams(), {},
-                       replace(LGG_CARD, context=0, window=(1.0, 99.0)))
+    pipelines = pipelines_to_dict(
+        build_pipelines(parse_params({"augment": {"image_size": 32}}).augment, np.zeros((2, 32, 32, 3), np.uint8))
+    )
+    return LoadedModel(
+        NoTumour(),
+        ModelParams(in_channels=3, classes=1),
+        pipelines,
+        InferenceParams(),
+        {},
+        replace(LGG_CARD, context=0, window=(1.0, 99.0)),
+    )
 
 
 def test_the_predictor_windows_a_case_as_the_cache_does_and_refuses_a_lone_slice():
@@ -78,6 +89,9 @@ def test_the_predictor_windows_a_case_as_the_cache_does_and_refuses_a_lone_slice
     brighter = [image * 2 for image in originals]
     np.testing.assert_array_equal(predictor.preprocess(brighter), predictor.preprocess(originals))
     assert predictor.predict_case(originals).shape == (20, 32, 32) and not predictor.predict_case(originals).any()
-    with pytest.raises(DataError, match=r"scan.tif: a single slice, but the model scales each slice by its "
-                                        r"patient's intensity percentiles \[1.0, 99.0\] \(data.window\)"):
+    with pytest.raises(
+        DataError,
+        match=r"scan.tif: a single slice, but the model scales each slice by its "
+        r"patient's intensity percentiles \[1.0, 99.0\] \(data.window\)",
+    ):
         predictor.predict_case(originals[:1], "scan.tif")

@@ -20,7 +20,9 @@ def test_a_tiny_learning_rate_warns_naming_the_run(project, capsys):  # noqa: F8
     summary = experiment.run(project.model_copy(update={"lr": 1e-7, "epochs": 2}))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: run train")]
     assert read_json("models/train.json")["learned"] is False
-    assert warnings == [f"warning: run train (MLflow {summary['mlflow_run_id']}) did not learn: "
-                        f"{learning_failure(summary['train']['dice_positive_slice'])} after 2 epochs at lr 1e-07; "
-                        "the learning rate is likely too small for this many epochs (or too large): "
-                        "try another lr or more epochs"]
+    assert warnings == [
+        f"warning: run train (MLflow {summary['mlflow_run_id']}) did not learn: "
+        f"{learning_failure(summary['train']['dice_positive_slice'])} after 2 epochs at lr 1e-07; "
+        "the learning rate is likely too small for this many epochs (or too large): "
+        "try another lr or more epochs"
+    ]

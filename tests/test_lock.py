@@ -51,7 +51,8 @@ def stale_entries(root: Path) -> list[str]:
         for dep in entry.get("deps", []):
             path = root / dep["path"]
             if dep["path"].startswith(CODE_ROOTS) and (
-                    not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]):
+                not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]
+            ):
                 problems.append(f"{name}: {dep['path']} differs from the version it ran with")
         for file_params in entry.get("params", {}).values():
             for param, value in file_params.items():
@@ -85,10 +86,20 @@ def fresh_lock(root: Path) -> dict:
         body = stage.get("do", stage)
         deps = [dep.replace("${key}", key) for dep in body.get("deps", [])]
         stages[name] = {
-            "deps": [{"path": dep, "md5": hashlib.md5((root / dep).read_bytes()).hexdigest()
-                      if dep.startswith(CODE_ROOTS) else "0"} for dep in deps],
-            "params": {"params.yaml": {param.replace("${key}", key): _lookup(params, param.replace("${key}", key))
-                                       for param in body.get("params", [])}}}
+            "deps": [
+                {
+                    "path": dep,
+                    "md5": hashlib.md5((root / dep).read_bytes()).hexdigest() if dep.startswith(CODE_ROOTS) else "0",
+                }
+                for dep in deps
+            ],
+            "params": {
+                "params.yaml": {
+                    param.replace("${key}", key): _lookup(params, param.replace("${key}", key))
+                    for param in body.get("params", [])
+                }
+            },
+        }
     return {"schema": "2.0", "stages": stages}
 
 

@@ -190,7 +190,8 @@ def test_batch_soft_dice_is_one_dice_over_all_the_batch_pixels():
     assert soft_dice_loss(logits, target, batch=True).item() == pytest.approx(1 - 5 / 21, rel=1e-6)
     single = logits[:1] + torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert soft_dice_loss(single, target[:1], batch=True).item() == pytest.approx(
-        soft_dice_loss(single, target[:1]).item(), rel=1e-6)  # a batch of one: the same Dice
+        soft_dice_loss(single, target[:1]).item(), rel=1e-6
+    )  # a batch of one: the same Dice
 
 
 def test_segmentation_loss_batch_dice_reaches_both_dice_forms():

@@ -189,9 +189,7 @@ def test_summarise_hand_built_two_patients():
 
 
 def test_summarise_patient_with_nothing_to_find_scores_one():
-    empty_patient = pd.DataFrame(
-        {"patient": ["C", "C"], "slice": [1, 2], "tp": 0, "fp": 0, "fn": 0, "tn": 10}
-    )
+    empty_patient = pd.DataFrame({"patient": ["C", "C"], "slice": [1, 2], "tp": 0, "fp": 0, "fn": 0, "tn": 10})
     summary = summarise(pd.concat([PER_SLICE, empty_patient]))
     assert summary["dice_patient_mean"] == pytest.approx((0.75 + 0.5 + 1.0) / 3)
     assert summary["iou_patient_mean"] == pytest.approx((0.6 + 1 / 3 + 1.0) / 3)
@@ -333,9 +331,16 @@ def test_summarise_hd95_counts_every_case_and_says_which_were_penalised():
 
 def test_summarise_hd95_leaves_out_means_over_nothing_and_refuses_inf():
     assert metrics.summarise_hd95([7.0], ["missed_tumour"]) == {
-        "hd95_patient_mean": 7.0, "hd95_defined_patients": 0, "hd95_missed_tumour": 1, "hd95_false_positive": 0}
+        "hd95_patient_mean": 7.0,
+        "hd95_defined_patients": 0,
+        "hd95_missed_tumour": 1,
+        "hd95_false_positive": 0,
+    }
     assert metrics.summarise_hd95([], []) == {
-        "hd95_defined_patients": 0, "hd95_missed_tumour": 0, "hd95_false_positive": 0}
+        "hd95_defined_patients": 0,
+        "hd95_missed_tumour": 0,
+        "hd95_false_positive": 0,
+    }
     with pytest.raises(ValueError, match="finite"):
         metrics.summarise_hd95([math.inf], ["missed_tumour"])
 
@@ -375,8 +380,9 @@ def test_confusion_matrix_and_seed_style_metrics_on_known_labels():
     assert matrix.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
     seed = metrics.seed_style(matrix)
     # IoU per class: 1, 1/2, 0, 1 -> mean 0.625; one-hot: 3 right of 4, 11 true negatives of 12 negatives.
-    assert seed == pytest.approx({"mean_iou_classes": 0.625, "onehot_precision": 0.75,
-                                  "onehot_sensitivity": 0.75, "onehot_specificity": 11 / 12})
+    assert seed == pytest.approx(
+        {"mean_iou_classes": 0.625, "onehot_precision": 0.75, "onehot_sensitivity": 0.75, "onehot_specificity": 11 / 12}
+    )
 
 
 def test_mean_iou_skips_classes_absent_from_truth_and_prediction():

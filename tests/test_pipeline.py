@@ -26,8 +26,16 @@ from glioseg.config.compose import compose_params
 from glioseg.device import kernel_name
 
 PROJECT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvcignore", "reports/.gitignore", ".gitignore",
-          "runs/README.md"]
+COPIED = [
+    "dvc.yaml",
+    "stages",
+    "src",
+    ".dvc/config",
+    ".dvcignore",
+    "reports/.gitignore",
+    ".gitignore",
+    "runs/README.md",
+]
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -75,8 +83,11 @@ def project_env(**extra: str) -> dict[str, str]:
     """The environment of a project copy's commands: no store or DVC state of ours, this venv first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "AWS_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                  "GIT_COMMITTER_EMAIL": "t@t"} | extra
+    return (
+        env
+        | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        | extra
+    )
 
 
 def make_project(root: Path, env: dict[str, str], params: dict) -> None:
@@ -131,11 +142,24 @@ def mlflow_runs(root: Path):
 
 def test_repro_writes_every_output(project):
     root = project["root"]
-    for path in ["data/raw/manifest.csv", "data/labels.csv", "data/removed.csv", "data/split.csv",
-                 "data/cache/slices.npz", "data/augment.json", "data/augment_preview.png", "models/model.pt",
-                 "models/train.json", "models/history.csv", "metrics/test.json", "reports/report.md",
-                 "reports/figures/learning_curves.png", "reports/figures/comparison.png",
-                 "reports/evaluation/per_slice.csv", "reports/evaluation/per_patient.csv"]:
+    for path in [
+        "data/raw/manifest.csv",
+        "data/labels.csv",
+        "data/removed.csv",
+        "data/split.csv",
+        "data/cache/slices.npz",
+        "data/augment.json",
+        "data/augment_preview.png",
+        "models/model.pt",
+        "models/train.json",
+        "models/history.csv",
+        "metrics/test.json",
+        "reports/report.md",
+        "reports/figures/learning_curves.png",
+        "reports/figures/comparison.png",
+        "reports/evaluation/per_slice.csv",
+        "reports/evaluation/per_patient.csv",
+    ]:
         assert (root / path).is_file(), path
     labels_rows = (root / "data/labels.csv").read_text().count("\n") - 1
     assert labels_rows == 6 * 8
@@ -158,17 +182,20 @@ def changed_stages(root: Path, env: dict[str, str]) -> set[str]:
 SWEEPS = sorted(TINY["sweeps"])
 
 
-@pytest.mark.parametrize(("module", "expected"), [
-    ("pipeline/stages/download.py", {"download"}),
-    ("data/clean.py", {"clean"}),
-    ("data/labels.py", {"labels"}),
-    ("data/split.py", {"split"}),
-    ("data/build.py", {"cache"}),
-    ("pipeline/stages/augment.py", {"augment"}),
-    ("training/loop.py", {"train", *(f"sweep_train@{name}" for name in SWEEPS)}),
-    ("inference/postprocess.py", {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}),
-    ("pipeline/stages/report.py", {"report"}),
-])
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("pipeline/stages/download.py", {"download"}),
+        ("data/clean.py", {"clean"}),
+        ("data/labels.py", {"labels"}),
+        ("data/split.py", {"split"}),
+        ("data/build.py", {"cache"}),
+        ("pipeline/stages/augment.py", {"augment"}),
+        ("training/loop.py", {"train", *(f"sweep_train@{name}" for name in SWEEPS)}),
+        ("inference/postprocess.py", {"evaluate", *(f"sweep_evaluate@{name}" for name in SWEEPS)}),
+        ("pipeline/stages/report.py", {"report"}),
+    ],
+)
 def test_editing_a_module_changes_exactly_the_stages_that_import_it(project, module, expected):
     root, env = project["root"], project["env"]
     path = root / "src/glioseg" / module
@@ -208,8 +235,11 @@ def test_an_inference_setting_reruns_evaluation_and_the_report_never_training(pr
             edit(run={"overlay_every": 7, "threads": 2})
             assert changed_stages(root, env) == {"check_params"}
             edit(inference={"tta": True})
-            assert changed_stages(root, env) == {"check_params", "evaluate",
-                                                 *(f"sweep_evaluate@{name}" for name in SWEEPS)}
+            assert changed_stages(root, env) == {
+                "check_params",
+                "evaluate",
+                *(f"sweep_evaluate@{name}" for name in SWEEPS),
+            }
             output = run(["dvc", "repro"], root, env).stdout
             ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
             assert ran == {"check_params", "evaluate", "report", *(f"sweep_evaluate@{name}" for name in SWEEPS)}
@@ -226,20 +256,29 @@ def test_context_and_window_rebuild_the_cache_and_retrain_but_never_download(pro
     root, env = project["root"], project["env"]
     with edited_params(root) as edit:
         edit(data=data)
-        assert changed_stages(root, env) == {"check_params", "cache", "train",
-                                             *(f"sweep_train@{name}" for name in SWEEPS)}
+        assert changed_stages(root, env) == {
+            "check_params",
+            "cache",
+            "train",
+            *(f"sweep_train@{name}" for name in SWEEPS),
+        }
     assert changed_stages(root, env) == set()
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    ({"lr": float("inf")}, "error: params.yaml: key 'lr': Input should be a finite number (got inf)"),
-    ({"epoch": 3}, "error: params.yaml: unknown key 'epoch'"),
-    ({"epochs": True}, "error: params.yaml: key 'epochs': expected a number, not true/false"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"lr": float("inf")}, "error: params.yaml: key 'lr': Input should be a finite number (got inf)"),
+        ({"epoch": 3}, "error: params.yaml: unknown key 'epoch'"),
+        ({"epochs": True}, "error: params.yaml: key 'epochs': expected a number, not true/false"),
+    ],
+)
 def test_a_bad_param_stops_repro_before_any_output_is_removed(project, edit, message):
     root, env = project["root"], project["env"]
-    kept = {name: (root / name).read_bytes() for name in ("models/train.json", "models/history.csv",
-                                                          "models/model.pt", "metrics/test.json")}
+    kept = {
+        name: (root / name).read_bytes()
+        for name in ("models/train.json", "models/history.csv", "models/model.pt", "metrics/test.json")
+    }
     with edited_params(root) as edit_params:
         edit_params(**edit)
         failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -250,7 +289,9 @@ def test_a_bad_param_stops_repro_before_any_output_is_removed(project, edit, mes
     # Only check_params' stamp is back (run again, or restored from DVC's run cache); nothing else runs.
     output = run(["dvc", "repro"], root, env).stdout
     assert [line for line in output.splitlines() if line.startswith("Running stage")] in (
-        [], ["Running stage 'check_params':"]), output
+        [],
+        ["Running stage 'check_params':"],
+    ), output
     assert changed_stages(root, env) == set()
 
 
@@ -260,13 +301,20 @@ KEPT = ("models/train.json", "models/history.csv", "models/model.pt", "metrics/t
 LR_ERROR = "error: params.yaml: key 'lr': Input should be greater than 0 (got -1)"
 
 
-@pytest.mark.parametrize(("command", "edit", "message"), [
-    (["dvc", "repro", "-s", "train"], {"lr": -1}, LR_ERROR),
-    (["dvc", "repro", "--downstream", "train"], {"lr": -1}, LR_ERROR),
-    (["dvc", "repro", "-s", "download"], {"data": {"patients": 0}},
-     "error: params.yaml: key 'data.patients': Input should be greater than or equal to 1 (got 0)"),
-    (["dvc", "exp", "run", "-S", "lr=-1"], {}, LR_ERROR),
-], ids=["single-stage", "downstream", "single-data-stage", "exp-run"])
+@pytest.mark.parametrize(
+    ("command", "edit", "message"),
+    [
+        (["dvc", "repro", "-s", "train"], {"lr": -1}, LR_ERROR),
+        (["dvc", "repro", "--downstream", "train"], {"lr": -1}, LR_ERROR),
+        (
+            ["dvc", "repro", "-s", "download"],
+            {"data": {"patients": 0}},
+            "error: params.yaml: key 'data.patients': Input should be greater than or equal to 1 (got 0)",
+        ),
+        (["dvc", "exp", "run", "-S", "lr=-1"], {}, LR_ERROR),
+    ],
+    ids=["single-stage", "downstream", "single-data-stage", "exp-run"],
+)
 def test_a_bad_param_removes_nothing_whichever_stages_run(project, command, edit, message):
     root, env = project["root"], project["env"]
     kept = {name: (root / name).read_bytes() for name in KEPT}
@@ -300,8 +348,10 @@ def test_a_source_inside_an_output_is_refused_before_anything_is_removed(project
             edit_params(data={"source": "data/raw/kaggle_3m"})
             failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
             assert failed.returncode != 0
-            assert ("error: params.yaml: key 'data.source': data/raw/kaggle_3m overlaps data/raw, an output of "
-                    "the download stage") in failed.stdout + failed.stderr
+            assert (
+                "error: params.yaml: key 'data.source': data/raw/kaggle_3m overlaps data/raw, an output of "
+                "the download stage"
+            ) in failed.stdout + failed.stderr
             assert "Running stage 'download'" not in failed.stdout
             assert (patient / "MINE_2020_1.tif").read_bytes() == b"a user's own scan"
     finally:
@@ -418,9 +468,23 @@ def test_mlflow_server_serves_runs_metrics_and_overlays(project):
     root = project["root"]
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -435,8 +499,11 @@ def test_mlflow_server_serves_runs_metrics_and_overlays(project):
         main = next(r for r in found if r["info"]["run_name"] == "train")
         metric_keys = {m["key"] for m in main["data"]["metrics"]}
         assert {"train_loss", "val_dice", "val_iou", "test_dice_patient_mean"} <= metric_keys
-        listing = json.load(urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/artifacts/list?run_id={main['info']['run_id']}&path=overlays", timeout=30))
+        listing = json.load(
+            urllib.request.urlopen(
+                f"{base}/api/2.0/mlflow/artifacts/list?run_id={main['info']['run_id']}&path=overlays", timeout=30
+            )
+        )
         assert [f["path"] for f in listing["files"]] == ["overlays/val_epoch_001.png", "overlays/val_epoch_002.png"]
     finally:
         os.killpg(server.pid, 15)
@@ -456,8 +523,10 @@ def test_exp_run_dataset_brats_runs_every_stage_on_nifti(project, tmp_path):
     _, _, runs = mlflow_runs(root)
     brats_runs = [r for r in runs if r.data.params.get("dataset") == "brats"]
     assert sorted(r.info.run_name for r in brats_runs) == ["sweep-dice", "sweep-lr_low", "sweep-wbce", "train"]
-    assert "test_regions.whole_tumour.dice_patient_mean" in next(
-        r for r in brats_runs if r.info.run_name == "train").data.metrics
+    assert (
+        "test_regions.whole_tumour.dice_patient_mean"
+        in next(r for r in brats_runs if r.info.run_name == "train").data.metrics
+    )
     out = tmp_path / "pred"
     run([sys.executable, "-m", "glioseg.cli", "predict", str(cases[0]), "--out", str(out)], root, env)
     assert (out / cases[0].name / f"{cases[0].name}_pred.nii.gz").is_file()

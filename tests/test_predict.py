@@ -87,10 +87,17 @@ def test_predict_writes_masks_overlays_and_areas_matching_evaluation(model, pati
 def cached_case(patient_folder) -> SliceArrays:
     """The patient's slices as the cache stage stores them (model size), for the evaluation path."""
     resize = preprocess_pipeline(32)
-    images = np.stack([resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"]
-                       for n in (1, 2, 10)])
-    return SliceArrays(images, np.zeros((3, 32, 32), np.uint8), np.zeros((3, 32, 32), np.float16),
-                       np.array(["p"] * 3), np.array([1, 2, 10]), np.array(["test"] * 3))
+    images = np.stack(
+        [resize(image=tifffile.imread(patient_folder / f"TCGA_XX_0001_20000101_{n}.tif"))["image"] for n in (1, 2, 10)]
+    )
+    return SliceArrays(
+        images,
+        np.zeros((3, 32, 32), np.uint8),
+        np.zeros((3, 32, 32), np.float16),
+        np.array(["p"] * 3),
+        np.array([1, 2, 10]),
+        np.array(["test"] * 3),
+    )
 
 
 def test_overridden_inference_settings_give_what_evaluate_gives_with_them(model_file, patient_folder, tmp_path):
@@ -103,8 +110,12 @@ def test_overridden_inference_settings_give_what_evaluate_gives_with_them(model_
         table = predict(patient_folder, model_file, tmp_path / f"out-{threshold}", "cpu", settings)
         expected = evaluate(loaded, arrays, "cpu", settings).predictions
         for row, n in enumerate((1, 2, 10)):
-            written = tifffile.imread(tmp_path / f"out-{threshold}" / "TCGA_XX_0001_20000101"
-                                      / f"TCGA_XX_0001_20000101_{n}_mask.tif") > 0
+            written = (
+                tifffile.imread(
+                    tmp_path / f"out-{threshold}" / "TCGA_XX_0001_20000101" / f"TCGA_XX_0001_20000101_{n}_mask.tif"
+                )
+                > 0
+            )
             np.testing.assert_array_equal(written[::4, ::4], expected[row])
         assert table["model_pixels"].tolist() == [int(m.sum()) for m in expected]
     # the settings differ from the file's: TTA and post-processing change the labels of this model
@@ -115,17 +126,24 @@ def test_options_replace_only_the_settings_they_give(postprocessing_model_file):
     loaded = load_model(postprocessing_model_file)
     assert inference_settings(loaded, None) == loaded.inference
     assert inference_settings(loaded, {"threshold": 0.6}) == InferenceParams(
-        threshold=0.6, tta=True, postprocess="largest_component")
+        threshold=0.6, tta=True, postprocess="largest_component"
+    )
     assert inference_settings(loaded, {"tta": False, "postprocess": None}).model_dump() == {
-        "threshold": 0.3, "tta": False, "postprocess": "largest_component"}
+        "threshold": 0.3,
+        "tta": False,
+        "postprocess": "largest_component",
+    }
     assert inference_settings(loaded, InferenceParams()) == InferenceParams()
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"threshold": 1.5}, "--threshold: Input should be less than or equal to 1 (got 1.5)"),
-    ({"postprocess": "largest"}, "--postprocess: Input should be 'none' or 'largest_component' (got 'largest')"),
-    ({"smooth": True}, "--smooth: no such inference setting"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threshold": 1.5}, "--threshold: Input should be less than or equal to 1 (got 1.5)"),
+        ({"postprocess": "largest"}, "--postprocess: Input should be 'none' or 'largest_component' (got 'largest')"),
+        ({"smooth": True}, "--smooth: no such inference setting"),
+    ],
+)
 def test_bad_inference_options_are_one_line_errors_naming_the_option(options, message):
     with pytest.raises(ConfigError) as raised:
         inference_options(**options)
@@ -139,8 +157,10 @@ def test_predict_command_overrides_the_model_files_settings(model_file, patient_
 
     base = ["predict", str(patient_folder), "--model", str(model_file), "--device", "cpu"]
     runner = CliRunner()
-    result = runner.invoke(app, [*base, "--out", str(tmp_path / "cli"), "--threshold", "0.05", "--tta",
-                                 "--postprocess", "largest_component"])
+    result = runner.invoke(
+        app,
+        [*base, "--out", str(tmp_path / "cli"), "--threshold", "0.05", "--tta", "--postprocess", "largest_component"],
+    )
     assert result.exit_code == 0, result.output
     settings = InferenceParams(threshold=0.05, tta=True, postprocess="largest_component")
     expected = predict_masks(load_model(model_file), cached_case(patient_folder), "cpu", settings)
@@ -219,8 +239,9 @@ def test_predict_refuses_a_folder_of_other_files_and_with_overwrite_replaces_onl
     assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
-def test_predict_into_the_working_directory_or_onto_a_file_is_one_line(model_file, patient_folder, tmp_path,
-                                                                        monkeypatch):
+def test_predict_into_the_working_directory_or_onto_a_file_is_one_line(
+    model_file, patient_folder, tmp_path, monkeypatch
+):
     work = tmp_path / "work"
     work.mkdir()
     (work / "scan_notes.md").write_text("keep")
@@ -276,8 +297,9 @@ def test_a_model_from_the_mlflow_store_leaves_no_copy_behind(model_file, patient
         load_model_spec("models:/glioseg-test/7")
 
 
-def test_an_ensemble_prediction_records_its_models_and_averages_them(model_file, postprocessing_model_file,
-                                                                     patient_folder, tmp_path):
+def test_an_ensemble_prediction_records_its_models_and_averages_them(
+    model_file, postprocessing_model_file, patient_folder, tmp_path
+):
     """Two files with the same weights: the averaged probabilities are the model's own, so the masks
     equal the single model's (with the first member's settings); prediction.json names both."""
     single = predict(patient_folder, model_file, tmp_path / "single")

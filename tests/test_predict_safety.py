@@ -41,12 +41,16 @@ def scans(tmp_path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (symlinks as their targets' names), for 'left as it was' checks."""
-    return {str(p.relative_to(folder)): os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def no_staging(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith((STAGING_PREFIX, REPLACED_PREFIX))]
+
 
 find_scans = FORMATS["lgg"].find_scans
 
@@ -157,16 +161,29 @@ def test_an_out_under_a_file_is_a_one_line_error(model_file, scans, tmp_path):
     afile.write_text("keep")
     with pytest.raises(DataError, match=rf"--out {afile / 'sub'}: {afile} is a file"):
         predict(scans / A, model_file, afile / "sub", "cpu")
-    result = CliRunner().invoke(app, ["predict", str(scans / A), "--model", str(model_file), "--device", "cpu",
-                                      "--out", str(afile / "sub" / "deeper")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(scans / A),
+            "--model",
+            str(model_file),
+            "--device",
+            "cpu",
+            "--out",
+            str(afile / "sub" / "deeper"),
+        ],
+    )
     assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines() == [f"error: --out {afile / 'sub' / 'deeper'}: {afile} is a file, "
-                                                  "so it cannot hold a folder"]
+    assert result.output.strip().splitlines() == [
+        f"error: --out {afile / 'sub' / 'deeper'}: {afile} is a file, so it cannot hold a folder"
+    ]
     assert afile.read_text() == "keep"
 
 
-def test_a_full_disk_while_writing_is_one_line_and_leaves_the_folder_as_it_was(model_file, scans, tmp_path,
-                                                                                 monkeypatch):
+def test_a_full_disk_while_writing_is_one_line_and_leaves_the_folder_as_it_was(
+    model_file, scans, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     predict(scans / A, model_file, out, "cpu")
     before = snapshot(out)
@@ -179,8 +196,9 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_the_folder_as_it_was(m
         for target in (out, tmp_path / "new" / "deeper"):
             with pytest.raises(DataError) as raised:
                 predict(scans / B, model_file, target, "cpu")
-            assert str(raised.value) == (f"--out {target}: cannot write: no space left on device; "
-                                         "the folder is left as it was")
+            assert str(raised.value) == (
+                f"--out {target}: cannot write: no space left on device; the folder is left as it was"
+            )
         assert snapshot(out) == before and no_staging(out)
         assert not (tmp_path / "new").exists()
 
@@ -259,8 +277,9 @@ def test_a_nifti_without_orientation_codes_warns_and_its_prediction_keeps_them(t
     path = nifti(tmp_path / "case_flair.nii.gz")
     with pytest.warns(InputWarning) as caught:
         reference = nifti_io.load_image(path)
-    assert len(caught) == 1 and str(caught[0].message).startswith(f"{path}: no orientation (qform_code and "
-                                                                  "sform_code are 0)")
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        f"{path}: no orientation (qform_code and sform_code are 0)"
+    )
     labels = nifti_io.volume_to_slices(np.ones(reference.shape, np.uint8))
     nifti_io.write_label_volume(labels, reference, tmp_path / "pred.nii.gz")
     written = nib.load(tmp_path / "pred.nii.gz")
@@ -277,10 +296,10 @@ def test_a_predictions_header_has_the_inputs_own_qform_and_sform(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)  # codes given: read without a warning
         reference = nifti_io.load_image(path)
-    nifti_io.write_label_volume(nifti_io.volume_to_slices(np.zeros(reference.shape, np.uint8)), reference,
-                             tmp_path / "pred.nii.gz")
+    nifti_io.write_label_volume(
+        nifti_io.volume_to_slices(np.zeros(reference.shape, np.uint8)), reference, tmp_path / "pred.nii.gz"
+    )
     written = nib.load(tmp_path / "pred.nii.gz")
     assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (1, 2)
     np.testing.assert_allclose(written.header.get_qform(), scanner)
     np.testing.assert_allclose(written.header.get_sform(), aligned)
-

@@ -32,8 +32,14 @@ def params():
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory, params):
     root = tmp_path_factory.mktemp("brats")
-    manifest = fetch_brats(str(SHARED_BRATS), root / "brats", root / "manifest.csv", patients=None,
-                           synthetic=params.data.synthetic, settings=params.data.brats)
+    manifest = fetch_brats(
+        str(SHARED_BRATS),
+        root / "brats",
+        root / "manifest.csv",
+        patients=None,
+        synthetic=params.data.synthetic,
+        settings=params.data.brats,
+    )
     return root, manifest
 
 
@@ -42,7 +48,10 @@ def test_download_copies_six_cases_with_only_the_asked_files(fetched):
     assert manifest["patient"].nunique() == 6 and len(manifest) == 6 * 155
     for case in (root / "brats").iterdir():
         assert sorted(p.name.removeprefix(f"{case.name}_") for p in case.iterdir()) == [
-            "flair.nii.gz", "seg.nii.gz", "t1ce.nii.gz"]
+            "flair.nii.gz",
+            "seg.nii.gz",
+            "t1ce.nii.gz",
+        ]
 
 
 def test_case_shapes_and_label_counts_after_the_map(fetched, params):
@@ -58,8 +67,14 @@ def test_the_2020_map_refuses_the_2015_label_3(tmp_path):
 
     params = parse_params({"dataset": "brats"})
     with pytest.raises(DataError, match="BraTS2015_pat0001_seg.nii.gz: label value 3 is not in data.brats.label_map"):
-        fetch_brats(str(SHARED_BRATS), tmp_path / "b", tmp_path / "m.csv", patients=1,
-                    synthetic=params.data.synthetic, settings=params.data.brats)
+        fetch_brats(
+            str(SHARED_BRATS),
+            tmp_path / "b",
+            tmp_path / "m.csv",
+            patients=1,
+            synthetic=params.data.synthetic,
+            settings=params.data.brats,
+        )
 
 
 def test_a_missing_modality_is_named(tmp_path):
@@ -68,8 +83,14 @@ def test_a_missing_modality_is_named(tmp_path):
     brats_params = {"modalities": ["t1", "flair"], "label_map": BRATS_2015}
     params = parse_params({"dataset": "brats", "data": {"brats": brats_params}})
     with pytest.raises(DataError, match=r"case BraTS2015_pat0001 has no t1 volume \(BraTS2015_pat0001_t1.nii.gz\)"):
-        fetch_brats(str(SHARED_BRATS), tmp_path / "b", tmp_path / "m.csv", patients=1,
-                    synthetic=params.data.synthetic, settings=params.data.brats)
+        fetch_brats(
+            str(SHARED_BRATS),
+            tmp_path / "b",
+            tmp_path / "m.csv",
+            patients=1,
+            synthetic=params.data.synthetic,
+            settings=params.data.brats,
+        )
 
 
 def test_clean_labels_and_split_keep_each_case_in_one_subset(fetched, params):
@@ -103,14 +124,23 @@ def test_the_viewer_reads_a_real_case_with_its_truth_per_region(fetched, params,
     from glioseg.model.network import build_model
 
     root, _ = fetched
-    small = parse_params({**params.model_dump(mode="json"), "augment": {"image_size": 32},
-                          "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}})
+    small = parse_params(
+        {
+            **params.model_dump(mode="json"),
+            "augment": {"image_size": 32},
+            "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+        }
+    )
     folder = root / "brats" / "BraTS2015_pat0001"
     torch.manual_seed(0)
     images = brats.read_case(folder, small.data.brats, with_labels=False).images[::10]
-    payload = model_payload(build_model(small.model), small.model,
-                            pipelines_to_dict(build_pipelines(small.augment, images)), small.inference,
-                            small.data_card())
+    payload = model_payload(
+        build_model(small.model),
+        small.model,
+        pipelines_to_dict(build_pipelines(small.augment, images)),
+        small.inference,
+        small.data_card(),
+    )
     save_checkpoint(tmp_path / "model.pt", payload)
     result = logic.case_result(logic.load(str(tmp_path / "model.pt")), logic.load_case(folder), "cpu")
     assert len(result.slices) == 155 and result.predictions[0].shape == (240, 240)

@@ -43,7 +43,11 @@ def expected() -> pd.DataFrame:
 
 def fetch(source: Path, out: Path) -> pd.DataFrame:
     return FORMATS["lgg"].fetch(
-        str(source), out / "kaggle_3m", out / "manifest.csv", patients=PATIENTS, synthetic=SyntheticParams(),
+        str(source),
+        out / "kaggle_3m",
+        out / "manifest.csv",
+        patients=PATIENTS,
+        synthetic=SyntheticParams(),
         settings=None,
     )
 
@@ -88,8 +92,7 @@ def test_clean_and_labels_on_real_slices(restored, expected, tmp_path, threshold
     assert (ours["tumour_pixels"].reindex(truth.index) == truth).all()
     assert int(labels["diagnosis"].sum()) == int((truth > 0).sum())
     # the removed slices are exactly the ones darker than the threshold, computed here independently
-    dark = {(row.patient, row.slice) for row in manifest.itertuples()
-            if read_image_mean(row.image) < threshold}
+    dark = {(row.patient, row.slice) for row in manifest.itertuples() if read_image_mean(row.image) < threshold}
     if threshold == 8.0:
         assert dark, "the check needs some dark slices among these patients"
     assert set(zip(removed["patient"], removed["slice"])) == dark

@@ -53,8 +53,9 @@ def assert_up_to_date(clone: Path, env: dict[str, str]) -> None:
 def test_a_local_folder_remote_shares_data_and_models(project, tmp_path):
     root, env = project
     store = tmp_path / "dvc-store"
-    clone = push_then_clone_and_pull(root, env, [["dvc", "remote", "add", "-f", "-d", "shared", str(store)]],
-                                     tmp_path / "clone")
+    clone = push_then_clone_and_pull(
+        root, env, [["dvc", "remote", "add", "-f", "-d", "shared", str(store)]], tmp_path / "clone"
+    )
     assert_up_to_date(clone, env)
 
 
@@ -63,8 +64,12 @@ def s3_endpoint(tmp_path):
     """moto's S3 server on a free loopback port, stopped by its process id."""
     port = free_port()
     log = (tmp_path / "moto.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/moto-api/", process, timeout=60, log=tmp_path / "moto.log")
@@ -79,10 +84,20 @@ def test_an_s3_remote_shares_data_and_models(project, s3_endpoint, tmp_path):
     import boto3
 
     root, env = project
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="glioseg-team")
-    clone = push_then_clone_and_pull(root, env, [
-        ["dvc", "remote", "add", "-f", "-d", "s3", "s3://glioseg-team/dvc"],
-        ["dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint],
-    ], tmp_path / "clone")
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="glioseg-team")
+    clone = push_then_clone_and_pull(
+        root,
+        env,
+        [
+            ["dvc", "remote", "add", "-f", "-d", "s3", "s3://glioseg-team/dvc"],
+            ["dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint],
+        ],
+        tmp_path / "clone",
+    )
     assert_up_to_date(clone, env)

@@ -3,8 +3,12 @@
 from glioseg.config.schema import Params
 from glioseg.pipeline.stages.report import RUN_COLUMNS, RunResult, comparison_plot, loss_table, lr_table, metrics_table
 
-SUMMARY = {"dice_patient_mean": 0.5, "iou_patient_mean": 0.4, "dice_positive_slice_mean": 0.45,
-           "ci95": {"dice_patient_mean": {"low": 0.3125, "high": 0.6875}}}
+SUMMARY = {
+    "dice_patient_mean": 0.5,
+    "iou_patient_mean": 0.4,
+    "dice_positive_slice_mean": 0.45,
+    "ci95": {"dice_patient_mean": {"low": 0.3125, "high": 0.6875}},
+}
 
 
 def run(loss: str, lr: float, epochs: int = 16) -> RunResult:
@@ -39,8 +43,11 @@ def test_the_metrics_table_shows_test_intervals_beside_the_values():
 def test_a_run_that_did_not_learn_is_marked_in_its_row():
     everywhere = {**SUMMARY, "dice_positive_slice_mean": 0.03, "sensitivity": 1.0, "specificity": 0.09}
     nothing = {**SUMMARY, "dice_positive_slice_mean": 0.0, "sensitivity": 0.0, "specificity": 1.0}
-    runs = [run("combined", 1e-3), RunResult("lr_low", "combined", 5e-5, 16, "r2", everywhere, SUMMARY),
-            RunResult("lr_high", "combined", 5e-3, 16, "r3", nothing, SUMMARY)]
+    runs = [
+        run("combined", 1e-3),
+        RunResult("lr_low", "combined", 5e-5, 16, "r2", everywhere, SUMMARY),
+        RunResult("lr_high", "combined", 5e-3, 16, "r3", nothing, SUMMARY),
+    ]
     learned = lr_table(runs).set_index("lr")["learned"]
     assert learned["0.001"] == "yes"
     assert learned["5e-05"] == "**no**: it predicts tumour on most pixels (training specificity 0.09)"

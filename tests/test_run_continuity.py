@@ -18,8 +18,12 @@ from glioseg.pipeline.stages import train as experiment
 from glioseg.tracking import store as tracking
 from tests.conftest import TINY_PARAMS
 
-PARAMS = {**TINY_PARAMS, "epochs": 3, "data": {"synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
-          "run": {**TINY_PARAMS["run"], "overlay_every": 1}}
+PARAMS = {
+    **TINY_PARAMS,
+    "epochs": 3,
+    "data": {"synthetic": {"patients": 6, "slices": 8, "size": 64, "seed": 1}},
+    "run": {**TINY_PARAMS["run"], "overlay_every": 1},
+}
 
 
 @pytest.fixture
@@ -75,23 +79,33 @@ def test_a_run_whose_process_died_is_marked_killed_at_the_next_start(project):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     tracker = tracking.client()
     experiment_id = tracking.ensure_experiment()
-    orphan = tracker.create_run(experiment_id, run_name="train", tags={
-        tracking.OWNER_PID: dead.stdout.strip(), tracking.OWNER_HOST: socket.gethostname()})
-    alive = tracker.create_run(experiment_id, run_name="other", tags={
-        tracking.OWNER_PID: str(os.getpid()), tracking.OWNER_HOST: socket.gethostname()})
-    elsewhere = tracker.create_run(experiment_id, run_name="remote", tags={
-        tracking.OWNER_PID: dead.stdout.strip(), tracking.OWNER_HOST: "another-host"})
+    orphan = tracker.create_run(
+        experiment_id,
+        run_name="train",
+        tags={tracking.OWNER_PID: dead.stdout.strip(), tracking.OWNER_HOST: socket.gethostname()},
+    )
+    alive = tracker.create_run(
+        experiment_id,
+        run_name="other",
+        tags={tracking.OWNER_PID: str(os.getpid()), tracking.OWNER_HOST: socket.gethostname()},
+    )
+    elsewhere = tracker.create_run(
+        experiment_id,
+        run_name="remote",
+        tags={tracking.OWNER_PID: dead.stdout.strip(), tracking.OWNER_HOST: "another-host"},
+    )
     experiment.run(project)
-    status = {run_id: tracker.get_run(run_id).info.status
-              for run_id in (orphan.info.run_id, alive.info.run_id, elsewhere.info.run_id)}
+    status = {
+        run_id: tracker.get_run(run_id).info.status
+        for run_id in (orphan.info.run_id, alive.info.run_id, elsewhere.info.run_id)
+    }
     assert status == {orphan.info.run_id: "KILLED", alive.info.run_id: "RUNNING", elsewhere.info.run_id: "RUNNING"}
 
 
 def test_a_second_trainer_on_the_same_outputs_is_refused_naming_the_first(project):
-    with exclusive_lock(paths.MODELS / "checkpoints", "training"):
-        with pytest.raises(BusyError, match=rf"models/checkpoints: another training \(pid {os.getpid()}\) is "
-                                            r"writing here; stop it"):
-            experiment.run(project)
+    busy = rf"models/checkpoints: another training \(pid {os.getpid()}\) is writing here; stop it"
+    with exclusive_lock(paths.MODELS / "checkpoints", "training"), pytest.raises(BusyError, match=busy):
+        experiment.run(project)
     assert not paths.MODEL.exists()
     experiment.run(project)  # the lock went with its holder
     assert paths.MODEL.is_file()

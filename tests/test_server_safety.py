@@ -23,10 +23,12 @@ from typer.testing import CliRunner
 
 from glioseg.cli import app
 from glioseg.errors import ConfigError, DataError
-from glioseg.tracking import server
+from glioseg.tracking import postgres, server
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser"),
+]
 
 runner = CliRunner()
 
@@ -69,8 +71,12 @@ def postmaster(root: Path) -> int | None:
 
 def snapshot(*folders: Path) -> dict[str, str]:
     """Every file under ``folders``: its path and the sha256 of its bytes."""
-    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def root(tmp_path_factory):
     """A repository folder with a PostgreSQL cluster made the way ``start`` makes one."""
     root = tmp_path_factory.mktemp("server")
     before = processes(parent=os.getpid())  # children of earlier test modules are not this module's
-    server.init_cluster(server.cluster_dir(root), server.state_dir(root) / "postgres.password")
+    postgres.init_cluster(server.cluster_dir(root), server.state_dir(root) / "postgres.password")
     yield root
     if (server.state_dir(root) / "state.json").is_file():
         server.stop(root)
@@ -113,8 +119,13 @@ def impostor():
 def test_stop_leaves_alone_an_unrelated_process_that_has_the_recorded_pid(tmp_path, recorded):
     sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a group leader, as the server was
     try:
-        state = {"url": "http://127.0.0.1:9", "mlflow_pid": sleeper.pid, "postgres_port": 9,
-                 "postgres_data": str(tmp_path / "no-cluster"), "artifacts": (tmp_path / "artifacts").as_uri()}
+        state = {
+            "url": "http://127.0.0.1:9",
+            "mlflow_pid": sleeper.pid,
+            "postgres_port": 9,
+            "postgres_data": str(tmp_path / "no-cluster"),
+            "artifacts": (tmp_path / "artifacts").as_uri(),
+        }
         if recorded == "another start time":
             state |= {"mlflow_start_time": 1, "mlflow_cmdline": [sys.executable, "-m", "mlflow", "server"]}
         state_file = server.state_dir(tmp_path) / "state.json"
@@ -268,5 +279,8 @@ def test_remove_asks_for_yes_then_deletes_the_cluster_and_the_secrets(root):
     result = cli(root, "remove", "--yes")
     assert result.exit_code == 0, result.output
     assert not data.exists()
-    assert not [name for name in ("postgres.password", "pgpass", "auth.ini", "admin.env", "state.json")
-                if (folder / name).exists()]
+    assert not [
+        name
+        for name in ("postgres.password", "pgpass", "auth.ini", "admin.env", "state.json")
+        if (folder / name).exists()
+    ]

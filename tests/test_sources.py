@@ -50,8 +50,9 @@ def sha256(path: Path) -> str:
 def fetch(source, tmp_path: Path, patients: int | None = None) -> pd.DataFrame:
     raw = tmp_path / "raw"
     manifest_path = raw / "manifest.csv"
-    return FORMATS["lgg"].fetch(str(source), raw / "kaggle_3m", manifest_path, patients=patients,
-                                synthetic=SYNTHETIC, settings=None)
+    return FORMATS["lgg"].fetch(
+        str(source), raw / "kaggle_3m", manifest_path, patients=patients, synthetic=SYNTHETIC, settings=None
+    )
 
 
 def assert_published(manifest: pd.DataFrame, tmp_path: Path, source_root: Path, patients: list[str]) -> None:
@@ -303,12 +304,20 @@ def test_the_download_stage_reports_and_counts_every_repair_and_skip(source, tmp
     summary = download.run(parse_params({"data": {"source": str(source)}}))
     assert (summary["patients"], summary["repaired"], summary["skipped"]) == (PATIENTS, 1, 3)
     warnings = capsys.readouterr().err.splitlines()
-    assert f"warning: {source / 'README.md'}: not a <patient>/<patient>_<n>[_mask].tif slice of kaggle_3m; skipped" \
+    assert (
+        f"warning: {source / 'README.md'}: not a <patient>/<patient>_<n>[_mask].tif slice of kaggle_3m; skipped"
         in warnings
-    assert f"warning: {source / patient / 'notes.txt'}: not a <patient>/<patient>_<n>[_mask].tif slice of " \
-           "kaggle_3m; skipped" in warnings
-    assert any(line.startswith("warning: ") and f"{patient}_1_mask.tif: mask values other than 0 and 255 (7, 128); "
-               "every nonzero pixel is taken as tumour" in line for line in warnings)
+    )
+    assert (
+        f"warning: {source / patient / 'notes.txt'}: not a <patient>/<patient>_<n>[_mask].tif slice of "
+        "kaggle_3m; skipped" in warnings
+    )
+    assert any(
+        line.startswith("warning: ")
+        and f"{patient}_1_mask.tif: mask values other than 0 and 255 (7, 128); every nonzero pixel is taken as tumour"
+        in line
+        for line in warnings
+    )
     assert "data/raw" not in "".join(warnings), "warnings name the source, not the staging copy"
 
 
@@ -320,7 +329,8 @@ def test_zip_files_beside_the_slices_are_skipped_with_a_warning(source, tmp_path
         fetch(archive, tmp_path)
     assert sorted(str(w.message) for w in caught) == [
         f"{archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
-        for name in ("README.md", "data.csv")]
+        for name in ("README.md", "data.csv")
+    ]
 
 
 def download_summary(params: dict, tmp_path: Path, monkeypatch, capsys) -> tuple[dict, list[str]]:
@@ -342,20 +352,30 @@ def add_members(archive: Path, names: list[str], data: bytes = b"x") -> None:
 def test_zip_members_outside_the_layout_are_reported_and_counted(source, tmp_path, monkeypatch, capsys):
     patient = patients_of(source)[0]
     archive = make_zip(tmp_path / "lgg.zip", source, ["kaggle_3m", "lgg-mri-segmentation/kaggle_3m"])
-    unsafe = [f"../kaggle_3m/{patient}/{patient}_1.tif", f"/abs/kaggle_3m/{patient}/{patient}_1.tif",
-              f"kaggle_3m/{patient}/../{patient}_9.tif"]
+    unsafe = [
+        f"../kaggle_3m/{patient}/{patient}_1.tif",
+        f"/abs/kaggle_3m/{patient}/{patient}_1.tif",
+        f"kaggle_3m/{patient}/../{patient}_9.tif",
+    ]
     outside = ["notes/readme.txt", "LICENSE"]
     add_members(archive, [*unsafe, *outside, f"kaggle_3m/{patient}/extra/{patient}_1.tif"])
 
     summary, warnings = download_summary({"data": {"source": str(archive)}}, tmp_path, monkeypatch, capsys)
 
     assert (summary["patients"], summary["pairs"]) == (PATIENTS, PATIENTS * SLICES)
-    assert sorted(warnings) == sorted([
-        *(f"warning: {archive}:{member}: an absolute path or one with '..'; skipped" for member in unsafe),
-        *(f"warning: {archive}:{member}: outside kaggle_3m/, the kaggle_3m folder read; skipped" for member in outside),
-        *(f"warning: {archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
-          for name in ("README.md", "data.csv", f"{patient}/extra/{patient}_1.tif")),
-    ]), "the duplicate lgg-mri-segmentation/kaggle_3m is left out without a warning per member"
+    assert sorted(warnings) == sorted(
+        [
+            *(f"warning: {archive}:{member}: an absolute path or one with '..'; skipped" for member in unsafe),
+            *(
+                f"warning: {archive}:{member}: outside kaggle_3m/, the kaggle_3m folder read; skipped"
+                for member in outside
+            ),
+            *(
+                f"warning: {archive}:kaggle_3m/{name}: not a <patient>_<n>[_mask].tif slice; skipped"
+                for name in ("README.md", "data.csv", f"{patient}/extra/{patient}_1.tif")
+            ),
+        ]
+    ), "the duplicate lgg-mri-segmentation/kaggle_3m is left out without a warning per member"
     assert summary["skipped"] == len(warnings)
 
 
@@ -398,5 +418,6 @@ def test_brats_stray_file_in_a_case_folder_is_reported_and_counted(tmp_path, mon
 
     assert summary["cases"] == 2
     assert sorted(warnings) == sorted(
-        f"warning: {path}: not a <case>_<suffix>.nii[.gz] volume of data.brats.suffixes; skipped" for path in stray)
+        f"warning: {path}: not a <case>_<suffix>.nii[.gz] volume of data.brats.suffixes; skipped" for path in stray
+    )
     assert summary["skipped"] == 2

@@ -15,8 +15,9 @@ def make_labels(patients: int, slices: int = 10) -> pd.DataFrame:
     for p in range(patients):
         for s in range(1, slices + 1):
             # patient p has p % 5 positive slices; slice 1 of every patient is removed
-            rows.append({"patient": f"P{p:03d}", "slice": s, "diagnosis": int(s <= p % 5 + 1 and s > 1),
-                         "kept": int(s != 1)})
+            rows.append(
+                {"patient": f"P{p:03d}", "slice": s, "diagnosis": int(s <= p % 5 + 1 and s > 1), "kept": int(s != 1)}
+            )
     return pd.DataFrame(rows)
 
 

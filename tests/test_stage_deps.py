@@ -57,8 +57,11 @@ def test_training_code_stays_out_of_the_data_stages_and_inference_code_out_of_tr
         assert "src/glioseg/training/loop.py" not in listed_code(stages[data_stage]), data_stage
     for training in ("train", "sweep_train"):
         code = listed_code(stages[training])
-        inference = {"src/glioseg/inference/predictor.py", "src/glioseg/inference/postprocess.py",
-                     "src/glioseg/evaluation/evaluate.py"}
+        inference = {
+            "src/glioseg/inference/predictor.py",
+            "src/glioseg/inference/postprocess.py",
+            "src/glioseg/evaluation/evaluate.py",
+        }
         assert inference.isdisjoint(code)
     assert "src/glioseg/inference/postprocess.py" in listed_code(stages["evaluate"])
 
@@ -96,7 +99,11 @@ def test_the_closure_follows_imports_inside_functions_and_package_inits(tmp_path
     entry = tmp_path / "entry.py"
     entry.write_text("from glioseg import a\n")
     assert relative_closure(entry, tmp_path) == [
-        "entry.py", "glioseg/__init__.py", "glioseg/a.py", "glioseg/c.py", "glioseg/sub/__init__.py",
+        "entry.py",
+        "glioseg/__init__.py",
+        "glioseg/a.py",
+        "glioseg/c.py",
+        "glioseg/sub/__init__.py",
         "glioseg/sub/b.py",
     ]
 

@@ -105,12 +105,15 @@ def test_ctrl_c_in_a_stage_is_one_line_saying_how_to_resume(repo, monkeypatch, c
 
     code, err = _stage_exit(interrupted, capsys)
     assert code == 130
-    assert err == ("interrupted: stage train stopped, the outputs of its last good run are kept; "
-                   "`dvc repro` carries on (a training resumes from its last checkpoint)\n")
+    assert err == (
+        "interrupted: stage train stopped, the outputs of its last good run are kept; "
+        "`dvc repro` carries on (a training resumes from its last checkpoint)\n"
+    )
 
 
-@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
-                                              (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize(
+    ("code", "reason"), [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")]
+)
 def test_a_full_or_read_only_disk_in_a_stage_is_one_line(repo, monkeypatch, capsys, code, reason):
     monkeypatch.setenv("DVC_STAGE", "evaluate")
 
@@ -119,8 +122,10 @@ def test_a_full_or_read_only_disk_in_a_stage_is_one_line(repo, monkeypatch, caps
 
     exit_code, err = _stage_exit(full, capsys)
     assert exit_code == 2
-    assert err == (f"error: reports/evaluation/x.png: cannot write: {reason}; stage evaluate stopped, "
-                   "the outputs of its last good run are kept\n")
+    assert err == (
+        f"error: reports/evaluation/x.png: cannot write: {reason}; stage evaluate stopped, "
+        "the outputs of its last good run are kept\n"
+    )
 
 
 def test_an_unexpected_os_error_keeps_its_traceback(repo, monkeypatch):
@@ -133,8 +138,12 @@ def test_an_unexpected_os_error_keeps_its_traceback(repo, monkeypatch):
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -150,11 +159,13 @@ def test_a_training_on_a_full_disk_is_one_line_keeps_its_outputs_and_ends_its_ru
         (models / "train.json").write_text('{"last": "good"}')
         script = "from glioseg.pipeline.stages import train; from glioseg.pipeline.runner import main; main(train.run)"
         env = {**os.environ, "DVC_STAGE": "train", "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 2, done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1] == (
-            "error: models/checkpoints/last.pt: cannot write: no space left on device")
+            "error: models/checkpoints/last.pt: cannot write: no space left on device"
+        )
         assert "Traceback" not in done.stderr
         assert (models / "train.json").read_text() == '{"last": "good"}'
         runs = tracking.client().search_runs([tracking.ensure_experiment()])
@@ -168,15 +179,21 @@ def test_a_cache_too_big_for_memory_is_one_line_naming_the_key(monkeypatch):
 
     monkeypatch.setattr(build, "available_memory", lambda: 8 * 2**30)
     build.check_memory(3000, 256, 6)  # the real LGG set at 256 px: 1.1 GiB
-    with pytest.raises(ConfigError, match=r"^params.yaml: key 'augment.image_size': 4096 px needs 281.2 GiB of "
-                                          r"memory for the cache's 3000 slices, more than the 8.0 GiB available"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^params.yaml: key 'augment.image_size': 4096 px needs 281.2 GiB of "
+        r"memory for the cache's 3000 slices, more than the 8.0 GiB available",
+    ):
         build.check_memory(3000, 4096, 6)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "params.yaml: empty; it must hold the params"),
-    ("lr: [1,\n", "params.yaml: not valid YAML at line 2, column 1"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "params.yaml: empty; it must hold the params"),
+        ("lr: [1,\n", "params.yaml: not valid YAML at line 2, column 1"),
+    ],
+)
 def test_make_repro_names_an_empty_or_broken_params_file_in_one_line(tmp_path, monkeypatch, text, message):
     """`make repro` runs check-params before DVC, whose own message for these is about dvc.yaml's sweeps."""
     from typer.testing import CliRunner

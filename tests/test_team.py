@@ -21,8 +21,10 @@ from glioseg.config.compose import compose_params
 from glioseg.tracking import procfs, server
 from tests.test_pipeline import PROJECT, TINY, make_project, project_env, run, run_queue
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not shutil.which("runuser") and os.geteuid() == 0, reason="needs runuser"),
+]
 
 TEAM = {**TINY, "sweeps": {}}
 
@@ -76,8 +78,9 @@ def test_queued_experiments_with_two_workers_land_on_the_server(team):
     assert status.count("Success") == 2, status
     run(["dvc", "exp", "run", "--temp", "-S", "lr=0.002"], root, env)
     experiment = rest(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=glioseg")["experiment"]
-    runs = rest(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                                     "max_results": 100})["runs"]
+    runs = rest(
+        url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
+    )["runs"]
     trained = [r for r in runs if r["info"]["run_name"] == "train" and r["info"]["status"] == "FINISHED"]
     params = [{p["key"]: p["value"] for p in r["data"]["params"]} for r in trained]
     assert {p["loss"] for p in params} >= {"combined", "dice"}
@@ -108,8 +111,9 @@ def test_promote_moves_the_champion_only_when_the_gate_passes(team, tmp_path):
 
     impossible = tmp_path / "floors.yaml"
     impossible.write_text(yaml.safe_dump({"test.dice_patient_mean": {"min": 1.01}}))
-    refused = subprocess.run([*promote, "--rules", str(impossible)], cwd=root, env=env, capture_output=True,
-                             text=True, timeout=300)
+    refused = subprocess.run(
+        [*promote, "--rules", str(impossible)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert refused.returncode == 1
     assert "test.dice_patient_mean" in refused.stdout + refused.stderr
     assert "champion stays at version" in refused.stdout + refused.stderr
@@ -118,8 +122,23 @@ def test_promote_moves_the_champion_only_when_the_gate_passes(team, tmp_path):
 
     out = tmp_path / "predicted"
     patient = next((root / "data/raw/kaggle_3m").iterdir())
-    run([sys.executable, "-m", "glioseg.cli", "predict", str(patient), "--out", str(out), "--model",
-         "models:/glioseg-lgg@champion", "--device", "cpu"], root, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "glioseg.cli",
+            "predict",
+            str(patient),
+            "--out",
+            str(out),
+            "--model",
+            "models:/glioseg-lgg@champion",
+            "--device",
+            "cpu",
+        ],
+        root,
+        env,
+    )
     assert len(list(out.rglob("*_mask.tif"))) == len(list(patient.glob("*_mask.tif")))
 
 
@@ -131,9 +150,15 @@ def test_a_local_store_migrates_once_with_its_histories_and_artifacts(team):
     assert first["runs_copied"] == 1 and again["runs_copied"] == 0 and again["runs_already_there"] == 1
     assert first["model_versions_copied"] == 1 and again["model_versions_copied"] == 0
     experiment = rest(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=glioseg")["experiment"]
-    runs = rest(url, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [experiment["experiment_id"]], "max_results": 100,
-        "filter": "tags.`glioseg.migrated_from` != ''"})["runs"]
+    runs = rest(
+        url,
+        "/api/2.0/mlflow/runs/search",
+        {
+            "experiment_ids": [experiment["experiment_id"]],
+            "max_results": 100,
+            "filter": "tags.`glioseg.migrated_from` != ''",
+        },
+    )["runs"]
     assert len(runs) == 1
     run_id = runs[0]["info"]["run_id"]
     history = rest(url, f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=train_loss")["metrics"]

@@ -30,10 +30,13 @@ FORMAT_TEST = re.compile(r"""dataset\s*(==|!=|\bin\b)|==\s*["'](lgg|brats)["']|i
 
 
 def test_nothing_outside_the_formats_package_branches_on_the_dataset():
-    found = [f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
-             for path in sorted(PACKAGE.rglob("*.py")) if "formats" not in path.relative_to(PACKAGE).parts
-             for n, line in enumerate(path.read_text().splitlines(), 1)
-             if FORMAT_TEST.search(line) and not line.lstrip().startswith(("#", '"""', "``", "a ``"))]
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "formats" not in path.relative_to(PACKAGE).parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORMAT_TEST.search(line) and not line.lstrip().startswith(("#", '"""', "``", "a ``"))
+    ]
     assert found == []
 
 
@@ -53,8 +56,9 @@ def decathlon(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    params = parse_params({**TINY_PARAMS, "dataset": "decathlon", "epochs": 4, "lr": 0.01,
-                           "data": {"source": str(source)}})
+    params = parse_params(
+        {**TINY_PARAMS, "dataset": "decathlon", "epochs": 4, "lr": 0.01, "data": {"source": str(source)}}
+    )
     for stage in STAGES:
         stage_function(stage)(params)
     return params, source

@@ -72,10 +72,14 @@ def test_an_evaluation_with_other_settings_is_a_nested_run_and_the_model_run_kee
     [child] = nested_runs(tracker, run_id)
     assert child.data.params["inference.threshold"] == "0.01"
     assert child.data.tags[tracking.INFERENCE_KEY] == tracking.inference_key(
-        InferenceParams(**OTHER).model_dump(mode="json"))
+        InferenceParams(**OTHER).model_dump(mode="json")
+    )
     assert child.data.metrics["test_dice_patient_mean"] == pytest.approx(other["dice_patient_mean"])
-    with pytest.raises(DataError, match=rf"^glioseg-lgg version 1: its run {run_id} has no evaluation with the "
-                                        r"inference settings its model carries"):
+    with pytest.raises(
+        DataError,
+        match=rf"^glioseg-lgg version 1: its run {run_id} has no evaluation with the "
+        r"inference settings its model carries",
+    ):
         promote(tracker, "glioseg-lgg", str(rules))
 
     own = evaluated()
@@ -98,7 +102,8 @@ def test_a_model_whose_run_is_in_another_store_is_one_line_naming_both(project, 
     assert "Traceback" not in out.output
     assert [line for line in out.output.splitlines() if "error" in line.lower()] == [
         f"error: {paths.MODEL}: its MLflow run {project['run_id']} is not in the tracking store {other_store}; "
-        "set MLFLOW_TRACKING_URI to the store that trained it, or train it again to log it here"]
+        "set MLFLOW_TRACKING_URI to the store that trained it, or train it again to log it here"
+    ]
 
 
 def fold_store(tmp_path, monkeypatch) -> str:
@@ -121,8 +126,15 @@ def fold(fold: int) -> str:
 def log_fold_evaluation(run_id: str, dice: float, settings: dict) -> None:
     """What the evaluate stage logs for a model that carries the default inference settings."""
     own = InferenceParams().model_dump(mode="json")
-    tracking.log_evaluation(run_id, InferenceParams(**settings).model_dump(mode="json"), own,
-                            {"test_dice_patient_mean": dice, "test_patients": 2.0}, {}, {}, {})
+    tracking.log_evaluation(
+        run_id,
+        InferenceParams(**settings).model_dump(mode="json"),
+        own,
+        {"test_dice_patient_mean": dice, "test_patients": 2.0},
+        {},
+        {},
+        {},
+    )
 
 
 def test_cv_summary_takes_each_fold_evaluation_with_its_model_settings_only(tmp_path, monkeypatch):
@@ -130,8 +142,11 @@ def test_cv_summary_takes_each_fold_evaluation_with_its_model_settings_only(tmp_
     runs = [fold(0), fold(1)]
     log_fold_evaluation(runs[0], 0.8, {})
     log_fold_evaluation(runs[1], 0.1, OTHER)
-    with pytest.raises(DataError, match=r"has folds 0, missing 1 .*evaluated only with other inference settings "
-                                        r"than its model carries, or by an older glioseg: fold 1 \(run [0-9a-f]+\)"):
+    with pytest.raises(
+        DataError,
+        match=r"has folds 0, missing 1 .*evaluated only with other inference settings "
+        r"than its model carries, or by an older glioseg: fold 1 \(run [0-9a-f]+\)",
+    ):
         cv_summary(2)
     log_fold_evaluation(runs[1], 0.6, {})
     log_fold_evaluation(runs[0], 0.2, OTHER)
@@ -144,12 +159,26 @@ def test_a_run_evaluated_before_the_settings_were_recorded_is_not_taken_as_its_o
     """Runs evaluated by an older glioseg: their metrics are the last evaluation's, whatever its settings."""
     from glioseg.tracking.folds import complete_folds
 
-    legacy = pd.DataFrame([{"run_id": f"r{f}", "start_time": pd.Timestamp("2026-01-01"),
-                            "tags.mlflow.runName": "train", "params.split.folds": "2", "params.split.fold": str(f),
-                            "metrics.test_dice_patient_mean": 0.5, "metrics.test_patients": 1.0} for f in range(2)])
-    with pytest.raises(DataError, match=r"^the MLflow store has no run named 'train' with split.folds=2 evaluated "
-                                        r"with the inference settings its model carries; .*: fold 0 \(run r0\), "
-                                        r"fold 1 \(run r1\)"):
+    legacy = pd.DataFrame(
+        [
+            {
+                "run_id": f"r{f}",
+                "start_time": pd.Timestamp("2026-01-01"),
+                "tags.mlflow.runName": "train",
+                "params.split.folds": "2",
+                "params.split.fold": str(f),
+                "metrics.test_dice_patient_mean": 0.5,
+                "metrics.test_patients": 1.0,
+            }
+            for f in range(2)
+        ]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^the MLflow store has no run named 'train' with split.folds=2 evaluated "
+        r"with the inference settings its model carries; .*: fold 0 \(run r0\), "
+        r"fold 1 \(run r1\)",
+    ):
         complete_folds(legacy, 2, "train")
 
 
@@ -160,8 +189,9 @@ def store_with_runs(uri: str, artifacts, count: int = 2, model: bool = True) -> 
     """``count`` finished runs in ``uri``'s store, the first registered as glioseg-lgg's next version."""
     tracker = tracking.client(uri)
     found = tracker.get_experiment_by_name("glioseg")
-    experiment_id = found.experiment_id if found else tracker.create_experiment(
-        "glioseg", artifact_location=artifacts.as_uri())
+    experiment_id = (
+        found.experiment_id if found else tracker.create_experiment("glioseg", artifact_location=artifacts.as_uri())
+    )
     ids = []
     for n in range(count):
         run = tracker.create_run(experiment_id, run_name="train")
@@ -186,18 +216,24 @@ def test_a_store_named_two_ways_is_refused_as_migrated_into_itself(tmp_path, mon
     (tmp_path / "link").symlink_to(tmp_path / "store")
     absolute = f"sqlite:///{tmp_path / 'store/a.db'}"
     store_with_runs(absolute, tmp_path / "artifacts")
-    for source, target in [("sqlite:///store/a.db", absolute), (absolute, f"sqlite:///{tmp_path / 'link/a.db'}"),
-                           ("sqlite:///./store/../store/a.db", "sqlite:///link/a.db?timeout=30")]:
+    for source, target in [
+        ("sqlite:///store/a.db", absolute),
+        (absolute, f"sqlite:///{tmp_path / 'link/a.db'}"),
+        ("sqlite:///./store/../store/a.db", "sqlite:///link/a.db?timeout=30"),
+    ]:
         with pytest.raises(DataError, match=r"^sqlite:///.* and sqlite:///.* are the same store \(sqlite:"):
             migrate(source, target)
     assert run_count(absolute) == 2
 
 
-@pytest.mark.parametrize(("one", "other"), [
-    ("postgresql+psycopg2://glioseg:secret@DB.example:5432/mlflow", "postgresql://glioseg@db.example/mlflow"),
-    ("http://127.0.0.1:5000/", "HTTP://127.0.0.1:5000"),
-    ("https://Tracking.example:443/mlflow/", "https://tracking.example/mlflow"),
-])
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("postgresql+psycopg2://glioseg:secret@DB.example:5432/mlflow", "postgresql://glioseg@db.example/mlflow"),
+        ("http://127.0.0.1:5000/", "HTTP://127.0.0.1:5000"),
+        ("https://Tracking.example:443/mlflow/", "https://tracking.example/mlflow"),
+    ],
+)
 def test_server_and_database_stores_are_one_store_however_written(one, other):
     assert store_identity(one) == store_identity(other)
 
@@ -218,8 +254,12 @@ def test_migrating_back_or_again_under_another_name_copies_nothing(tmp_path, mon
     store_with_runs(team, tmp_path / "team-artifacts", count=1, model=False)
     assert migrate(local, team).summary()["runs_copied"] == 2
     again = migrate(f"sqlite:///{tmp_path / 'local.db'}", "sqlite:///team.db").summary()
-    assert again == {"runs_copied": 0, "runs_already_there": 2, "model_versions_copied": 0,
-                     "model_versions_already_there": 1}
+    assert again == {
+        "runs_copied": 0,
+        "runs_already_there": 2,
+        "model_versions_copied": 0,
+        "model_versions_already_there": 1,
+    }
     back = migrate(team, local).summary()  # the copies are the local runs: only team's own run is new
     assert back["runs_copied"] == 1 and back["runs_already_there"] == 2 and back["model_versions_copied"] == 0
     assert run_count(local) == 3 and run_count(team) == 3
@@ -238,8 +278,9 @@ def test_nested_evaluation_runs_stay_under_their_copied_parent(tmp_path):
     local, team = f"sqlite:///{tmp_path / 'local.db'}", f"sqlite:///{tmp_path / 'team.db'}"
     [parent] = store_with_runs(local, tmp_path / "artifacts", count=1, model=False)
     tracker = tracking.client(local)
-    child = tracker.create_run(tracker.get_run(parent).info.experiment_id, run_name="evaluate",
-                               tags={tracking.PARENT_RUN: parent})
+    child = tracker.create_run(
+        tracker.get_run(parent).info.experiment_id, run_name="evaluate", tags={tracking.PARENT_RUN: parent}
+    )
     tracker.set_terminated(child.info.run_id)
     done = migrate(local, team)
     copied = tracking.client(team).get_run(done.run_ids[child.info.run_id])

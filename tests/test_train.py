@@ -38,8 +38,9 @@ def test_history_has_train_and_val_curves(tiny_params, tiny_data, tmp_path):
 
 
 # The moving average (train.ema) is part of the resumed state: its kept weights must come back too.
-@pytest.mark.parametrize("train", [{"schedule": "constant"}, {"schedule": "cosine"}, {"ema": 0.9, "keep": "last"},
-                                   {"empty_slices": 0.5}])
+@pytest.mark.parametrize(
+    "train", [{"schedule": "constant"}, {"schedule": "cosine"}, {"ema": 0.9, "keep": "last"}, {"empty_slices": 0.5}]
+)
 def test_interrupted_run_resumes_to_the_same_weights(train, tiny_data, tmp_path):
     tiny_params = parse_params({**TINY_PARAMS, "train": {**TINY_PARAMS["train"], **train}})
     reference = fit(tiny_params, tiny_data, tmp_path / "reference")
@@ -100,8 +101,11 @@ def test_a_loss_that_stops_being_finite_stops_training_and_keeps_the_last_good_e
         return {**stats, "loss": float("nan")} if len(calls) == 2 else stats
 
     monkeypatch.setattr(trainer, "train_epoch", diverging_epoch)
-    with pytest.raises(TrainingError, match=r"epoch 2: train_loss nan, not finite; training stopped and .*last\.pt "
-                                            r"keeps epoch 1"):
+    with pytest.raises(
+        TrainingError,
+        match=r"epoch 2: train_loss nan, not finite; training stopped and .*last\.pt "
+        r"keeps epoch 1",
+    ):
         trainer.fit(tmp_path)
     kept = read_checkpoint(tmp_path / "last.pt")
     assert kept["epoch"] == 1 and all(np.isfinite(row["train_loss"]) for row in kept["history"])
@@ -185,9 +189,14 @@ def test_cpu_training_precision_follows_the_cpu(tiny_params, tiny_data):
     assert meta["training_kernels"].startswith(torch.backends.cpu.get_cpu_capability().lower())
 
 
-@pytest.mark.parametrize(("capability", "amx", "name"), [
-    ("AVX2", False, "avx2"), ("AVX512", False, "avx512"), ("AVX512", True, "avx512_amx"),
-])
+@pytest.mark.parametrize(
+    ("capability", "amx", "name"),
+    [
+        ("AVX2", False, "avx2"),
+        ("AVX512", False, "avx512"),
+        ("AVX512", True, "avx512_amx"),
+    ],
+)
 def test_kernel_name_tells_amx_cpus_apart(monkeypatch, capability, amx, name):
     """torch reports AVX512 on AMD AVX512 and Intel AMX CPUs alike, which train to different numbers."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
@@ -238,8 +247,9 @@ def test_keep_last_keeps_the_final_weights(tiny_data, tmp_path):
 def test_ema_keeps_the_moving_average_of_the_weights_and_batch_norm_statistics(tiny_data):
     """One step per epoch, decay 0.25: the average after two steps is 0.25 w1 + 0.75 w2 (known answer)."""
     train, val, pipelines = tiny_data
-    params = parse_params({**TINY_PARAMS, "epochs": 2, "batch_size": len(train.images),
-                           "train": {"ema": 0.25, "keep": "last"}})
+    params = parse_params(
+        {**TINY_PARAMS, "epochs": 2, "batch_size": len(train.images), "train": {"ema": 0.25, "keep": "last"}}
+    )
     trainer = Trainer(params, train, val, pipelines, fingerprint="f")
     trainer.train_epoch()
     first = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -273,13 +283,13 @@ def test_intensity_and_affine_augmentation_reach_the_training_batches(tiny_data,
     train, val, _ = tiny_data
 
     def first_training_batch(probability: float) -> torch.Tensor:
-        params = parse_params({**TINY_PARAMS, "epochs": 1,
-                               "augment": {"image_size": 32, augmentation: probability}})
+        params = parse_params({**TINY_PARAMS, "epochs": 1, "augment": {"image_size": 32, augmentation: probability}})
         pipelines = pipelines_to_dict(build_pipelines(params.augment, train.images))
         trainer = Trainer(params, train, val, pipelines, fingerprint="f")
         batches = []
         trainer.model.register_forward_hook(
-            lambda module, inputs, output: batches.append(inputs[0].clone()) if module.training else None)
+            lambda module, inputs, output: batches.append(inputs[0].clone()) if module.training else None
+        )
         trainer.fit(tmp_path / str(probability))
         return batches[0]
 
@@ -300,8 +310,9 @@ def test_compiled_training_trains_the_same_model_as_eager(tiny_data):
     train, val, pipelines = tiny_data
     runs = {}
     for mode in ("none", "default"):
-        params = parse_params({**TINY_PARAMS, "epochs": 1, "train": {**TINY_PARAMS["train"], "amp": False,
-                                                                       "compile": mode}})
+        params = parse_params(
+            {**TINY_PARAMS, "epochs": 1, "train": {**TINY_PARAMS["train"], "amp": False, "compile": mode}}
+        )
         trainer = Trainer(params, train, val, pipelines, fingerprint="f")
         initial = {key: value.clone() for key, value in trainer.model.state_dict().items()}
         runs[mode] = (trainer.train_epoch()["loss"], trainer.payload()["state_dict"])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from glioseg.config.sections import AugmentParams
-from glioseg.data.transforms import BatchAugment, build_pipelines, channel_stats, pipelines_from_dict, pipelines_to_dict
+from glioseg.data.batch_augment import BatchAugment
+from glioseg.data.transforms import build_pipelines, channel_stats, pipelines_from_dict, pipelines_to_dict
 from glioseg.errors import DataError
 
 
@@ -26,7 +27,11 @@ def test_pipelines_round_trip_through_json(images):
     pipelines = build_pipelines(AugmentParams(image_size=32, hflip=0.25), images)
     restored = pipelines_from_dict(pipelines_to_dict(pipelines))
     assert [type(t).__name__ for t in restored["train"].transforms] == [
-        "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Normalize"]
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "Normalize",
+    ]
     assert restored["train"].transforms[0].p == 0.25
     assert [type(t).__name__ for t in restored["eval"].transforms] == ["Normalize"]
     assert type(restored["preprocess"].transforms[0]).__name__ == "Resize"
@@ -41,9 +46,12 @@ def test_disabled_augmentation_keeps_only_normalisation(images):
 @pytest.mark.parametrize(
     ("step", "message"),
     [
-        (A.GaussianBlur(p=0.5), "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
-                                "batched training augmentation (supported: RandomCrop, HorizontalFlip, VerticalFlip, "
-                                "RandomRotate90, Affine, RandomBrightnessContrast, Normalize)"),
+        (
+            A.GaussianBlur(p=0.5),
+            "augment.json: the train pipeline's step GaussianBlur is not reproduced by the "
+            "batched training augmentation (supported: RandomCrop, HorizontalFlip, VerticalFlip, "
+            "RandomRotate90, Affine, RandomBrightnessContrast, Normalize)",
+        ),
         (A.HorizontalFlip(p=0.5), "step HorizontalFlip appears twice"),
     ],
 )
@@ -68,8 +76,11 @@ def test_a_train_step_the_batched_augmentation_does_not_reproduce_is_refused(ima
 )
 def test_a_normalize_the_batched_augmentation_does_not_reproduce_is_refused(settings, named):
     normalize = A.Normalize(**{"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2), "max_pixel_value": 255.0, **settings})
-    with pytest.raises(DataError, match=f"the train pipeline's Normalize has {named}; the batched training "
-                                        "augmentation reproduces only max_pixel_value=255.0"):
+    with pytest.raises(
+        DataError,
+        match=f"the train pipeline's Normalize has {named}; the batched training "
+        "augmentation reproduces only max_pixel_value=255.0",
+    ):
         BatchAugment.from_pipeline(A.Compose([A.HorizontalFlip(p=0.5), normalize]))
 
 
@@ -121,7 +132,12 @@ def test_crop_pipeline_crops_first_and_its_batched_twin_crops_the_same_size(imag
     pipelines = build_pipelines(AugmentParams(image_size=32, crop=32), images)
     restored = pipelines_from_dict(pipelines_to_dict(pipelines))
     assert [type(t).__name__ for t in restored["train"].transforms] == [
-        "RandomCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Normalize"]
+        "RandomCrop",
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "Normalize",
+    ]
     assert BatchAugment.from_pipeline(restored["train"]).crop == (32, 32)
     assert BatchAugment.from_pipeline(build_pipelines(AugmentParams(image_size=32), images)["train"]).crop is None
     assert [type(t).__name__ for t in restored["eval"].transforms] == ["Normalize"]
@@ -132,8 +148,11 @@ def test_crop_pipeline_crops_first_and_its_batched_twin_crops_the_same_size(imag
 def test_a_random_crop_the_batched_augmentation_does_not_reproduce_is_refused():
     normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
     for crop in (A.RandomCrop(32, 32, p=0.5), A.RandomCrop(32, 32, pad_if_needed=True), A.RandomCrop(32, 64)):
-        with pytest.raises(DataError, match="RandomCrop has p=.*; the batched training augmentation reproduces "
-                                            "only p=1.0, pad_if_needed=False, square crops"):
+        with pytest.raises(
+            DataError,
+            match="RandomCrop has p=.*; the batched training augmentation reproduces "
+            "only p=1.0, pad_if_needed=False, square crops",
+        ):
             BatchAugment.from_pipeline(A.Compose([crop, normalize]))
 
 
@@ -160,7 +179,7 @@ def test_random_crops_are_windows_at_seeded_offsets_shared_by_all_targets():
     offsets = set()
     for sample, (original, window) in enumerate(zip(tensor, cropped)):
         top, left = divmod(int(window[0, 0, 0]) - sample * 3 * 16 * 20, 20)
-        assert torch.equal(window, original[:, top:top + 8, left:left + 12])
+        assert torch.equal(window, original[:, top : top + 8, left : left + 12])
         assert torch.equal(mask[sample], window[:1])
         offsets.add((top, left))
     tops, lefts = {top for top, _ in offsets}, {left for _, left in offsets}
@@ -190,8 +209,16 @@ def test_batch_brightness_contrast_equals_albumentations(images, alpha, beta):
 
 
 def test_brightness_contrast_changes_some_slices_by_seeded_draws_within_the_limits():
-    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), brightness_contrast=0.5,
-                           brightness_limit=(-0.1, 0.1), contrast_limit=(-0.2, 0.2))
+    augment = BatchAugment(
+        0.0,
+        0.0,
+        0.0,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        brightness_contrast=0.5,
+        brightness_limit=(-0.1, 0.1),
+        contrast_limit=(-0.2, 0.2),
+    )
     flat = torch.full((200, 3, 4, 4), 100, dtype=torch.uint8)
     out = augment.adjust_brightness_contrast(flat, torch.Generator().manual_seed(1))
     values = out[:, 0, 0, 0].float()
@@ -214,25 +241,49 @@ def test_a_brightness_contrast_the_batched_augmentation_does_not_reproduce_is_re
     normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
     refused = (A.RandomBrightnessContrast(brightness_by_max=False), A.RandomBrightnessContrast(ensure_safe_range=True))
     for step in refused:
-        with pytest.raises(DataError, match="RandomBrightnessContrast has brightness_by_max=.*; the batched training "
-                                            "augmentation reproduces only brightness_by_max=True"):
+        with pytest.raises(
+            DataError,
+            match="RandomBrightnessContrast has brightness_by_max=.*; the batched training "
+            "augmentation reproduces only brightness_by_max=True",
+        ):
             BatchAugment.from_pipeline(A.Compose([step, normalize]))
 
 
 def test_brightness_contrast_joins_the_train_pipeline_only_when_its_probability_is_set(images):
-    names = [type(t).__name__ for t in build_pipelines(
-        AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)["train"].transforms]
+    names = [
+        type(t).__name__
+        for t in build_pipelines(AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)[
+            "train"
+        ].transforms
+    ]
     assert names == ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "RandomBrightnessContrast", "Normalize"]
-    restored = BatchAugment.from_pipeline(pipelines_from_dict(pipelines_to_dict(
-        build_pipelines(AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)))["train"])
+    restored = BatchAugment.from_pipeline(
+        pipelines_from_dict(
+            pipelines_to_dict(
+                build_pipelines(AugmentParams(image_size=32, brightness_contrast=0.3, contrast_limit=0.1), images)
+            )
+        )["train"]
+    )
     assert (restored.brightness_contrast, restored.contrast_limit, restored.brightness_limit) == (
-        0.3, (-0.1, 0.1), (-0.2, 0.2))
+        0.3,
+        (-0.1, 0.1),
+        (-0.2, 0.2),
+    )
 
 
 def _reference_affine(angle: float, scale: float, **settings) -> A.Affine:
     """An A.Affine whose ranges are single values, so every sample gets the same warp."""
-    chosen = dict(rotate=(angle, angle), scale=(scale, scale), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
-                  mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0)
+    chosen = dict(
+        rotate=(angle, angle),
+        scale=(scale, scale),
+        keep_ratio=True,
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        fill_mask=0,
+        p=1.0,
+    )
     return A.Affine(**{**chosen, **settings})
 
 
@@ -264,8 +315,9 @@ def test_batch_affine_equals_albumentations(tumour_slices, angle, scale):
 
 
 def test_affine_distance_maps_are_infinite_outside_the_slice_and_zoom_inside():
-    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=1.0,
-                           rotate_limit=(45.0, 45.0), scale_limit=(0.5, 0.5))
+    augment = BatchAugment(
+        0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=1.0, rotate_limit=(45.0, 45.0), scale_limit=(0.5, 0.5)
+    )
     images = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
     distance = torch.full((2, 1, 32, 32), 4.0, dtype=torch.float16)
     warped_images, warped = augment.geometry([images, distance], torch.Generator().manual_seed(0))
@@ -277,8 +329,9 @@ def test_affine_distance_maps_are_infinite_outside_the_slice_and_zoom_inside():
 
 
 def test_affine_warps_about_its_probability_of_samples_by_seeded_draws():
-    augment = BatchAugment(0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=0.5,
-                           rotate_limit=(-15.0, 15.0), scale_limit=(0.9, 1.1))
+    augment = BatchAugment(
+        0.0, 0.0, 0.0, mean=(0, 0, 0), std=(1, 1, 1), affine=0.5, rotate_limit=(-15.0, 15.0), scale_limit=(0.9, 1.1)
+    )
     stripes = torch.zeros((200, 1, 32, 32), dtype=torch.uint8)
     stripes[:, :, :, ::4] = 255
     first = augment.geometry([stripes], torch.Generator().manual_seed(2))[0]
@@ -289,15 +342,22 @@ def test_affine_warps_about_its_probability_of_samples_by_seeded_draws():
 
 @pytest.mark.parametrize(
     ("settings", "shown"),
-    [({"shear": (5, 5)}, "shear="), ({"translate_px": (2, 2)}, "translate_px="),
-     ({"keep_ratio": False}, "keep_ratio="), ({"border_mode": cv2.BORDER_REFLECT_101}, "border_mode=4"),
-     ({"interpolation": cv2.INTER_CUBIC}, "interpolation=2")],
+    [
+        ({"shear": (5, 5)}, "shear="),
+        ({"translate_px": (2, 2)}, "translate_px="),
+        ({"keep_ratio": False}, "keep_ratio="),
+        ({"border_mode": cv2.BORDER_REFLECT_101}, "border_mode=4"),
+        ({"interpolation": cv2.INTER_CUBIC}, "interpolation=2"),
+    ],
 )
 def test_an_affine_the_batched_augmentation_does_not_reproduce_is_refused(settings, shown):
     step = _reference_affine(10.0, 1.0, **settings)
     normalize = A.Normalize(mean=(0.5,) * 3, std=(0.2,) * 3)
-    with pytest.raises(DataError, match=rf"augment.json: the train pipeline's Affine has .*{shown}.*; the batched "
-                                        "training augmentation reproduces only rotation and a positive isotropic zoom"):
+    with pytest.raises(
+        DataError,
+        match=rf"augment.json: the train pipeline's Affine has .*{shown}.*; the batched "
+        "training augmentation reproduces only rotation and a positive isotropic zoom",
+    ):
         BatchAugment.from_pipeline(A.Compose([step, normalize]))
 
 
@@ -306,8 +366,9 @@ def test_a_zero_zoom_and_an_affine_out_of_the_batched_order_are_refused():
     with pytest.raises(DataError, match=r"Affine has scale=.*reproduces only rotation and a positive isotropic zoom"):
         BatchAugment.from_pipeline(A.Compose([_reference_affine(10.0, 0.0), normalize]))
     with pytest.raises(DataError, match="HorizontalFlip, RandomRotate90 comes after Affine"):
-        BatchAugment.from_pipeline(A.Compose([_reference_affine(10.0, 1.0), A.HorizontalFlip(), A.RandomRotate90(),
-                                              normalize]))
+        BatchAugment.from_pipeline(
+            A.Compose([_reference_affine(10.0, 1.0), A.HorizontalFlip(), A.RandomRotate90(), normalize])
+        )
     with pytest.raises(DataError, match="RandomBrightnessContrast comes before Affine"):
         BatchAugment.from_pipeline(A.Compose([A.RandomBrightnessContrast(), _reference_affine(10.0, 1.0), normalize]))
 
@@ -318,6 +379,12 @@ def test_affine_joins_the_train_pipeline_only_when_its_probability_is_set(images
     params = AugmentParams(image_size=32, affine=0.4, rotate_limit=20, scale_limit=0.15, brightness_contrast=0.5)
     pipelines = pipelines_from_dict(pipelines_to_dict(build_pipelines(params, images)))
     assert [type(t).__name__ for t in pipelines["train"].transforms] == [
-        "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine", "RandomBrightnessContrast", "Normalize"]
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "Affine",
+        "RandomBrightnessContrast",
+        "Normalize",
+    ]
     restored = BatchAugment.from_pipeline(pipelines["train"])
     assert (restored.affine, restored.rotate_limit, restored.scale_limit) == (0.4, (-20.0, 20.0), (0.85, 1.15))

@@ -35,7 +35,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's headless browser: /usr/bin/chromium and /usr/bin/chromedriver "
-           "(apt-get install chromium chromium-driver; .ci/run installs them)",
+    "(apt-get install chromium chromium-driver; .ci/run installs them)",
 )
 
 
@@ -84,11 +84,14 @@ def test_summary_shows_slice_and_case_numbers():
     summary = logic.area_summary(result, table, 0)
     assert summary.to_dict("index") == {
         "slice 1": {"tumour area (px)": "16", "truth area (px)": "16", "Dice": "0.500"},
-        "case": {"tumour area (px)": "25", "truth area (px)": "16", "Dice": "0.500"}}
+        "case": {"tumour area (px)": "25", "truth area (px)": "16", "Dice": "0.500"},
+    }
     assert logic.area_summary(result, table, 2).loc["slice 3"].tolist() == ["9", "–", "–"]
     no_truth = logic.CaseResult("C", ("C_1",), result.images[:1], result.predictions[:1], (None,))
     assert logic.area_summary(no_truth, logic.slice_table(no_truth), 0).to_dict("index") == {
-        "slice 1": {"tumour area (px)": "16"}, "case": {"tumour area (px)": "16"}}
+        "slice 1": {"tumour area (px)": "16"},
+        "case": {"tumour area (px)": "16"},
+    }
 
 
 def test_overlay_blends_truth_prediction_and_overlap_at_the_opacity():
@@ -170,8 +173,9 @@ def test_the_viewer_predicts_with_a_model_set_as_predict_does(model_file, cases,
 def test_page_messages_leave_out_the_servers_own_folders():
     uploads, temp = Path("/tmp/glioseg-uploads-x1"), Path("/tmp")
     message = "/tmp/glioseg-uploads-x1/TCGA_A/TCGA_A_1.tif: not an RGB image; /tmp/glioseg-viewer-2/c_pred.nii.gz"
-    assert logic.page_message(message, [uploads, temp]) == ("TCGA_A/TCGA_A_1.tif: not an RGB image; "
-                                                            "glioseg-viewer-2/c_pred.nii.gz")
+    assert logic.page_message(message, [uploads, temp]) == (
+        "TCGA_A/TCGA_A_1.tif: not an RGB image; glioseg-viewer-2/c_pred.nii.gz"
+    )
     assert logic.page_message("/data/cases/x.tif: unreadable", [uploads, temp]) == "/data/cases/x.tif: unreadable"
 
 
@@ -205,10 +209,26 @@ def serving(model: Path, data: Path, workdir: Path):
     port, log = free_port(), workdir / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "glioseg.cli", "serve", "--model", str(model), "--data", str(data),
-             "--port", str(port), "--device", "cpu"],
-            cwd=workdir, env={**os.environ, "TMPDIR": str(workdir)}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "glioseg.cli",
+                "serve",
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+            ],
+            cwd=workdir,
+            env={**os.environ, "TMPDIR": str(workdir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(process, url, log)
@@ -231,9 +251,13 @@ def server(model_file, cases, tmp_path_factory):
 def websocket_handshake(port: int, host: str) -> str:
     """The status line the viewer answers to a WebSocket handshake with ``host`` as Host and Origin."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall((f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: http://{host}:{port}\r\n"
-                            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+        connection.sendall(
+            (
+                f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: http://{host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ).encode()
+        )
         return connection.recv(200).split(b"\r\n")[0].decode()
 
 
@@ -284,8 +308,10 @@ class Page:
         if not tables:
             return {}
         columns = [cell.text for cell in tables[0].find_elements("css selector", "thead th")][1:]
-        rows = [[cell.text for cell in row.find_elements("css selector", "th, td")]
-                for row in tables[0].find_elements("css selector", "tbody tr")]
+        rows = [
+            [cell.text for cell in row.find_elements("css selector", "th, td")]
+            for row in tables[0].find_elements("css selector", "tbody tr")
+        ]
         return {row[0]: dict(zip(columns, row[1:])) for row in rows}
 
     def picture(self) -> tuple[str, bytes] | None:
@@ -326,8 +352,9 @@ def test_page_shows_a_case_and_follows_the_slice_slider(model_file, cases, serve
     table = logic.slice_table(result)
     start = len(result.slices) // 2  # the page opens a case on its middle slice
     before, after = (logic.area_summary(result, table, i).to_dict("index") for i in (start, start + 1))
-    assert list(before[f"slice {start + 1}"].values()) != list(after[f"slice {start + 2}"].values()), \
+    assert list(before[f"slice {start + 1}"].values()) != list(after[f"slice {start + 2}"].values()), (
         "the synthetic case should have different areas on these slices"
+    )
 
     page = Page(browser)
     browser.get(server)
@@ -338,8 +365,10 @@ def test_page_shows_a_case_and_follows_the_slice_slider(model_file, cases, serve
 
     page.press_on_slider("Slice", Keys.ARROW_RIGHT)
     page.wait.until(lambda _: page.summary() == after, "the areas did not follow the slider")
-    page.wait.until(lambda _: (picture := page.picture()) and picture[0] != source and picture[1] != pixels,
-                    "the overlay image did not change with the slice")
+    page.wait.until(
+        lambda _: (picture := page.picture()) and picture[0] != source and picture[1] != pixels,
+        "the overlay image did not change with the slice",
+    )
     assert "Download predicted masks" in page.find('[data-testid="stDownloadButton"]')[0].text
     assert browser.save_screenshot(str(tmp_path / "viewer.png"))
 
@@ -424,9 +453,13 @@ def brats_model(brats_cases, tmp_path_factory):
     params = parse_params(BRATS_PARAMS)
     images = brats.read_case(brats_cases / logic.list_cases(brats_cases)[0], params.data.brats).images
     torch.manual_seed(params.seed)
-    payload = model_payload(build_model(params.model), params.model,
-                            pipelines_to_dict(build_pipelines(params.augment, images)), params.inference,
-                            params.data_card())
+    payload = model_payload(
+        build_model(params.model),
+        params.model,
+        pipelines_to_dict(build_pipelines(params.augment, images)),
+        params.inference,
+        params.data_card(),
+    )
     path = tmp_path_factory.mktemp("brats-model") / "model.pt"
     save_checkpoint(path, payload)
     return path
@@ -436,9 +469,16 @@ def known_brats_result(with_truth: bool = True) -> logic.CaseResult:
     """One 4 x 4 slice with classes 1-3 (BraTS: necrotic core, oedema, enhancing)."""
     truth = np.array([[0, 2, 2, 0], [2, 1, 3, 0], [0, 3, 3, 0], [0, 0, 0, 0]], np.uint8)
     prediction = np.array([[0, 2, 0, 0], [2, 3, 3, 0], [0, 3, 1, 0], [0, 0, 0, 2]], np.uint8)
-    return logic.CaseResult("B", ("B_000",), (np.zeros((4, 4, 2), np.uint8),), (prediction,),
-                            (truth if with_truth else None,), dict(BRATS_REGIONS), 4,
-                            ("background", "necrotic_core", "oedema", "enhancing"))
+    return logic.CaseResult(
+        "B",
+        ("B_000",),
+        (np.zeros((4, 4, 2), np.uint8),),
+        (prediction,),
+        (truth if with_truth else None,),
+        dict(BRATS_REGIONS),
+        4,
+        ("background", "necrotic_core", "oedema", "enhancing"),
+    )
 
 
 def test_brats_areas_and_dice_are_given_per_region_on_known_labels():
@@ -452,11 +492,18 @@ def test_brats_areas_and_dice_are_given_per_region_on_known_labels():
     assert (row.tumour_core_predicted_pixels, row.tumour_core_truth_pixels, row.tumour_core_dice) == (4, 4, 1.0)
     assert row.enhancing_tumour_dice == pytest.approx(4 / 6)
     summary = logic.area_summary(result, table, 0)
-    assert list(summary.index) == ["slice 1 · whole tumour", "case · whole tumour", "slice 1 · tumour core",
-                                   "case · tumour core", "slice 1 · enhancing tumour", "case · enhancing tumour"]
+    assert list(summary.index) == [
+        "slice 1 · whole tumour",
+        "case · whole tumour",
+        "slice 1 · tumour core",
+        "case · tumour core",
+        "slice 1 · enhancing tumour",
+        "case · enhancing tumour",
+    ]
     assert summary.loc["case · enhancing tumour"].tolist() == ["3", "3", "0.667"]
-    assert logic.legend(result, 0) == ("left: truth, right: prediction · red: necrotic core · green: oedema "
-                                       "· yellow: enhancing")
+    assert logic.legend(result, 0) == (
+        "left: truth, right: prediction · red: necrotic core · green: oedema · yellow: enhancing"
+    )
 
 
 def test_brats_overlay_shows_truth_and_prediction_side_by_side_in_class_colours():
@@ -509,8 +556,14 @@ def test_viewer_label_volume_equals_what_predict_writes_for_a_brats_case(brats_m
     assert (loaded.inference.tta, loaded.inference.postprocess) == (True, "largest_component")
     images = np.stack(result.images)
     zeros = np.zeros(images.shape[:3], np.uint8)
-    arrays = SliceArrays(images, zeros, zeros.astype(np.float16), np.array([name] * len(images)),
-                         np.arange(len(images)), np.array(["test"] * len(images)))
+    arrays = SliceArrays(
+        images,
+        zeros,
+        zeros.astype(np.float16),
+        np.array([name] * len(images)),
+        np.arange(len(images)),
+        np.array(["test"] * len(images)),
+    )
     np.testing.assert_array_equal(predict_masks(loaded, arrays, "cpu"), np.stack(result.predictions))
     assert ndimage.label(np.stack(result.predictions) > 0)[1] <= 1  # one connected tumour kept per case
 
@@ -530,15 +583,15 @@ def test_without_data_the_viewer_opens_the_raw_folder_of_the_models_dataset(mode
     assert logic.default_data_folder(logic.load(str(model_file))) == paths.raw_cases("kaggle_3m")
     assert logic.default_data_folder(logic.load(str(brats_model))) == paths.raw_cases("brats")
     command = streamlit_command("m.pt", None, 8501, "cpu")
-    assert command[command.index("--") + 1:] == ["--model", "m.pt", "--device", "cpu"]
+    assert command[command.index("--") + 1 :] == ["--model", "m.pt", "--device", "cpu"]
     command = streamlit_command("m.pt", Path("cases"), 8501, "cpu")
-    assert command[command.index("--") + 1:] == ["--model", "m.pt", "--data", "cases", "--device", "cpu"]
+    assert command[command.index("--") + 1 :] == ["--model", "m.pt", "--data", "cases", "--device", "cpu"]
 
 
 def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brats_model, brats_cases, tmp_path):
     name = logic.list_cases(brats_cases)[0]
     files = [(f"upload/{p.name}", p.read_bytes()) for p in sorted((brats_cases / name).iterdir())]
-    folder = logic.save_uploads(files + [("notes.txt", b"other")], tmp_path)
+    folder = logic.save_uploads([*files, ("notes.txt", b"other")], tmp_path)
     assert folder.name == name and sorted(p.name for p in folder.iterdir()) == [n.split("/")[1] for n, _ in files]
     assert logic.save_uploads(list(reversed(files)), tmp_path) == folder
     loaded = logic.load(str(brats_model))
@@ -548,7 +601,7 @@ def test_uploaded_brats_volumes_become_a_case_predicted_as_the_data_folders(brat
     for got, expected in zip(uploaded.predictions + uploaded.truths, original.predictions + original.truths):
         np.testing.assert_array_equal(got, expected)
     with pytest.raises(DataError, match=r"TIF slices \(P_1.tif\) and NIfTI cases \(.*\) together"):
-        logic.save_uploads(files + [("P_1.tif", b"image")], tmp_path)
+        logic.save_uploads([*files, ("P_1.tif", b"image")], tmp_path)
     with pytest.raises(DataError, match=r"for one case \(cases: A, B\)"):
         logic.save_uploads([("A_flair.nii.gz", b"x"), ("B_flair.nii.gz", b"y")], tmp_path)
 
@@ -590,10 +643,22 @@ def test_page_shows_a_brats_case_per_region_and_downloads_its_label_volume(
 
         uploaded = logic.list_cases(brats_cases)[2]  # the case without a seg file
         page.upload(sorted((brats_cases / uploaded).iterdir()))
-        page.wait.until(lambda _: any(f"case {uploaded} · 8 slices" in c.text
-                                      for c in page.find('[data-testid="stCaptionContainer"]')))
-        page.wait.until(lambda _: list(page.summary()) == [f"slice {middle + 1} · whole tumour", "case · whole tumour",
-                                                           f"slice {middle + 1} · tumour core", "case · tumour core",
-                                                           f"slice {middle + 1} · enhancing tumour",
-                                                           "case · enhancing tumour"])
+        page.wait.until(
+            lambda _: any(
+                f"case {uploaded} · 8 slices" in c.text for c in page.find('[data-testid="stCaptionContainer"]')
+            )
+        )
+        page.wait.until(
+            lambda _: (
+                list(page.summary())
+                == [
+                    f"slice {middle + 1} · whole tumour",
+                    "case · whole tumour",
+                    f"slice {middle + 1} · tumour core",
+                    "case · tumour core",
+                    f"slice {middle + 1} · enhancing tumour",
+                    "case · enhancing tumour",
+                ]
+            )
+        )
         assert list(page.summary()["case · whole tumour"]) == ["tumour area (px)"]  # no seg file: no truth

@@ -34,9 +34,11 @@ app = typer.Typer(
 Stage = Enum("Stage", {name: name for name in runner.STAGES}, type=str)  # type: ignore[misc]  # built from STAGES
 
 
-MODEL_HELP = ("model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "
-              "comma-separated, or folds:<k|site>[/<run name>] (the folds of the newest cross-validation in "
-              "the MLflow store) make an ensemble that averages their probabilities")
+MODEL_HELP = (
+    "model file, runs:/<run id>, models:/<name>/<version> or models:/<name>@<alias>; several, "
+    "comma-separated, or folds:<k|site>[/<run name>] (the folds of the newest cross-validation in "
+    "the MLflow store) make an ensemble that averages their probabilities"
+)
 DEVICE_HELP = f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}"  # the torch devices glioseg.device selects from
 DEFAULT_MODEL = MODEL.as_posix()  # the train stage's model file
 
@@ -74,8 +76,9 @@ def run_stage(stage: str, sweep: str | None = None, params_file: Path | None = N
 @user_errors
 def stage(
     name: Annotated[Stage, typer.Argument(help="the pipeline stage to run")],
-    sweep: Annotated[str | None, typer.Argument(help="for sweep_train and sweep_evaluate: the name under "
-                                                 "`sweeps` in params.yaml")] = None,
+    sweep: Annotated[
+        str | None, typer.Argument(help="for sweep_train and sweep_evaluate: the name under `sweeps` in params.yaml")
+    ] = None,
     params_file: Annotated[Path | None, typer.Option("--params", help="params file (default params.yaml)")] = None,
 ) -> None:
     """Run one pipeline stage (what `dvc repro` calls through stages/*.py)."""
@@ -98,14 +101,24 @@ def check_params(params_file: Annotated[Path, typer.Argument()] = Path("params.y
 @app.command("params")
 @user_errors
 def params_command(
-    profiles: Annotated[list[Path] | None, typer.Argument(
-        metavar="PROFILE...", help="profiles (differences from the defaults), applied in order",
-        show_default=False)] = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="KEY=VALUE", help="set one dotted key after the profiles; the value is YAML, "
-        "as in dvc exp run -S (repeatable)", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(help="write the file here (atomically) instead of printing it",
-                                             show_default=False)] = None,
+    profiles: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="PROFILE...", help="profiles (differences from the defaults), applied in order", show_default=False
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="set one dotted key after the profiles; the value is YAML, as in dvc exp run -S (repeatable)",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the file here (atomically) instead of printing it", show_default=False)
+    ] = None,
 ) -> None:
     """Compose a full params file: the defaults, then each profile, then the --set values.
 
@@ -145,8 +158,9 @@ def check_metrics_command(
 def cv_summary_command(
     folds: Annotated[int, typer.Option(help="the k of split.folds the runs were trained with")] = 5,
     run_name: Annotated[str, typer.Option(help="MLflow run name: train, or sweep-NAME")] = "train",
-    by: Annotated[str, typer.Option(help="patient (k folds), or site (leave one site out: one fold per "
-                                    "site, --folds not needed)")] = "patient",
+    by: Annotated[
+        str, typer.Option(help="patient (k folds), or site (leave one site out: one fold per site, --folds not needed)")
+    ] = "patient",
     csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
 ) -> None:
     """Summarise a cross-validation (k folds by patient, or leave one site out): each fold's test
@@ -165,8 +179,9 @@ def cv_summary_command(
 def evaluate_command(
     model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")],
     subset: Annotated[str, typer.Option(help="the cached subset to score: test, val or train")] = "test",
-    params_file: Annotated[Path, typer.Option("--params", help="params file (its inference and run settings)")] =
-    Path("params.yaml"),
+    params_file: Annotated[Path, typer.Option("--params", help="params file (its inference and run settings)")] = Path(
+        "params.yaml"
+    ),
     out: Annotated[Path | None, typer.Option(help="also write every summary to this JSON file")] = None,
 ) -> None:
     """Score models on the pipeline's cached subset: each alone and, for several, their ensemble
@@ -185,21 +200,31 @@ def evaluate_command(
 @app.command("predict")
 @user_errors
 def predict_command(
-    source: Annotated[Path, typer.Argument(help="new scans in the model's data format, one case or a folder of "
-                                           "cases: " + "; ".join(f"{f.title} {f.scans}" for f in FORMATS.values()))],
-    out: Annotated[Path, typer.Option(help="output folder: predict adds its files and replaces only those it "
-                                      "wrote there before")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="new scans in the model's data format, one case or a folder of "
+            "cases: " + "; ".join(f"{f.title} {f.scans}" for f in FORMATS.values())
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="output folder: predict adds its files and replaces only those it wrote there before")
+    ],
     model: Annotated[list[str], typer.Option(help=MODEL_HELP + "; repeat the option for several")] = [  # noqa: B006
-        DEFAULT_MODEL],
+        DEFAULT_MODEL
+    ],
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="write into a folder that holds other files, replacing only "
-                                            "files of the same names")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="write into a folder that holds other files, replacing only files of the same names")
+    ] = False,
     threshold: Annotated[float | None, typer.Option(help=inference_help("threshold"), show_default=False)] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help=inference_help("tta"),
-                                             show_default=False)] = None,
-    postprocess: Annotated[str | None, typer.Option(
-        metavar=f"[{'|'.join(get_args(Postprocess))}]", help=inference_help("postprocess"),
-        show_default=False)] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help=inference_help("tta"), show_default=False)] = None,
+    postprocess: Annotated[
+        str | None,
+        typer.Option(
+            metavar=f"[{'|'.join(get_args(Postprocess))}]", help=inference_help("postprocess"), show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Segment new scans: masks in the scans' own format, overlays and tumour areas (areas.csv, cases.csv).
 
@@ -218,10 +243,15 @@ def predict_command(
 @user_errors
 def serve(
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
-    data: Annotated[Path | None, typer.Option(
-        help="folder of cases to choose from [default: the model's dataset's, " + ", ".join(
-            f"{raw_cases(f.raw_name).as_posix()} for {f.title}" for f in FORMATS.values()) + "]",
-        show_default=False)] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder of cases to choose from [default: the model's dataset's, "
+            + ", ".join(f"{raw_cases(f.raw_name).as_posix()} for {f.title}" for f in FORMATS.values())
+            + "]",
+            show_default=False,
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8501,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
@@ -231,39 +261,69 @@ def serve(
     raise typer.Exit(subprocess.call(streamlit_command(model, data, port, device), env=os.environ.copy()))
 
 
-server_app = typer.Typer(help="A team's MLflow tracking server on PostgreSQL (started and stopped by process id).",
-                          no_args_is_help=True, rich_markup_mode=None)
+server_app = typer.Typer(
+    help="A team's MLflow tracking server on PostgreSQL (started and stopped by process id).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(server_app, name="server")
 
 
 @server_app.command("start")
 @user_errors
 def server_start(
-    port: Annotated[int | None, typer.Option(help="MLflow server port [default: a free one]",
-                                             show_default=False)] = None,
-    postgres_port: Annotated[int | None, typer.Option(help="PostgreSQL port on 127.0.0.1 [default: a free one]",
-                                                      show_default=False)] = None,
-    host: Annotated[str, typer.Option(help="address to listen on; beyond loopback it needs "
-                                      "--allowed-hosts")] = "127.0.0.1",
-    allowed_hosts: Annotated[str | None, typer.Option(help="Host headers the server answers (MLflow's "
-                                                      "--allowed-hosts), e.g. 'mlflow.lab.example:5000'")] = None,
-    artifacts: Annotated[str | None, typer.Option(help="artifact store the server writes to: a folder URI or "
-                                                  "s3://bucket/prefix [default: .glioseg/server/artifacts]",
-                                                  show_default=False)] = None,
-    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic authentication (users in the same "
-                                       "PostgreSQL; the admin's credentials in .glioseg/server/admin.env)")] = False,
+    port: Annotated[
+        int | None, typer.Option(help="MLflow server port [default: a free one]", show_default=False)
+    ] = None,
+    postgres_port: Annotated[
+        int | None, typer.Option(help="PostgreSQL port on 127.0.0.1 [default: a free one]", show_default=False)
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on; beyond loopback it needs --allowed-hosts")
+    ] = "127.0.0.1",
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(help="Host headers the server answers (MLflow's --allowed-hosts), e.g. 'mlflow.lab.example:5000'"),
+    ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="artifact store the server writes to: a folder URI or "
+            "s3://bucket/prefix [default: .glioseg/server/artifacts]",
+            show_default=False,
+        ),
+    ] = None,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="MLflow's basic authentication (users in the same "
+            "PostgreSQL; the admin's credentials in .glioseg/server/admin.env)",
+        ),
+    ] = False,
 ) -> None:
     """Start PostgreSQL and the MLflow server for this repository; prints the MLFLOW_TRACKING_URI to use."""
     from glioseg.paths import repo_root
     from glioseg.tracking import server
 
-    state = server.start(repo_root(), port=port, postgres_port=postgres_port, host=host,
-                         allowed_hosts=allowed_hosts, artifacts=artifacts, auth=auth)
-    typer.echo(f"export MLFLOW_TRACKING_URI={state.url}   # server pid {state.mlflow_pid}, "
-               f"PostgreSQL on 127.0.0.1:{state.postgres_port}, artifacts {state.artifacts}")
+    state = server.start(
+        repo_root(),
+        port=port,
+        postgres_port=postgres_port,
+        host=host,
+        allowed_hosts=allowed_hosts,
+        artifacts=artifacts,
+        auth=auth,
+    )
+    typer.echo(
+        f"export MLFLOW_TRACKING_URI={state.url}   # server pid {state.mlflow_pid}, "
+        f"PostgreSQL on 127.0.0.1:{state.postgres_port}, artifacts {state.artifacts}"
+    )
     if state.credentials:
-        typer.echo(f"# clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; the admin's: "
-                   f"set -a; . {state.credentials}; set +a")
+        typer.echo(
+            f"# clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; the admin's: "
+            f"set -a; . {state.credentials}; set +a"
+        )
 
 
 @server_app.command("stop")
@@ -311,8 +371,9 @@ app.add_typer(tracking_app, name="tracking")
 @user_errors
 def tracking_migrate(
     to: Annotated[str, typer.Option("--to", help="the store to copy into, e.g. http://127.0.0.1:5000")],
-    source: Annotated[str | None, typer.Option("--from", help="the store to copy [default: this repository's]",
-                                               show_default=False)] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="the store to copy [default: this repository's]", show_default=False)
+    ] = None,
 ) -> None:
     """Copy experiments, runs (params, metric histories, tags, artifacts) and registered models into
     another store; running it again copies only what is new."""
@@ -326,10 +387,12 @@ def tracking_migrate(
 @user_errors
 def promote(
     name: Annotated[str, typer.Option(help="registered model")] = "glioseg-lgg",
-    version: Annotated[str | None, typer.Option(help="the candidate [default: the newest version]",
-                                                show_default=False)] = None,
+    version: Annotated[
+        str | None, typer.Option(help="the candidate [default: the newest version]", show_default=False)
+    ] = None,
     rules: Annotated[Path, typer.Option(help="the gate's rules (tolerances against the champion, floors)")] = Path(
-        "ci/floors.yaml"),
+        "ci/floors.yaml"
+    ),
     alias: Annotated[str, typer.Option(help="the alias to move")] = "champion",
 ) -> None:
     """Point NAME@champion at the candidate only if its test metrics pass the gate against the champion's."""
@@ -351,8 +414,20 @@ def ui(
     """Browse the runs: `mlflow ui` on 127.0.0.1 over the project's store."""
     from glioseg.tracking.store import artifact_location, tracking_uri
 
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-               "--default-artifact-root", artifact_location(), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri(),
+        "--default-artifact-root",
+        artifact_location(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
 
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, cast
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import ndimage
 
-from glioseg.io import atomic_path  # noqa: E402
+from glioseg.io import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,9 +64,7 @@ def fill(image: np.ndarray, labels: np.ndarray, opacity: float = FILL_OPACITY) -
     return np.where((labels > 0)[..., None], blended, base).round().astype(np.uint8)
 
 
-def overlay(
-    image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None, classes: int = 1
-) -> np.ndarray:
+def overlay(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None, classes: int = 1) -> np.ndarray:
     """RGB uint8 picture of a slice with its truth and prediction.
 
     One class (binary masks): the truth outlined in green and the prediction in red on one

@@ -114,8 +114,10 @@ def exclusive_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise BusyError(f"{folder}: another {what} (pid {holder}) is writing here; stop it "
-                                     f"(kill {holder}) or wait for it to finish") from None
+            raise BusyError(
+                f"{folder}: another {what} (pid {holder}) is writing here; stop it "
+                f"(kill {holder}) or wait for it to finish"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -124,3 +126,13 @@ def exclusive_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """``text`` in a file only its owner reads: 0600 from its creation on, never briefly wider."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+    os.replace(partial, path)

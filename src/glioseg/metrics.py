@@ -60,8 +60,15 @@ def confusion_per_item(pred: MaskLike, truth: MaskLike) -> np.ndarray:
 def _counts_by_item(pred, truth, stack):
     """tp, fp, fn, tn of boolean masks (numpy arrays or torch tensors), summed over all axes but the first."""
     pixel_axes = tuple(range(1, pred.ndim))
-    return stack([(pred & truth).sum(pixel_axes), (pred & ~truth).sum(pixel_axes),
-                  (~pred & truth).sum(pixel_axes), (~pred & ~truth).sum(pixel_axes)], -1)
+    return stack(
+        [
+            (pred & truth).sum(pixel_axes),
+            (pred & ~truth).sum(pixel_axes),
+            (~pred & truth).sum(pixel_axes),
+            (~pred & ~truth).sum(pixel_axes),
+        ],
+        -1,
+    )
 
 
 def _unpack(counts: CountsLike) -> tuple[np.ndarray, ...]:
@@ -71,9 +78,7 @@ def _unpack(counts: CountsLike) -> tuple[np.ndarray, ...]:
     return tuple(values[..., column] for column in range(4))
 
 
-def _ratio(
-    numerator: np.ndarray, denominator: np.ndarray, fallback: float | np.ndarray
-) -> float | np.ndarray:
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, fallback: float | np.ndarray) -> float | np.ndarray:
     """``numerator / denominator``, and ``fallback`` where the denominator is zero."""
     defined = denominator > 0
     result = np.where(defined, numerator / np.where(defined, denominator, 1.0), fallback)
@@ -165,8 +170,10 @@ def region_confusion_tensor(pred: torch.Tensor, truth: torch.Tensor, regions: Re
             inside |= labels == member
         return inside
 
-    per_region = [_counts_by_item(in_region(pred, members), in_region(truth, members), torch.stack)
-                  for members in regions.values()]
+    per_region = [
+        _counts_by_item(in_region(pred, members), in_region(truth, members), torch.stack)
+        for members in regions.values()
+    ]
     return torch.stack(per_region, dim=1).to(torch.int64)
 
 
@@ -211,9 +218,9 @@ AGGREGATION = {
     "slice_mean": "Dice/IoU of each slice, averaged over all slices (every slice weighs the same)",
     "positive_slice_mean": "Dice/IoU of each slice whose truth has tumour pixels, averaged over those slices",
     "patient_mean": "counts summed over each patient's slices (Dice/IoU of the volume rebuilt from its "
-                    "slices), averaged over patients",
+    "slices), averaged over patients",
     "pooled": "counts summed over all pixels of all slices (dice_pooled, iou_pooled, pixel_accuracy, "
-              "precision, sensitivity, specificity)",
+    "precision, sensitivity, specificity)",
 }
 
 
@@ -321,9 +328,7 @@ def hd95_status(pred: MaskLike, truth: MaskLike) -> str:
     return HD95_FALSE_POSITIVE if has_pred else HD95_BOTH_EMPTY
 
 
-def penalised_hausdorff95(
-    pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float] = 1.0
-) -> tuple[float, str]:
+def penalised_hausdorff95(pred: MaskLike, truth: MaskLike, spacing: float | Sequence[float] = 1.0) -> tuple[float, str]:
     """HD95 and its :func:`hd95_status`, with :func:`hd95_penalty` of the grid where it is undefined.
 
     Always finite, so a mean over cases counts every case; the status says which were penalised.
@@ -366,8 +371,13 @@ BOOTSTRAP_RULE = (
     f"patients with replacement (numpy default_rng seed {BOOTSTRAP_SEED}), each patient's slices kept "
     "together; every region and metric uses the same resamples; 'low'/'high' under 'ci95'"
 )
-BOOTSTRAP_METRICS = ("dice_patient_mean", "iou_patient_mean", "dice_pooled", "dice_positive_slice_mean",
-                     "hd95_patient_mean")
+BOOTSTRAP_METRICS = (
+    "dice_patient_mean",
+    "iou_patient_mean",
+    "dice_pooled",
+    "dice_positive_slice_mean",
+    "hd95_patient_mean",
+)
 
 
 def patient_resamples(patients: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
@@ -418,8 +428,9 @@ def intervals(stats: dict[str, np.ndarray], level: float = BOOTSTRAP_LEVEL) -> d
     return result
 
 
-def mean_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                  seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+def mean_interval(
+    values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, float]:
     """The bootstrap interval of a mean over patients, from one value per patient."""
     array = np.asarray(values, dtype=np.float64)
     if not len(array):

@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 def _numeric(annotation: Any) -> bool:
     """Whether a field holds a number (``int``, ``float``, or one of them or None)."""
     options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-    return bool(options) and all(option in (int, float, type(None)) for option in options) \
+    return (
+        bool(options)
+        and all(option in (int, float, type(None)) for option in options)
         and any(option in (int, float) for option in options)
+    )
 
 
 class Strict(BaseModel):

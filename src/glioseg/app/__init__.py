@@ -32,8 +32,23 @@ def streamlit_command(model: str, data: Path | None, port: int, device: str) -> 
 
     Without ``data`` the page takes the pipeline's raw folder of the model's dataset.
     """
-    settings = [f"--{key}={value}" for key, values in {**STREAMLIT_SETTINGS, "server.port": port}.items()
-                for value in (values if isinstance(values, tuple) else (values,))]
+    settings = [
+        f"--{key}={value}"
+        for key, values in {**STREAMLIT_SETTINGS, "server.port": port}.items()
+        for value in (values if isinstance(values, tuple) else (values,))
+    ]
     data_option = ["--data", str(data)] if data is not None else []
-    return [sys.executable, "-m", "streamlit", "run", *settings, str(VIEWER),
-            "--", "--model", model, *data_option, "--device", device]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        *settings,
+        str(VIEWER),
+        "--",
+        "--model",
+        model,
+        *data_option,
+        "--device",
+        device,
+    ]

@@ -38,8 +38,6 @@ OVERLAP_COLOUR = (255, 255, 0)
 DISPLAY_SIZE = 512
 
 
-
-
 @dataclass(frozen=True)
 class Case:
     """A case to show: its folder, the format it is in and the format's reference to it, read when it is
@@ -86,8 +84,12 @@ class CaseResult:
         A slice without truth is counted against an empty one, so its tp + fp is still its
         predicted area. Computed once per result: the page's table and case Dice both read it.
         """
-        return np.stack([region_confusion(p[None], (np.zeros_like(p) if t is None else t)[None], self.regions)[0]
-                         for p, t in zip(self.predictions, self.truths)])
+        return np.stack(
+            [
+                region_confusion(p[None], (np.zeros_like(p) if t is None else t)[None], self.regions)[0]
+                for p, t in zip(self.predictions, self.truths)
+            ]
+        )
 
 
 def default_data_folder(loaded: LoadedModel | ModelSet) -> Path:
@@ -99,8 +101,11 @@ def list_cases(root: Path) -> list[str]:
     """Names of the case folders of any format under ``root``; none when it is missing (uploads still work)."""
     if not root.is_dir():
         return []
-    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
-            and any(data_format.is_case(p) for data_format in FORMATS.values())]
+    return [
+        p.name
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and any(data_format.is_case(p) for data_format in FORMATS.values())
+    ]
 
 
 def load_case(folder: Path) -> Case:
@@ -137,8 +142,19 @@ def case_result(loaded: LoadedModel | ModelSet, case: Case, device: str = "auto"
     scan = read_scan(loaded, case.ref, shared.slice_channels)
     _, labels = predict_scan(shared, scan)
     settings = loaded.format_settings
-    return CaseResult(case.name, scan.names, scan.images, tuple(labels), scan.truths, loaded.regions,
-                      loaded.classes, loaded.format.class_names(settings), scan, loaded.format, settings)
+    return CaseResult(
+        case.name,
+        scan.names,
+        scan.images,
+        tuple(labels),
+        scan.truths,
+        loaded.regions,
+        loaded.classes,
+        loaded.format.class_names(settings),
+        scan,
+        loaded.format,
+        settings,
+    )
 
 
 def case_dice(result: CaseResult, region: str | None = None) -> float | None:
@@ -163,11 +179,13 @@ def slice_table(result: CaseResult) -> pd.DataFrame:
         tp, fp, fn = (counts[:, index, k] for k in range(3))
         table[column(result, region, "predicted_pixels")] = tp + fp
         table[column(result, region, "truth_pixels")] = pd.array(
-            [int(n) if known else None for n, known in zip(tp + fn, with_truth)], dtype="Int64")
+            [int(n) if known else None for n, known in zip(tp + fn, with_truth)], dtype="Int64"
+        )
         scores = dice(counts[:, index])
         assert isinstance(scores, np.ndarray)  # one Dice per slice
-        table[column(result, region, "dice")] = [float(score) if known else None
-                                                 for score, known in zip(scores, with_truth)]
+        table[column(result, region, "dice")] = [
+            float(score) if known else None for score, known in zip(scores, with_truth)
+        ]
     return pd.DataFrame(table)
 
 
@@ -183,10 +201,13 @@ def area_summary(result: CaseResult, table: pd.DataFrame, index: int) -> pd.Data
     row, values, labels = table.iloc[index], [], []
     for region in result.regions:
         predicted, truth, slice_score = (
-            column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice"))
+            column(result, region, q) for q in ("predicted_pixels", "truth_pixels", "dice")
+        )
         case_truth = table[truth].sum() if result.has_truth else None
-        values += [[row[predicted], row[truth], row[slice_score]],
-                   [table[predicted].sum(), case_truth, case_dice(result, region)]]
+        values += [
+            [row[predicted], row[truth], row[slice_score]],
+            [table[predicted].sum(), case_truth, case_dice(result, region)],
+        ]
         suffix = "" if len(result.regions) == 1 else f" · {region.replace('_', ' ')}"
         labels += [f"slice {index + 1}{suffix}", f"case{suffix}"]
     summary = pd.DataFrame(values, index=labels, columns=["tumour area (px)", "truth area (px)", "Dice"], dtype=object)
@@ -209,8 +230,11 @@ def compose_overlay(
     out = display_image(image).astype(np.float32)
     predicted = prediction > 0
     true = np.zeros_like(predicted) if truth is None else truth > 0
-    for region, colour in ((true & ~predicted, TRUTH_COLOUR), (predicted & ~true, PREDICTION_COLOUR),
-                           (predicted & true, OVERLAP_COLOUR)):
+    for region, colour in (
+        (true & ~predicted, TRUTH_COLOUR),
+        (predicted & ~true, PREDICTION_COLOUR),
+        (predicted & true, OVERLAP_COLOUR),
+    ):
         out[region] = (1 - opacity) * out[region] + opacity * np.asarray(colour, np.float32)
     return np.round(out).astype(np.uint8)
 
@@ -242,8 +266,9 @@ def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
     case's label volume), or a zip of ``<case>/<file>`` when the format writes several (TIF masks)."""
     assert result.scan is not None and result.data_format is not None  # made by case_result
     with tempfile.TemporaryDirectory(prefix="glioseg-viewer-") as tmp:
-        written = result.data_format.write_prediction(result.scan, list(result.predictions), Path(tmp),
-                                                      result.format_settings)
+        written = result.data_format.write_prediction(
+            result.scan, list(result.predictions), Path(tmp), result.format_settings
+        )
         if len(written) == 1:
             path = written[0]
             return path.read_bytes(), path.name, mime_type(path.name)

@@ -89,10 +89,12 @@ def choose_slice(result: logic.CaseResult) -> int:
 
 
 def show_overlay(result: logic.CaseResult, index: int, opacity: float) -> None:
-    image = logic.compose_overlay(result.images[index], result.predictions[index], result.truths[index], opacity,
-                                  result.classes)
-    st.image(logic.enlarge(image), caption=f"{result.slices[index]} — {logic.legend(result, index)}",
-             output_format="PNG")
+    image = logic.compose_overlay(
+        result.images[index], result.predictions[index], result.truths[index], opacity, result.classes
+    )
+    st.image(
+        logic.enlarge(image), caption=f"{result.slices[index]} — {logic.legend(result, index)}", output_format="PNG"
+    )
 
 
 def show_numbers(result: logic.CaseResult, table: pd.DataFrame, index: int) -> None:
@@ -106,9 +108,12 @@ def main() -> None:
     args = parse_args()
     st.set_page_config(page_title="glioseg viewer", layout="wide")
     st.title("glioseg viewer")
-    spec = st.sidebar.text_input("Model", value=args.model,
-                                 help="model file, runs:/<run id>, models:/<name>/<version>; several, "
-                                 "comma-separated, or folds:<k|site> average their probabilities")
+    spec = st.sidebar.text_input(
+        "Model",
+        value=args.model,
+        help="model file, runs:/<run id>, models:/<name>/<version>; several, "
+        "comma-separated, or folds:<k|site> average their probabilities",
+    )
     try:
         version = logic.model_version(spec)
         loaded = cached_model(spec, version)

@@ -79,8 +79,9 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(part) for part in path)
 
 
-def _merge(tree: Mapping, overlay: Mapping, source: str, model: type[BaseModel] = Params,
-           prefix: tuple = ()) -> dict[str, Any]:
+def _merge(
+    tree: Mapping, overlay: Mapping, source: str, model: type[BaseModel] = Params, prefix: tuple = ()
+) -> dict[str, Any]:
     """``tree`` with ``overlay`` applied: sections key by key, any other value replaced whole."""
     merged = dict(tree)
     for key, value in overlay.items():
@@ -95,8 +96,9 @@ def _merge(tree: Mapping, overlay: Mapping, source: str, model: type[BaseModel] 
     return merged
 
 
-def _assign(tree: Mapping, path: tuple, value: Any, source: str, model: type[BaseModel] | None = Params,
-            prefix: tuple = ()) -> dict[str, Any]:
+def _assign(
+    tree: Mapping, path: tuple, value: Any, source: str, model: type[BaseModel] | None = Params, prefix: tuple = ()
+) -> dict[str, Any]:
     """``tree`` with the entry at ``path`` set to ``value`` (merged into it if both are sections)."""
     key, rest = path[0], path[1:]
     if not rest:
@@ -105,8 +107,10 @@ def _assign(tree: Mapping, path: tuple, value: Any, source: str, model: type[Bas
         raise ConfigError(f"{source}: unknown key '{_dotted((*prefix, key))}'")
     inner = tree.get(key)
     section = _section(model, key) if model is not None else None
-    return {**tree, key: _assign(inner if isinstance(inner, Mapping) else {}, rest, value, source, section,
-                                 (*prefix, key))}
+    return {
+        **tree,
+        key: _assign(inner if isinstance(inner, Mapping) else {}, rest, value, source, section, (*prefix, key)),
+    }
 
 
 def _read_overlay(overlay: Overlay, position: int) -> tuple[str, Mapping[str, Any]]:
@@ -203,8 +207,11 @@ def _wrap(text: str, width: int) -> list[str]:
 def _comment_block(text: str, indent: str) -> list[str]:
     """``text`` as comment lines above a key, wrapped, its paragraphs kept."""
     paragraphs = [_wrap(paragraph, WIDTH - len(indent) - 2) for paragraph in text.split("\n\n")]
-    return [f"{indent}#{' ' + line if line else ''}" for paragraph in paragraphs
-            for line in ([""] if paragraph is not paragraphs[0] else []) + paragraph]
+    return [
+        f"{indent}#{' ' + line if line else ''}"
+        for paragraph in paragraphs
+        for line in ([""] if paragraph is not paragraphs[0] else []) + paragraph
+    ]
 
 
 def _mapping_lines(tree: Mapping[str, Any], model: type[BaseModel] | None, depth: int) -> list[str]:
@@ -216,15 +223,17 @@ def _mapping_lines(tree: Mapping[str, Any], model: type[BaseModel] | None, depth
         field = model.model_fields.get(key) if model is not None else None
         section = _section(model, key) if model is not None and field is not None else None
         if _is_block(value, section):
-            entries.append((f"{indent}{inline_yaml(key)}:", field and field.description,
-                            _mapping_lines(value, section, depth + 1)))
+            entries.append(
+                (f"{indent}{inline_yaml(key)}:", field and field.description, _mapping_lines(value, section, depth + 1))
+            )
         else:
             entries.append((f"{indent}{inline_yaml(key)}: {inline_yaml(value)}", field and field.description, []))
-    column = max([COMMENT_COLUMN, *(len(line) + 2 for line, comment, _ in entries
-                                    if comment and len(line) + 2 <= ALIGNED)])
+    column = max(
+        [COMMENT_COLUMN, *(len(line) + 2 for line, comment, _ in entries if comment and len(line) + 2 <= ALIGNED)]
+    )
     lines: list[str] = []
     for line, comment, block in entries:
-        if comment and (block and depth == 0 or len(line) + 2 > TRAILING):
+        if comment and ((block and depth == 0) or len(line) + 2 > TRAILING):
             # a top-level group or a long line: the description above it (a group after a blank line)
             lines += ([""] if block else []) + _comment_block(comment, indent) + [line]
         elif comment:
@@ -247,9 +256,19 @@ def params_yaml(tree: Mapping[str, Any], command: str | None = None) -> str:
 
     ``command``, when given, heads the text as what wrote it (``glioseg params PROFILE --set ...``).
     """
-    head = [f"# Written by `{command}`.", *_comment_block(
-        "The comments are the schema's descriptions (src/glioseg/config/schema.py), as is "
-        "docs/reference/params.md.", ""), "#"] if command else []
+    head = (
+        [
+            f"# Written by `{command}`.",
+            *_comment_block(
+                "The comments are the schema's descriptions (src/glioseg/config/schema.py), as is "
+                "docs/reference/params.md.",
+                "",
+            ),
+            "#",
+        ]
+        if command
+        else []
+    )
     head += _comment_block(inspect.cleandoc(Params.__doc__ or ""), "")
     body = _mapping_lines(tree, Params, 0)
     return "\n".join([*head, *([""] if body and body[0] else []), *body]) + "\n"

@@ -67,12 +67,16 @@ def _type_name(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (Union, UnionType):
         return " or ".join(_type_name(arg) for arg in args if arg is not NoneType) + (
-            " or null" if NoneType in args else "")
+            " or null" if NoneType in args else ""
+        )
     if origin is Literal:
         return "one of " + ", ".join(f"`{inline_yaml(value)}`" for value in args)
     if origin is tuple:
-        return f"list of {_type_name(args[0])}" if args[1:] == (Ellipsis,) else (
-            "[" + ", ".join(_type_name(arg) for arg in args) + "]")
+        return (
+            f"list of {_type_name(args[0])}"
+            if args[1:] == (Ellipsis,)
+            else ("[" + ", ".join(_type_name(arg) for arg in args) + "]")
+        )
     if origin is dict:
         return f"mapping {_type_name(args[0])} -> {_type_name(args[1])}"
     return getattr(annotation, "__name__", str(annotation))
@@ -128,14 +132,31 @@ def _groups(model: type[BaseModel], prefix: str, defaults: Mapping[str, Any]) ->
         key = f"{prefix}{name}"
         inner, entry = section_model(field), entry_model(field)
         if inner is not None:
-            lines += ["", f"## `{key}`", "", _paragraphs(field.description or ""), "",
-                      *_table(inner, f"{key}.", defaults[name]), *_groups(inner, f"{key}.", defaults[name])]
+            lines += [
+                "",
+                f"## `{key}`",
+                "",
+                _paragraphs(field.description or ""),
+                "",
+                *_table(inner, f"{key}.", defaults[name]),
+                *_groups(inner, f"{key}.", defaults[name]),
+            ]
         elif entry is not None:
-            default = ", ".join(f"`{inline_yaml(entry_name)}: {inline_yaml(value)}`"
-                                for entry_name, value in defaults[name].items())
-            lines += ["", f"## `{key}`", "", _paragraphs(field.description or ""), "", f"Default: {default}.",
-                      "", _paragraphs(inspect.cleandoc(entry.__doc__ or "")), "",
-                      *_table(entry, f"{key}.NAME.", None)]
+            default = ", ".join(
+                f"`{inline_yaml(entry_name)}: {inline_yaml(value)}`" for entry_name, value in defaults[name].items()
+            )
+            lines += [
+                "",
+                f"## `{key}`",
+                "",
+                _paragraphs(field.description or ""),
+                "",
+                f"Default: {default}.",
+                "",
+                _paragraphs(inspect.cleandoc(entry.__doc__ or "")),
+                "",
+                *_table(entry, f"{key}.NAME.", None),
+            ]
     return lines
 
 

@@ -48,14 +48,19 @@ class Params(Strict):
     the defaults; profiles/seed-gpu.yaml is the seed-004 protocol itself (128 px, lr 1e-4, 50 epochs) for a GPU.
     """
 
-    seed: int = Field(42, ge=0, description="seed of the split, the initial weights, the batch order and the "
-                      "augmentation")
-    dataset: str = Field("lgg", description="the data format (glioseg.formats): " + ", ".join(
-        f"{name} ({data_format.title} {data_format.scans})" for name, data_format in FORMATS.items())
-        + "; dvc exp run -S dataset=brats")
+    seed: int = Field(
+        42, ge=0, description="seed of the split, the initial weights, the batch order and the augmentation"
+    )
+    dataset: str = Field(
+        "lgg",
+        description="the data format (glioseg.formats): "
+        + ", ".join(f"{name} ({data_format.title} {data_format.scans})" for name, data_format in FORMATS.items())
+        + "; dvc exp run -S dataset=brats",
+    )
     lr: float = Field(1e-3, gt=0, description="Adam's learning rate (where train.schedule starts)")
-    loss: LossName = Field("combined", description="wbce (weighted cross-entropy, train.weight_map), dice, or "
-                           "combined (their sum)")
+    loss: LossName = Field(
+        "combined", description="wbce (weighted cross-entropy, train.weight_map), dice, or combined (their sum)"
+    )
     epochs: int = Field(24, ge=1, description="training epochs")
     batch_size: int = Field(10, ge=1, description="training slices per optimiser step")
     data: DataParams = _section_field(DataParams)
@@ -66,15 +71,18 @@ class Params(Strict):
     train: TrainParams = _section_field(TrainParams)
     inference: InferenceParams = _section_field(InferenceParams)
     run: RunParams = _section_field(RunParams)
-    sweeps: dict[str, SweepRun] = Field({
-        "wbce": SweepRun(loss="wbce"),
-        "dice": SweepRun(loss="dice"),
-        "lr_5e-4": SweepRun(loss="combined", lr=5e-4, epochs=34),
-        "lr_5e-3": SweepRun(loss="combined", lr=5e-3),
-    }, description="Extra configurations trained for the report's tables, by name (unset keys follow the top "
+    sweeps: dict[str, SweepRun] = Field(
+        {
+            "wbce": SweepRun(loss="wbce"),
+            "dice": SweepRun(loss="dice"),
+            "lr_5e-4": SweepRun(loss="combined", lr=5e-4, epochs=34),
+            "lr_5e-3": SweepRun(loss="combined", lr=5e-3),
+        },
+        description="Extra configurations trained for the report's tables, by name (unset keys follow the top "
         "level). Loss table: every loss at the top-level lr and epochs (combined = the main run). Learning-rate "
         "table, combined loss, the seed's rows scaled as the defaults are: (lr/2, 70/50 x epochs), (lr, epochs) = "
-        "the main run, (5 x lr, epochs).")
+        "the main run, (5 x lr, epochs).",
+    )
 
     @field_validator("dataset")
     @classmethod

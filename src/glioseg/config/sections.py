@@ -28,8 +28,9 @@ class SyntheticParams(Strict):
     """The generated data of `data.source: synthetic` (LGG slices, or BraTS volumes for `dataset: brats`), so
     the pipeline runs without a download."""
 
-    patients: int = Field(40, ge=1, description="patients generated; the default 40 give a test split of 8, "
-                          "one of them tumour-free")
+    patients: int = Field(
+        40, ge=1, description="patients generated; the default 40 give a test split of 8, one of them tumour-free"
+    )
     slices: int = Field(8, ge=4, description="axial slices per patient volume")
     size: int = Field(128, ge=32, description="px of each square slice (the model sees augment.image_size)")
     seed: int = Field(0, ge=0, description="seed of the generator: the same seed, the same data")
@@ -44,12 +45,19 @@ class DataParams(Strict):
         "Kaggle zip (lgg-mri-segmentation.zip); for dataset brats a folder or zip of BraTS case folders",
     )
     patients: int | None = Field(None, ge=1, description="only the first N patients (sorted by name); null: all")
-    context: int = Field(0, ge=0, le=8, description="2.5-D input: the N slices above and below each slice "
-                         "as extra channels (the volume's ends repeat the nearest slice); 0: each slice alone")
+    context: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="2.5-D input: the N slices above and below each slice "
+        "as extra channels (the volume's ends repeat the nearest slice); 0: each slice alone",
+    )
     window: tuple[float, float] | None = Field(
-        None, description="LGG: each channel of a patient's slices windowed between these [low, high] "
+        None,
+        description="LGG: each channel of a patient's slices windowed between these [low, high] "
         "percentiles of its own pixels and mapped to 0..255, so every patient's intensities share one scale; "
-        "null: as stored")
+        "null: as stored",
+    )
     synthetic: SyntheticParams = _section_field(SyntheticParams)
     brats: BratsParams = _section_field(BratsParams)
 
@@ -63,8 +71,10 @@ class CleanParams(Strict):
     """Which slices the clean stage removes."""
 
     min_mean_intensity: float = Field(
-        2.0, ge=0, le=255, description="slices whose mean intensity (over pixels, 0..255) is below this are "
-        "dark and removed"
+        2.0,
+        ge=0,
+        le=255,
+        description="slices whose mean intensity (over pixels, 0..255) is below this are dark and removed",
     )
 
 
@@ -72,19 +82,24 @@ class SplitParams(Strict):
     """How the patients are dealt into the train, val and test splits."""
 
     by: Literal["patient", "site", "slice"] = Field(
-        "patient", description="patient: a patient-level split (or k folds); site: leave one acquiring site "
+        "patient",
+        description="patient: a patient-level split (or k folds); site: leave one acquiring site "
         "out (kaggle_3m ids `TCGA_<site>_...`, split.fold picks the site); slice: the seeds' protocol, which leaks "
-        "a patient's slices across the splits")
+        "a patient's slices across the splits",
+    )
     train: float = Field(0.72, gt=0, lt=1, description="share of the patients (slices with by: slice) trained on")
     val: float = Field(0.08, ge=0, lt=1, description="share for validation during training")
     test: float = Field(0.20, gt=0, lt=1, description="share for the test; train + val + test = 1")
     folds: int = Field(0, ge=0, description="k-fold cross-validation by patient when >= 2; 0: none")
-    fold: int = Field(0, ge=0, description="which fold (0..folds-1; with by: site, which site in sorted order) "
-                      "is the test set")
+    fold: int = Field(
+        0, ge=0, description="which fold (0..folds-1; with by: site, which site in sorted order) is the test set"
+    )
     fold_is: Literal["test", "val"] = Field(
-        "test", description="with split.folds: what the chosen fold becomes: test (cross-validation, every patient "
+        "test",
+        description="with split.folds: what the chosen fold becomes: test (cross-validation, every patient "
         "tested once) or val (the test split stays as without folds and the other patients are dealt into the "
-        "folds: fold models for an ensemble, as nnU-Net trains them)")
+        "folds: fold models for an ensemble, as nnU-Net trains them)",
+    )
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -106,23 +121,35 @@ class AugmentParams(Strict):
     """The slices' size and the training slices' random augmentation (albumentations' steps, run on whole
     batches on the training device)."""
 
-    image_size: int = Field(64, ge=32, description="px of the square slices the model sees (resized once, by "
-                            "the cache stage); divisible by 32")
-    enabled: bool = Field(True, description="false: no random augmentation at all (crop and brightness/contrast "
-                          "included)")
+    image_size: int = Field(
+        64,
+        ge=32,
+        description="px of the square slices the model sees (resized once, by the cache stage); divisible by 32",
+    )
+    enabled: bool = Field(
+        True, description="false: no random augmentation at all (crop and brightness/contrast included)"
+    )
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip per slice")
     vflip: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip per slice")
     rotate90: float = Field(0.5, ge=0, le=1, description="probability of a random quarter turn per slice")
     crop: int | None = Field(
-        None, ge=32, description="train on random square crops of this size (px, divisible by 32); validation and "
-        "inference see whole slices; null: whole slices"
+        None,
+        ge=32,
+        description="train on random square crops of this size (px, divisible by 32); validation and "
+        "inference see whole slices; null: whole slices",
     )
-    brightness_contrast: float = Field(0.0, ge=0, le=1, description="probability of a random brightness shift and "
-                                       "contrast factor per slice (A.RandomBrightnessContrast)")
+    brightness_contrast: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability of a random brightness shift and "
+        "contrast factor per slice (A.RandomBrightnessContrast)",
+    )
     brightness_limit: float = Field(0.2, ge=0, le=1, description="brightness shift of up to +- this x 255")
     contrast_limit: float = Field(0.2, ge=0, le=1, description="contrast factor 1 +- up to this")
-    affine: float = Field(0.0, ge=0, le=1, description="probability of a random rotation and zoom about the centre "
-                          "per slice (A.Affine)")
+    affine: float = Field(
+        0.0, ge=0, le=1, description="probability of a random rotation and zoom about the centre per slice (A.Affine)"
+    )
     rotate_limit: float = Field(15.0, ge=0, le=180, description="rotation of up to +- this many degrees")
     scale_limit: float = Field(0.1, ge=0, lt=1, description="zoom factor 1 +- up to this")
 
@@ -146,15 +173,25 @@ class ModelParams(Strict):
     encoder: str = Field("resnet18", description="the U-Net's encoder, by its segmentation_models_pytorch name")
     encoder_depth: int = Field(5, ge=3, le=5, description="encoder stages; decoder_channels has one entry per stage")
     decoder_channels: tuple[int, ...] = Field((128, 64, 32, 16, 8), description="channels of each decoder stage")
-    encoder_weights: str | None = Field(None, description="pretrained encoder weights by their "
-                                        "segmentation_models_pytorch name (imagenet: downloaded); null: random")
+    encoder_weights: str | None = Field(
+        None,
+        description="pretrained encoder weights by their "
+        "segmentation_models_pytorch name (imagenet: downloaded); null: random",
+    )
     norm: Literal["batch", "group"] = Field(
         "batch", description="batch: BatchNorm; group: GroupNorm (batch-independent, for torchrun on CPU)"
     )
-    in_channels: int | None = Field(None, ge=1, description="input channels; null: follows the dataset (LGG 3, "
-                                    "BraTS its modalities, each x (2 data.context + 1))")
-    classes: int | None = Field(None, ge=1, description="output channels; null: follows the dataset (LGG 1 = "
-                                "sigmoid, BraTS its classes = softmax)")
+    in_channels: int | None = Field(
+        None,
+        ge=1,
+        description="input channels; null: follows the dataset (LGG 3, "
+        "BraTS its modalities, each x (2 data.context + 1))",
+    )
+    classes: int | None = Field(
+        None,
+        ge=1,
+        description="output channels; null: follows the dataset (LGG 1 = sigmoid, BraTS its classes = softmax)",
+    )
 
     @model_validator(mode="after")
     def _decoder_matches_depth(self) -> ModelParams:
@@ -170,46 +207,64 @@ class WeightMapParams(Strict):
     """The wbce loss's pixel weights (Ronneberger et al. 2015, eq. 2): w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 /
     (2 sigma^2)), d1 and d2 the distances to the nearest and second-nearest tumour region."""
 
-    w0: float = Field(10.0, ge=0, description="weight of the border term, which stresses the background gaps "
-                      "between neighbouring tumour regions")
+    w0: float = Field(
+        10.0,
+        ge=0,
+        description="weight of the border term, which stresses the background gaps between neighbouring tumour regions",
+    )
     sigma: float = Field(5.0, gt=0, description="px width of the border term")
-    class_balance: bool = Field(False, description="inverse-frequency class weights w_c (tumour pixels weigh "
-                                "~1/(2p), p ~ 1-2%); false: w_c = 1. They push the sigmoid far up: on real LGG "
-                                "(CPU profile) precision fell to 0.13 at threshold 0.3, so the default is off; "
-                                "profiles/seed-gpu.yaml keeps them on, as seed 004 did")
+    class_balance: bool = Field(
+        False,
+        description="inverse-frequency class weights w_c (tumour pixels weigh "
+        "~1/(2p), p ~ 1-2%); false: w_c = 1. They push the sigmoid far up: on real LGG "
+        "(CPU profile) precision fell to 0.13 at threshold 0.3, so the default is off; "
+        "profiles/seed-gpu.yaml keeps them on, as seed 004 did",
+    )
 
 
 class TrainParams(Strict):
     """Training: what a run learns and keeps (tracked by train and sweep_train, part of the resume fingerprint)."""
 
-    amp: bool = Field(True, description="mixed precision: bf16 (fp16 where bf16 is missing) autocast on CUDA; "
-                      "bf16 for training on CPUs with native bf16 (AVX512-BF16, AMX); fp32 elsewhere")
+    amp: bool = Field(
+        True,
+        description="mixed precision: bf16 (fp16 where bf16 is missing) autocast on CUDA; "
+        "bf16 for training on CPUs with native bf16 (AVX512-BF16, AMX); fp32 elsewhere",
+    )
     schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="learning rate per optimiser step: constant lr, or cosine decay from lr to lr/100"
     )
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
-        "none", description="torch.compile the training step in this mode (none: not compiled); default, "
+        "none",
+        description="torch.compile the training step in this mode (none: not compiled); default, "
         "reduce-overhead (CUDA graphs, for small batches on a GPU) or max-autotune; a compile costs a minute or "
-        "more per run"
+        "more per run",
     )
     clip_grad_norm: float | None = Field(
         None, gt=0, description="clip the gradient's global L2 norm to this before each step; null: no clipping"
     )
     ema: float | None = Field(
-        None, gt=0, lt=1, description="decay per optimiser step of a moving average of the weights and batch-norm "
-        "statistics, which validation, the kept epoch and the model file use; null: the raw weights"
+        None,
+        gt=0,
+        lt=1,
+        description="decay per optimiser step of a moving average of the weights and batch-norm "
+        "statistics, which validation, the kept epoch and the model file use; null: the raw weights",
     )
     keep: Literal["best_val", "last"] = Field(
-        "last", description="the epoch whose weights the run keeps: best_val (best validation Dice) or last "
-        "(the usual choice with a decaying schedule and a small validation set)"
+        "last",
+        description="the epoch whose weights the run keeps: best_val (best validation Dice) or last "
+        "(the usual choice with a decaying schedule and a small validation set)",
     )
     batch_dice: bool = Field(
-        False, description="the Dice loss over all the batch's pixels (nnU-Net's batch_dice) instead of the mean "
-        "of each slice's Dice"
+        False,
+        description="the Dice loss over all the batch's pixels (nnU-Net's batch_dice) instead of the mean "
+        "of each slice's Dice",
     )
     empty_slices: float = Field(
-        1.0, ge=0, le=1, description="share of the tumour-free training slices drawn afresh each epoch (every "
-        "slice with tumour always is); 1: every slice, every epoch"
+        1.0,
+        ge=0,
+        le=1,
+        description="share of the tumour-free training slices drawn afresh each epoch (every "
+        "slice with tumour always is); 1: every slice, every epoch",
     )
     weight_map: WeightMapParams = _section_field(WeightMapParams)
 
@@ -221,8 +276,9 @@ class InferenceParams(Strict):
     """Inference: how a trained model predicts (tracked by evaluate and sweep_evaluate only; the model file
     carries its training run's values as the defaults of predict and the viewer)."""
 
-    threshold: float = Field(0.3, ge=0, le=1, description="sigmoid probability above which a pixel is tumour "
-                             "(one-class models: LGG)")
+    threshold: float = Field(
+        0.3, ge=0, le=1, description="sigmoid probability above which a pixel is tumour (one-class models: LGG)"
+    )
     tta: bool = Field(False, description="predict as the mean over the four flips of each slice")
     postprocess: Postprocess = Field(
         "none", description="none, or largest_component: per case, only the largest connected tumour stays"
@@ -233,12 +289,12 @@ class RunParams(Strict):
     """Execution: how a run executes, not what it learns or predicts (tracked by no stage: changing it never
     retrains)."""
 
-    device: DeviceName = Field("auto", description="the torch device: auto (cuda where "
-                                                    "available, else cpu), cpu or cuda")
+    device: DeviceName = Field(
+        "auto", description="the torch device: auto (cuda where available, else cpu), cpu or cuda"
+    )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     overlay_every: int = Field(5, ge=1, description="log validation overlays to MLflow every N epochs")
-    overlay_slices: int = Field(4, ge=1, description="validation slices in each overlay (those with the most "
-                                "tumour)")
+    overlay_slices: int = Field(4, ge=1, description="validation slices in each overlay (those with the most tumour)")
 
 
 class SweepRun(Strict):

@@ -38,9 +38,11 @@ def check_memory(slices: int, size: int, bytes_per_pixel: int) -> None:
     needed = slices * size * size * bytes_per_pixel
     available = available_memory()
     if needed > available:
-        raise ConfigError(f"params.yaml: key 'augment.image_size': {size} px needs {needed / 2**30:.1f} GiB of memory "
-                          f"for the cache's {slices} slices, more than the {available / 2**30:.1f} GiB available; "
-                          "choose a smaller size")
+        raise ConfigError(
+            f"params.yaml: key 'augment.image_size': {size} px needs {needed / 2**30:.1f} GiB of memory "
+            f"for the cache's {slices} slices, more than the {available / 2**30:.1f} GiB available; "
+            "choose a smaller size"
+        )
 
 
 def build_cache(labels: pd.DataFrame, split: pd.DataFrame, params: Params) -> SliceArrays:

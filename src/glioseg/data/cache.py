@@ -60,9 +60,8 @@ def volume_indices(patients: np.ndarray, slices: np.ndarray) -> Iterator[tuple[s
 
 
 def save_cache(arrays: SliceArrays, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **{name: getattr(arrays, name) for name in ARRAYS})
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{name: getattr(arrays, name) for name in ARRAYS})
 
 
 def load_cache(path: str | os.PathLike) -> SliceArrays:
@@ -73,9 +72,12 @@ def load_cache(path: str | os.PathLike) -> SliceArrays:
         with np.load(path, allow_pickle=False) as data:
             missing = set(ARRAYS) - set(data.files)
             if missing:
-                raise DataError(f"{path}: missing arrays {', '.join(sorted(missing))}; rebuild it with "
-                                "`dvc repro cache`")
+                raise DataError(
+                    f"{path}: missing arrays {', '.join(sorted(missing))}; rebuild it with `dvc repro cache`"
+                )
             return SliceArrays(**{name: data[name] for name in ARRAYS})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: damaged ({type(exc).__name__}); restore it with `dvc checkout {path}` "
-                        "or rebuild it with `dvc repro --force cache`") from None
+        raise DataError(
+            f"{path}: damaged ({type(exc).__name__}); restore it with `dvc checkout {path}` "
+            "or rebuild it with `dvc repro --force cache`"
+        ) from None

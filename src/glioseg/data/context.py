@@ -26,4 +26,4 @@ def centre_slice(images: np.ndarray, context: int) -> np.ndarray:
     if context == 0:
         return images
     channels = images.shape[-1] // (2 * context + 1)
-    return images[..., context * channels:(context + 1) * channels]
+    return images[..., context * channels : (context + 1) * channels]

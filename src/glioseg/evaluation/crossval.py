@@ -45,8 +45,11 @@ CI_COLUMNS = {CI_LOW: "Dice per patient 95% CI low", CI_HIGH: "Dice per patient 
 
 def region_columns(runs: pd.DataFrame) -> dict[str, str]:
     """Per-region per-case Dice columns (BraTS), when the runs have them."""
-    return {key: f"test Dice per patient ({key[len(REGION_PREFIX):-len(REGION_SUFFIX)]})" for key in runs
-            if key.startswith(REGION_PREFIX) and key.endswith(REGION_SUFFIX)}
+    return {
+        key: f"test Dice per patient ({key[len(REGION_PREFIX) : -len(REGION_SUFFIX)]})"
+        for key in runs
+        if key.startswith(REGION_PREFIX) and key.endswith(REGION_SUFFIX)
+    }
 
 
 def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -66,8 +69,11 @@ def summarise(folds: pd.DataFrame, per_patient: pd.DataFrame | None = None) -> p
     if "tags.test_site" in folds:
         table.insert(0, "test site", folds["tags.test_site"].to_numpy())
     table.insert(0, "fold", folds["fold"].astype(str).to_numpy())
-    weighted = {name: float(np.average(table[name], weights=patients)) for name in table
-                if name in PATIENT_COLUMNS or name.startswith("test Dice per patient (")}
+    weighted = {
+        name: float(np.average(table[name], weights=patients))
+        for name in table
+        if name in PATIENT_COLUMNS or name.startswith("test Dice per patient (")
+    }
     if per_patient is not None:
         interval = metrics.mean_interval(per_patient.groupby("patient")["dice"].mean())
         weighted |= {CI_COLUMNS[CI_LOW]: interval["low"], CI_COLUMNS[CI_HIGH]: interval["high"]}

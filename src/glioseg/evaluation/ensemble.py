@@ -28,8 +28,10 @@ def check_reads_cache(name: str, loaded: LoadedModel, params: Params) -> None:
     """A model scored on the pipeline's cache must have been trained on slices windowed as the cache's are:
     the arrays carry no record of their window, and the model would read other intensities than it learnt."""
     if loaded.window != params.data.window:
-        raise DataError(f"{name}: trained with data.window {window_text(loaded.window)}, but this pipeline's "
-                        f"cache (data/cache) was built with data.window {window_text(params.data.window)}")
+        raise DataError(
+            f"{name}: trained with data.window {window_text(loaded.window)}, but this pipeline's "
+            f"cache (data/cache) was built with data.window {window_text(params.data.window)}"
+        )
 
 
 def window_text(window: tuple[float, float] | None) -> str:
@@ -51,7 +53,8 @@ def compare_models(names: list[str], subset: str, params: Params) -> tuple[pd.Da
     for name, member in zip(names, members):
         check_reads_cache(name, member, params)
     candidates: list[tuple[str, LoadedModel | ModelSet, list[str]]] = [
-        (name, member, [name]) for name, member in zip(names, members)]
+        (name, member, [name]) for name, member in zip(names, members)
+    ]
     if len(members) > 1:
         candidates.append((f"ensemble of {len(members)}", ModelSet(tuple(members), tuple(names)), names))
     rows, summaries = [], {}

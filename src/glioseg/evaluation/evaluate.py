@@ -25,10 +25,14 @@ from glioseg.inference.predictor import Predictor
 from glioseg.io import write_csv
 from glioseg.model.checkpoint import LoadedModel, ModelSet
 
-HD95_GRID = ("per patient on the volume of its slices stacked in slice order (Z x H x W) at the model's "
-             "input size, one pixel per slice step and per in-plane pixel")
-REGION_MEAN = ("each region is scored as a binary mask; top-level values are the unweighted mean over "
-               "regions, per-region values and HD95 case counts are under 'regions'")
+HD95_GRID = (
+    "per patient on the volume of its slices stacked in slice order (Z x H x W) at the model's "
+    "input size, one pixel per slice step and per in-plane pixel"
+)
+REGION_MEAN = (
+    "each region is scored as a binary mask; top-level values are the unweighted mean over "
+    "regions, per-region values and HD95 case counts are under 'regions'"
+)
 
 
 @dataclass
@@ -135,9 +139,7 @@ def protocol(by_region: dict[str, dict]) -> dict:
     }
 
 
-def summarise(
-    per_slice: pd.DataFrame, per_patient: pd.DataFrame, matrix: np.ndarray | None = None
-) -> dict:
+def summarise(per_slice: pd.DataFrame, per_patient: pd.DataFrame, matrix: np.ndarray | None = None) -> dict:
     """One region: its metrics. Several: their means, ``regions`` and the seeds' pixel metrics.
 
     Either way with its ``protocol`` and the bootstrap intervals (``ci95``) of the headline metrics;
@@ -155,8 +157,11 @@ def summarise(
     first = next(iter(by_region.values()))
     if len(by_region) == 1:
         return first | stated
-    keys = [k for k in first if k not in metrics.COUNT_KEYS and not isinstance(first[k], dict)
-            and all(k in s for s in by_region.values())]
+    keys = [
+        k
+        for k in first
+        if k not in metrics.COUNT_KEYS and not isinstance(first[k], dict) and all(k in s for s in by_region.values())
+    ]
     summary: dict = {k: float(np.mean([s[k] for s in by_region.values()])) for k in keys}
     summary |= {"slices": first["slices"], "patients": first["patients"]}
     if matrix is not None:
@@ -174,8 +179,9 @@ def evaluate(
     per_slice = per_slice_table(arrays, predictions, regions)
     per_patient = per_patient_table(per_slice, arrays, predictions, regions)
     matrix = metrics.confusion_matrix(predictions, arrays.masks, loaded.classes) if loaded.classes > 1 else None
-    return Evaluation(per_slice, per_patient, summarise(per_slice, per_patient, matrix), predictions, loaded.classes,
-                      loaded.context)
+    return Evaluation(
+        per_slice, per_patient, summarise(per_slice, per_patient, matrix), predictions, loaded.classes, loaded.context
+    )
 
 
 def ranked_examples(per_slice: pd.DataFrame) -> dict[str, int]:

@@ -171,14 +171,16 @@ def training_numerics(metrics: dict) -> dict[str, str]:
     return {key: str(value) for key, value in recorded.items() if value not in (None, UNKNOWN)}
 
 
-def check_same_numerics(current: dict, baseline: dict, metrics_path: str | os.PathLike,
-                        baseline_path: str | os.PathLike) -> None:
+def check_same_numerics(
+    current: dict, baseline: dict, metrics_path: str | os.PathLike, baseline_path: str | os.PathLike
+) -> None:
     ours, theirs = training_numerics(current), training_numerics(baseline)
     for key in ours.keys() & theirs.keys():
         if ours[key] != theirs[key]:
             mine, other = (NUMERICS_WORDING[key].format(value) for value in (ours[key], theirs[key]))
-            raise DataError(f"{metrics_path}: trained {mine}, but {baseline_path} {other}; compare with a "
-                            f"baseline trained {mine}")
+            raise DataError(
+                f"{metrics_path}: trained {mine}, but {baseline_path} {other}; compare with a baseline trained {mine}"
+            )
 
 
 def ci_files(ci_dir: str | os.PathLike, kind: str, precision: str, capability: str) -> tuple[Path, Path]:
@@ -209,8 +211,10 @@ def ci_gate(
         raise ConfigError(f"{rules_path}: no min floors to gate CPU class {capability} on without its baseline")
     table = compare(load_metrics(metrics_path), {}, floors)
     shown = Path(ci_dir).name
-    notice = (f"ci: no same-class baseline {shown}/{baseline.name} (CPU class {capability}, {precision}): gated on "
-              f"the min floors of {shown}/{rules_path.name} only")
+    notice = (
+        f"ci: no same-class baseline {shown}/{baseline.name} (CPU class {capability}, {precision}): gated on "
+        f"the min floors of {shown}/{rules_path.name} only"
+    )
     return bool(table["ok"].all()), f"{notice}\n{to_markdown(table)}"
 
 

@@ -27,6 +27,8 @@ def learning_failure(dice: float, sensitivity: float | None = None, specificity:
 
 def not_learned_warning(run_name: str, run_id: str, reason: str, lr: float, epochs: int) -> str:
     """The train stage's one warning line for a run that did not learn."""
-    return (f"warning: run {run_name} (MLflow {run_id}) did not learn: {reason} after {epochs} epochs at lr {lr:g}; "
-            "the learning rate is likely too small for this many epochs (or too large): try another lr or more "
-            "epochs")
+    return (
+        f"warning: run {run_name} (MLflow {run_id}) did not learn: {reason} after {epochs} epochs at lr {lr:g}; "
+        "the learning rate is likely too small for this many epochs (or too large): try another lr or more "
+        "epochs"
+    )

@@ -46,9 +46,11 @@ def run_metrics(client: Any, run_id: str, what: str) -> dict[str, Any]:
     """
     run = client.get_run(run_id)
     if not tracking.evaluated_as_served(run.data.tags):
-        raise DataError(f"{what}: its run {run_id} has no evaluation with the inference settings its model "
-                        "carries (any with other settings are runs nested under it); run the evaluate stage "
-                        "for it with the inference params it was trained with")
+        raise DataError(
+            f"{what}: its run {run_id} has no evaluation with the inference settings its model "
+            "carries (any with other settings are runs nested under it); run the evaluate stage "
+            "for it with the inference params it was trained with"
+        )
     nested: dict[str, Any] = {}
     for key, value in run.data.metrics.items():
         subset, _, name = key.partition("_")
@@ -91,18 +93,20 @@ def promote(client: Any, name: str, rules_path: str, version: str | None = None,
     logged = flatten(current)
     missing = [metric for metric in rules if metric not in logged]
     if missing:
-        raise DataError(f"{name} version {candidate.version}: its run {candidate.run_id} has no {missing[0]} "
-                        "(run the evaluate stage for it first)")
+        raise DataError(
+            f"{name} version {candidate.version}: its run {candidate.run_id} has no {missing[0]} "
+            "(run the evaluate stage for it first)"
+        )
     champion = current_champion(client, name, alias)
     if champion is None:
         client.set_registered_model_alias(name, alias, candidate.version)
         return Promotion(True, candidate.version, None, "")
     baseline = run_metrics(client, champion.run_id, f"{name}@{alias} (version {champion.version})")
-    check_same_numerics(current, baseline, f"{name} version {candidate.version}",
-                         f"{name}@{alias} (version {champion.version})")
+    check_same_numerics(
+        current, baseline, f"{name} version {candidate.version}", f"{name}@{alias} (version {champion.version})"
+    )
     table = compare(current, baseline, rules)
     passed = bool(table["ok"].all())
     if passed:
         client.set_registered_model_alias(name, alias, candidate.version)
     return Promotion(passed, candidate.version, champion.version, to_markdown(table))
-

@@ -17,8 +17,11 @@ def split_protocol(params: Params, patients) -> dict[str, Any]:
     if params.split.folds:
         split |= {"folds": params.split.folds, "fold": params.split.fold, "fold_is": params.split.fold_is}
     elif params.split.by == "site":
-        split |= {"sites": len(sites(patients)), "fold": params.split.fold,
-                  "test_site": held_out_site(patients, params.split.fold)}
+        split |= {
+            "sites": len(sites(patients)),
+            "fold": params.split.fold,
+            "test_site": held_out_site(patients, params.split.fold),
+        }
     return split
 
 
@@ -28,6 +31,9 @@ def stage_protocol(params: Params, loaded: LoadedModel | ModelSet, patients) -> 
     precision it predicted in (each changes the numbers: :mod:`glioseg.config.numerics`)."""
     split = split_protocol(params, patients)
     device = select_device(params.run.device)
-    return {"split": split, "inference": params.inference.model_dump(mode="json"),
-            **recorded_numerics(loaded.meta),
-            "inference_precision": precision_name(autocast_dtype(device, enabled=True))}
+    return {
+        "split": split,
+        "inference": params.inference.model_dump(mode="json"),
+        **recorded_numerics(loaded.meta),
+        "inference_precision": precision_name(autocast_dtype(device, enabled=True)),
+    }

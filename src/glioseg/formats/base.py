@@ -58,9 +58,11 @@ class DataCard:
     settings: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        card: dict[str, Any] = {"dataset": self.dataset,
-                                "regions": {name: list(members) for name, members in self.regions.items()},
-                                "context": self.context}
+        card: dict[str, Any] = {
+            "dataset": self.dataset,
+            "regions": {name: list(members) for name, members in self.regions.items()},
+            "context": self.context,
+        }
         if self.window is not None:
             card["window"] = list(self.window)
         if self.settings is not None:
@@ -70,9 +72,13 @@ class DataCard:
     @classmethod
     def from_json(cls, card: Mapping[str, Any]) -> DataCard:
         window = card.get("window")
-        return cls(str(card["dataset"]), {name: tuple(members) for name, members in card["regions"].items()},
-                   int(card.get("context", 0)), None if window is None else (float(window[0]), float(window[1])),
-                   card.get(str(card["dataset"])))
+        return cls(
+            str(card["dataset"]),
+            {name: tuple(members) for name, members in card["regions"].items()},
+            int(card.get("context", 0)),
+            None if window is None else (float(window[0]), float(window[1])),
+            card.get(str(card["dataset"])),
+        )
 
 
 @dataclass(frozen=True)
@@ -146,14 +152,24 @@ class DataFormat(ABC, Generic[S]):
     def param_conflict(self, window: bool, site_split: bool) -> str | None:
         """Why params that set ``data.window`` or ``split.by: site`` do not fit this format, or None."""
         if site_split and not self.has_sites:
-            return (f"split.by: site needs patient ids that name the acquiring site (TCGA_<site>_<id>_<date>); "
-                    f"{self.title} case names carry no acquiring site, so dataset {self.name} splits by patient")
+            return (
+                f"split.by: site needs patient ids that name the acquiring site (TCGA_<site>_<id>_<date>); "
+                f"{self.title} case names carry no acquiring site, so dataset {self.name} splits by patient"
+            )
         return None
 
     # The download stage.
 
-    def fetch(self, source: str, dest: Path, manifest_path: Path, *, patients: int | None,
-              synthetic: SyntheticSpec, settings: S) -> pd.DataFrame:
+    def fetch(
+        self,
+        source: str,
+        dest: Path,
+        manifest_path: Path,
+        *,
+        patients: int | None,
+        synthetic: SyntheticSpec,
+        settings: S,
+    ) -> pd.DataFrame:
         """Put the cases of ``source`` at ``dest`` and write the manifest (also returned).
 
         Built in a temporary sibling of ``dest`` and renamed onto it only once every case has been

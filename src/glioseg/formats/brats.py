@@ -53,8 +53,9 @@ class BratsParams(Strict):
     """How BraTS NIfTI cases (`<case>/<case>_<suffix>.nii.gz`) become 2-D slices and class labels (used
     when `dataset: brats`)."""
 
-    modalities: tuple[str, ...] = Field(("t1ce", "flair"), min_length=1,
-                                        description="input channels, in this order (default: the seeds' choice)")
+    modalities: tuple[str, ...] = Field(
+        ("t1ce", "flair"), min_length=1, description="input channels, in this order (default: the seeds' choice)"
+    )
     suffixes: dict[str, str] = Field(
         {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
         description="file-name suffix per modality and for the label volume (seg); BraTS 2023 "
@@ -65,8 +66,10 @@ class BratsParams(Strict):
         description="every label value of the files -> class index 0..C-1, a value not listed being an error; "
         "BraTS 2015 files: {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}",
     )
-    class_names: tuple[str, ...] = Field(("background", "necrotic_core", "oedema", "enhancing"),
-                                         description="a name per class index, background (0) first")
+    class_names: tuple[str, ...] = Field(
+        ("background", "necrotic_core", "oedema", "enhancing"),
+        description="a name per class index, background (0) first",
+    )
     regions: dict[str, tuple[int, ...]] = Field(
         {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)},
         description="evaluation regions as sets of tumour classes, each scored per case; their mean Dice is "
@@ -264,8 +267,9 @@ class Brats(DataFormat[BratsParams]):
             return str(path)
         if path.is_file():
             return _extract_zip(path, staging, patients, settings)
-        raise DataError(f"data.source: {source}: no such file or folder "
-                        "(expected 'synthetic', a folder or zip of BraTS cases)")
+        raise DataError(
+            f"data.source: {source}: no such file or folder (expected 'synthetic', a folder or zip of BraTS cases)"
+        )
 
     def describe(self, staging: Path, dest: Path, origin: str, settings: BratsParams) -> pd.DataFrame:
         rows = []
@@ -278,15 +282,23 @@ class Brats(DataFormat[BratsParams]):
                 warnings.warn(named_from(origin, staging, repair), RepairedInput, stacklevel=2)
             first, stop = settings.slice_range or (0, depth)
             if first >= depth:
-                raise DataError(f"{origin}/{case.name}: data.brats.slice_range starts at {first} "
-                                f"but the case has {depth} slices")
+                raise DataError(
+                    f"{origin}/{case.name}: data.brats.slice_range starts at {first} but the case has {depth} slices"
+                )
             files = case_files(case, settings)
             images_sha = nifti.files_sha256([files[name] for name in settings.modalities])
             labels_sha = sha256(files[LABELS])
-            rows += [{"patient": case.name, "slice": z, "image": (dest / case.name).as_posix(),
-                      "mask": (dest / case.name / files[LABELS].name).as_posix(),
-                      "image_sha256": images_sha, "mask_sha256": labels_sha}
-                     for z in range(first, min(stop, depth))]
+            rows += [
+                {
+                    "patient": case.name,
+                    "slice": z,
+                    "image": (dest / case.name).as_posix(),
+                    "mask": (dest / case.name / files[LABELS].name).as_posix(),
+                    "image_sha256": images_sha,
+                    "mask_sha256": labels_sha,
+                }
+                for z in range(first, min(stop, depth))
+            ]
         return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
     def read_rows(self, rows: pd.DataFrame, settings: BratsParams) -> Iterator[tuple[SliceRow, np.ndarray, np.ndarray]]:
@@ -326,8 +338,15 @@ class Brats(DataFormat[BratsParams]):
         depth = len(case.images)
         reference = self._reference(ref, settings)
         truths = tuple(case.labels) if case.labels is not None else (None,) * depth
-        return Scan(ref, tuple(f"{ref.name}_{z:03d}" for z in range(depth)), tuple(range(depth)),
-                    (reference,) * depth, tuple(case.images), truths, nifti.voxel_ml(nifti.load_image(reference)))
+        return Scan(
+            ref,
+            tuple(f"{ref.name}_{z:03d}" for z in range(depth)),
+            tuple(range(depth)),
+            (reference,) * depth,
+            tuple(case.images),
+            truths,
+            nifti.voxel_ml(nifti.load_image(reference)),
+        )
 
     def case_files(self, ref: ScanRef, settings: BratsParams) -> list[Path]:
         truth = find_file(ref.folder, settings.suffixes[LABELS])

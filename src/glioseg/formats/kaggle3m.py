@@ -141,8 +141,7 @@ def validate_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -
     mask = _read_mask_values(mask_path)
     if mask.shape != image.shape[:2]:
         raise DataError(
-            f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
-            f"{image.shape[0]}x{image.shape[1]}"
+            f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {image.shape[0]}x{image.shape[1]}"
         )
     repair = mask_repair(mask, mask_path)
     return [repair] if repair else []
@@ -154,9 +153,11 @@ def unlisted_entries(root: Path, patients: Sequence[str]) -> list[Path]:
     root = Path(root)
     chosen = set(patients)
     listed = set(list_patients(root))
-    left_out = [root / name for name in sorted(os.listdir(root))
-                if not name.startswith(".") and name not in listed]
+    left_out = [root / name for name in sorted(os.listdir(root)) if not name.startswith(".") and name not in listed]
     for patient in sorted(chosen):
-        left_out += [root / patient / name for name in sorted(os.listdir(root / patient))
-                     if not name.startswith(".") and slice_name(patient, name) is None]
+        left_out += [
+            root / patient / name
+            for name in sorted(os.listdir(root / patient))
+            if not name.startswith(".") and slice_name(patient, name) is None
+        ]
     return left_out

@@ -98,15 +98,18 @@ class LGG(DataFormat[None]):
     def stage(self, source: str, staging: Path, patients: int | None, settings: None) -> str:
         if source == "kaggle":
             with tempfile.TemporaryDirectory(prefix=".kaggle-download.", dir=staging.parent) as download:
-                return _extract_zip(kaggle.download_zip(KAGGLE_DATASET, Path(download)), staging, patients,
-                                    shown=KAGGLE_DATASET)
+                return _extract_zip(
+                    kaggle.download_zip(KAGGLE_DATASET, Path(download)), staging, patients, shown=KAGGLE_DATASET
+                )
         path = Path(source)
         if path.is_dir():
             return _copy_folder(path / LAYOUT if (path / LAYOUT).is_dir() else path, staging, patients)
         if path.is_file():
             return _extract_zip(path, staging, patients, shown=str(path))
-        raise DataError(f"data.source: {source}: no such file or folder "
-                        "(expected 'synthetic', 'kaggle', a kaggle_3m folder or the Kaggle zip)")
+        raise DataError(
+            f"data.source: {source}: no such file or folder "
+            "(expected 'synthetic', 'kaggle', a kaggle_3m folder or the Kaggle zip)"
+        )
 
     def describe(self, staging: Path, dest: Path, origin: str, settings: None) -> pd.DataFrame:
         rows = []
@@ -119,10 +122,16 @@ class LGG(DataFormat[None]):
                     raise DataError(named_from(origin, staging, str(exc))) from None
                 for repair in repairs:
                     warnings.warn(named_from(origin, staging, repair), RepairedInput, stacklevel=2)
-                rows.append({"patient": patient, "slice": pair.slice,
-                             "image": (dest / patient / pair.image.name).as_posix(),
-                             "mask": (dest / patient / pair.mask.name).as_posix(),
-                             "image_sha256": sha256(pair.image), "mask_sha256": sha256(pair.mask)})
+                rows.append(
+                    {
+                        "patient": patient,
+                        "slice": pair.slice,
+                        "image": (dest / patient / pair.image.name).as_posix(),
+                        "mask": (dest / patient / pair.mask.name).as_posix(),
+                        "image_sha256": sha256(pair.image),
+                        "mask_sha256": sha256(pair.mask),
+                    }
+                )
         return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
     def read_rows(self, rows: pd.DataFrame, settings: None) -> Iterator[tuple[SliceRow, np.ndarray, np.ndarray]]:
@@ -148,9 +157,11 @@ class LGG(DataFormat[None]):
         nested = [ScanRef(p.name, p, tuple(case_slices(p))) for p in sorted(source.iterdir()) if p.is_dir()]
         found = [ref for ref in nested if ref.files]
         if direct and found:  # either reading alone would silently leave the other's slices out
-            raise DataError(f"{source}: holds both slices ({direct[0].name}{', ...' if len(direct) > 1 else ''}) "
-                            f"and patient folders of slices ({found[0].name}, ...); move the loose slices out, or "
-                            "give one patient folder")
+            raise DataError(
+                f"{source}: holds both slices ({direct[0].name}{', ...' if len(direct) > 1 else ''}) "
+                f"and patient folders of slices ({found[0].name}, ...); move the loose slices out, or "
+                "give one patient folder"
+            )
         if not (direct or found):
             raise DataError(f"{source}: no .tif image slices found")
         return [ScanRef(source.name, source, tuple(direct))] if direct else found
@@ -198,8 +209,9 @@ def _read_truth(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 def _copy_folder(root: Path, staging: Path, patients: int | None) -> str:
     chosen = list_patients(root)[:patients]
     for path in unlisted_entries(root, chosen):
-        warnings.warn(f"{path}: not a <patient>/<patient>_<n>[_mask].tif slice of {LAYOUT}; skipped", SkippedInput,
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: not a <patient>/<patient>_<n>[_mask].tif slice of {LAYOUT}; skipped", SkippedInput, stacklevel=2
+        )
     pairs = list_pairs(root, chosen)
     for patient, group in tqdm(pairs.groupby("patient", sort=False), desc="copy", unit="patient"):
         folder = staging / patient
@@ -222,8 +234,12 @@ def _zip_layout(zipped: zipfile.ZipFile, shown: str) -> tuple[str, dict[str, dic
         parts = PurePosixPath(member).parts
         if member.endswith("/") or parts[-1].startswith(".") or archive.is_unsafe(member, shown):
             continue
-        is_slice = (len(parts) >= 3 and parts[-3] == LAYOUT and is_patient_name(parts[-2])
-                    and slice_name(parts[-2], parts[-1]) is not None)
+        is_slice = (
+            len(parts) >= 3
+            and parts[-3] == LAYOUT
+            and is_patient_name(parts[-2])
+            and slice_name(parts[-2], parts[-1]) is not None
+        )
         if is_slice:
             layouts.setdefault("/".join(parts[:-2]), {}).setdefault(parts[-2], {})[parts[-1]] = member
         else:
@@ -233,11 +249,13 @@ def _zip_layout(zipped: zipfile.ZipFile, shown: str) -> tuple[str, dict[str, dic
     folder = min(layouts, key=lambda f: (f.count("/"), f))
     for member in others:
         if member.startswith(f"{folder}/"):
-            warnings.warn(f"{shown}:{member}: not a <patient>_<n>[_mask].tif slice; skipped", SkippedInput,
-                          stacklevel=2)
+            warnings.warn(
+                f"{shown}:{member}: not a <patient>_<n>[_mask].tif slice; skipped", SkippedInput, stacklevel=2
+            )
         elif not any(member.startswith(f"{copy}/") for copy in layouts):
-            warnings.warn(f"{shown}:{member}: outside {folder}/, the {LAYOUT} folder read; skipped", SkippedInput,
-                          stacklevel=2)
+            warnings.warn(
+                f"{shown}:{member}: outside {folder}/, the {LAYOUT} folder read; skipped", SkippedInput, stacklevel=2
+            )
     return folder, layouts[folder]
 
 

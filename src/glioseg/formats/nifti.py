@@ -60,9 +60,13 @@ def load_image(path: Path) -> nib.Nifti1Image:
     if len(image.shape) != 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {image.shape}")
     if not image.header["qform_code"] and not image.header["sform_code"]:
-        warnings.warn(f"{path}: no orientation (qform_code and sform_code are 0); read as "
-                      f"{''.join(nib.aff2axcodes(image.affine))} from its voxel sizes, so left and right may be "
-                      "swapped", InputWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: no orientation (qform_code and sform_code are 0); read as "
+            f"{''.join(nib.aff2axcodes(image.affine))} from its voxel sizes, so left and right may be "
+            "swapped",
+            InputWarning,
+            stacklevel=2,
+        )
     return image
 
 
@@ -110,8 +114,9 @@ def nonfinite_repair(image: nib.Nifti1Image, path: Path) -> str | None:
     bad = int((~np.isfinite(volume_data(image, path))).sum())
     if not bad:
         return None
-    return (f"{path}: {bad} non-finite voxels (NaN or infinite) read as the volume's lowest finite intensity "
-            "(background)")
+    return (
+        f"{path}: {bad} non-finite voxels (NaN or infinite) read as the volume's lowest finite intensity (background)"
+    )
 
 
 def label_values(labels: np.ndarray, path: Path) -> np.ndarray:
@@ -143,9 +148,7 @@ def files_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def write_label_volume(
-    labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike
-) -> nib.Nifti1Image:
+def write_label_volume(labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> nib.Nifti1Image:
     """Axial label slices (Z,H,W, canonical) back into ``reference``'s voxel order, affine and header.
 
     The header is the reference's, qform and sform with their codes included: a file without

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glioseg.data.transforms import Normaliser
+from glioseg.data.batch_augment import Normaliser
 from glioseg.device import autocast, autocast_dtype, to_tensor
 from glioseg.model.network import labels_from_logits
 

@@ -66,12 +66,20 @@ def check_output_folder(folder: Path, overwrite: bool, option: str = "--out") ->
         return
     foreign = [entry.name for entry in folder.iterdir() if not entry.name.startswith((STAGING_PREFIX, REPLACED_PREFIX))]
     if foreign:
-        raise DataError(f"{option} {folder}: holds files glioseg did not write ({foreign[0]}, ...); choose a new or "
-                        "empty folder, or pass --overwrite to replace only files of the same names")
+        raise DataError(
+            f"{option} {folder}: holds files glioseg did not write ({foreign[0]}, ...); choose a new or "
+            "empty folder, or pass --overwrite to replace only files of the same names"
+        )
 
 
-def check_targets(folder: Path, names: Iterable[str], owned: set[str], overwrite: bool,
-                  protected: Iterable[Path] = (), option: str = "--out") -> None:
+def check_targets(
+    folder: Path,
+    names: Iterable[str],
+    owned: set[str],
+    overwrite: bool,
+    protected: Iterable[Path] = (),
+    option: str = "--out",
+) -> None:
     """Refuse, before any file is moved in, a target that leads out of ``folder`` through a symlink, is a
     protected file (whatever ``overwrite`` says) or a folder, or is a file not in ``owned`` (unless ``overwrite``)."""
     root = folder.resolve()
@@ -82,19 +90,25 @@ def check_targets(folder: Path, names: Iterable[str], owned: set[str], overwrite
         resolved = target.resolve()
         if not resolved.is_relative_to(root):
             link = next((path for path in steps if path.is_symlink()), target)
-            raise DataError(f"{option} {folder}: {link} is a symlink to {link.resolve()}, outside the folder; "
-                            "predict does not write through it")
+            raise DataError(
+                f"{option} {folder}: {link} is a symlink to {link.resolve()}, outside the folder; "
+                "predict does not write through it"
+            )
         if resolved in guarded:
-            raise DataError(f"{option} {folder}: the prediction {target} would replace the input's own {resolved}; "
-                            f"prediction and truth must not share a name in one folder: choose another {option}")
+            raise DataError(
+                f"{option} {folder}: the prediction {target} would replace the input's own {resolved}; "
+                f"prediction and truth must not share a name in one folder: choose another {option}"
+            )
         if target.is_dir():
             raise DataError(f"{option} {folder}: {target} is a folder, where predict writes a file")
         blocking = next((path for path in steps[:-1] if path.exists() and not path.is_dir()), None)
         if blocking is not None:
             raise DataError(f"{option} {folder}: {blocking} is a file, where predict writes a folder")
         if os.path.lexists(target) and name not in owned and not overwrite:
-            raise DataError(f"{option} {folder}: {target} exists and predict did not write it; pass --overwrite "
-                            "to replace it, or choose another folder")
+            raise DataError(
+                f"{option} {folder}: {target} exists and predict did not write it; pass --overwrite "
+                "to replace it, or choose another folder"
+            )
 
 
 def _steps(folder: Path, name: str) -> list[Path]:
@@ -111,8 +125,9 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_output(folder: Path, overwrite: bool = False, protected: Iterable[Path] = (),
-                  option: str = "--out") -> Iterator[Path]:
+def staged_output(
+    folder: Path, overwrite: bool = False, protected: Iterable[Path] = (), option: str = "--out"
+) -> Iterator[Path]:
     """Yield an empty staging folder; when the block succeeds and its files pass :func:`check_targets`, move them
     into ``folder`` and add them to its manifest.
 
@@ -178,8 +193,10 @@ def _move_in(staging: Path, folder: Path, names: list[str]) -> None:
                 if path.exists():  # a failed mkdir may have made only some of them
                     path.rmdir()
         except OSError as exc:
-            raise DataError(f"{folder}: a failed write could not be undone ({exc.strerror}); the files it "
-                            f"replaced are in {replaced}") from None
+            raise DataError(
+                f"{folder}: a failed write could not be undone ({exc.strerror}); the files it "
+                f"replaced are in {replaced}"
+            ) from None
         shutil.rmtree(replaced, ignore_errors=True)
         raise
     shutil.rmtree(replaced, ignore_errors=True)

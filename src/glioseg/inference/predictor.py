@@ -2,7 +2,7 @@
 
 A :class:`Predictor` holds what every prediction needs and nothing the caller could assemble
 differently: the model on its device, the model file's eval normalisation
-(:func:`transforms.eval_normaliser`) and preprocess pipeline, and the inference settings
+(:func:`~glioseg.data.batch_augment.eval_normaliser`) and preprocess pipeline, and the inference settings
 (:class:`~glioseg.config.schema.InferenceParams`: those given, else the model file's). It predicts
 
 - model-size images -> class labels (batched; flip test-time augmentation when ``tta``;
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from glioseg.config.sections import InferenceParams
+from glioseg.data.batch_augment import Normaliser, eval_normaliser
 from glioseg.data.cache import SliceArrays
 from glioseg.data.context import stack_context
-from glioseg.data.transforms import Normaliser, eval_normaliser, pipelines_from_dict
+from glioseg.data.transforms import pipelines_from_dict
 from glioseg.device import select_device
 from glioseg.errors import DataError
 from glioseg.formats.intensity import window_case
@@ -96,7 +97,7 @@ class MemberAveraged(torch.nn.Module):
 
 
 class Unnormalised:
-    """The :class:`~glioseg.data.transforms.Normaliser` before a :class:`MemberAveraged` network: none,
+    """The :class:`~glioseg.data.batch_augment.Normaliser` before a :class:`MemberAveraged` network: none,
     since each member normalises for itself."""
 
     @staticmethod
@@ -147,8 +148,9 @@ class Predictor:
 
     def labels(self, images: np.ndarray) -> np.ndarray:
         """(N,H,W) uint8 class labels for uint8 images (N,H,W,C) at model size, not post-processed."""
-        return predict_labels(self.network, images, self.normaliser, self.device, self.inference.threshold,
-                              self.batch_size)
+        return predict_labels(
+            self.network, images, self.normaliser, self.device, self.inference.threshold, self.batch_size
+        )
 
     def preprocess(self, originals: Sequence[np.ndarray]) -> np.ndarray:
         """One case's original-size slices (in slice order) -> model size, through the model file's own
@@ -165,11 +167,15 @@ class Predictor:
         """
         context, window = self.loaded.context, self.loaded.window
         if len(originals) < 2 and context:
-            raise DataError(f"{case}: a single slice, but the model reads each slice with the {context} slice(s) "
-                            "above and below it (data.context); give the patient's folder of slices")
+            raise DataError(
+                f"{case}: a single slice, but the model reads each slice with the {context} slice(s) "
+                "above and below it (data.context); give the patient's folder of slices"
+            )
         if len(originals) < 2 and window is not None:
-            raise DataError(f"{case}: a single slice, but the model scales each slice by its patient's intensity "
-                            f"percentiles {list(window)} (data.window); give the patient's folder of slices")
+            raise DataError(
+                f"{case}: a single slice, but the model scales each slice by its patient's intensity "
+                f"percentiles {list(window)} (data.window); give the patient's folder of slices"
+            )
         return postprocess_case(self.labels(self.preprocess(originals)), self.inference.postprocess)
 
     def predict_arrays(self, arrays: SliceArrays) -> np.ndarray:

@@ -67,8 +67,9 @@ def inference_options(**options: Any) -> dict[str, Any]:
         error = exc.errors()[0]
         option = "--" + str(error["loc"][0]).replace("_", "-")
         if error["type"] == "extra_forbidden":
-            raise ConfigError(f"{option}: no such inference setting (known: "
-                              f"{', '.join(InferenceParams.model_fields)})") from None
+            raise ConfigError(
+                f"{option}: no such inference setting (known: {', '.join(InferenceParams.model_fields)})"
+            ) from None
         raise ConfigError(f"{option}: {error['msg']} (got {error.get('input')!r})") from None
     return {key: getattr(validated, key) for key in given}
 
@@ -83,8 +84,9 @@ def inference_settings(
     return loaded.inference.model_copy(update=inference_options(**inference))
 
 
-def predictor(loaded: LoadedModel | ModelSet, device: str = "auto", inference: InferenceParams | None = None,
-              batch_size: int = 32) -> Predictor:
+def predictor(
+    loaded: LoadedModel | ModelSet, device: str = "auto", inference: InferenceParams | None = None, batch_size: int = 32
+) -> Predictor:
     """The shared :class:`Predictor`, its device named ``--device`` in errors (predict's and the viewer's option)."""
     return Predictor(loaded, device, inference, batch_size, device_setting=DEVICE_OPTION)
 
@@ -99,22 +101,35 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, classes: in
     path.write_bytes(cv2.imencode(".png", overlay(image, None, labels, classes)[..., ::-1])[1].tobytes())
 
 
-def slice_rows(scan: Scan, masks: list[np.ndarray], labels: list[np.ndarray], class_names: tuple[str, ...],
-               classes: int) -> list[dict]:
+def slice_rows(
+    scan: Scan, masks: list[np.ndarray], labels: list[np.ndarray], class_names: tuple[str, ...], classes: int
+) -> list[dict]:
     """One areas-table row per slice: tumour pixels at input and model size, per class for a multi-class
     model, and a voxel's volume where the format knows it."""
     rows = []
     for index, (mask, slice_labels) in enumerate(zip(masks, labels)):
         counts = np.bincount(slice_labels.ravel(), minlength=classes)
-        rows.append({"case": scan.ref.name, "slice": scan.ids[index], "image": str(scan.sources[index]),
-                     "tumour_pixels": int(counts[1:].sum()), "model_pixels": int((mask > 0).sum()),
-                     **({} if scan.voxel_ml is None else {"voxel_ml": scan.voxel_ml}),
-                     **{f"{name}_pixels": int(counts[k]) for k, name in enumerate(class_names) if k > 0}})
+        rows.append(
+            {
+                "case": scan.ref.name,
+                "slice": scan.ids[index],
+                "image": str(scan.sources[index]),
+                "tumour_pixels": int(counts[1:].sum()),
+                "model_pixels": int((mask > 0).sum()),
+                **({} if scan.voxel_ml is None else {"voxel_ml": scan.voxel_ml}),
+                **{f"{name}_pixels": int(counts[k]) for k, name in enumerate(class_names) if k > 0},
+            }
+        )
     return rows
 
 
-def predict_cases(loaded: LoadedModel | ModelSet, refs: list[ScanRef], out: Path, device: str,
-                  inference: InferenceParams | None = None) -> list[dict]:
+def predict_cases(
+    loaded: LoadedModel | ModelSet,
+    refs: list[ScanRef],
+    out: Path,
+    device: str,
+    inference: InferenceParams | None = None,
+) -> list[dict]:
     """Every case: the masks in the format's own files, overlays, one table row per slice."""
     shared = predictor(loaded, device, inference)
     data_format, settings = loaded.format, loaded.format_settings
@@ -145,16 +160,19 @@ def check_input_kind(loaded: LoadedModel | ModelSet, source: Path, model: str | 
         return
     other = format_holding(source)
     if other is not None:
-        raise DataError(f"{source}: model {model} was trained on {ours.title} and reads {ours.scans}, "
-                        f"not {other.scans}")
+        raise DataError(
+            f"{source}: model {model} was trained on {ours.title} and reads {ours.scans}, not {other.scans}"
+        )
 
 
 def case_totals(table: pd.DataFrame) -> pd.DataFrame:
     """Per case: slices, slices with tumour, tumour pixels (and per class and in ml for NIfTI)."""
     pixel_columns = [c for c in table.columns if c.endswith("_pixels") and c != "model_pixels"]
     cases = table.groupby("case", as_index=False).agg(
-        slices=("slice", "size"), tumour_slices=("tumour_pixels", lambda s: int((s > 0).sum())),
-        **{column: (column, "sum") for column in pixel_columns})
+        slices=("slice", "size"),
+        tumour_slices=("tumour_pixels", lambda s: int((s > 0).sum())),
+        **{column: (column, "sum") for column in pixel_columns},
+    )
     if "voxel_ml" in table:
         voxel_ml = table.groupby("case")["voxel_ml"].first().to_numpy()
         for column in pixel_columns:
@@ -194,7 +212,10 @@ def predict(
         # Plain writes: the staging folder already makes them appear whole or not at all.
         table.to_csv(tmp / "areas.csv", index=False)
         case_totals(table).to_csv(tmp / "cases.csv", index=False)
-        record = {"source": str(source), "models": describe_models(loaded, tuple(names)),
-                  "inference": settings.model_dump(mode="json")}
+        record = {
+            "source": str(source),
+            "models": describe_models(loaded, tuple(names)),
+            "inference": settings.model_dump(mode="json"),
+        }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return table

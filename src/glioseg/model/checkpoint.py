@@ -111,15 +111,20 @@ class ModelSet:
         first = self.members[0]
         for loaded, name in zip(self.members[1:], self.names[1:]):
             for what, ours, theirs in (
-                ("data card (dataset, regions, context, intensity window, how cases are read)",
-                 loaded.card, first.card),
+                (
+                    "data card (dataset, regions, context, intensity window, how cases are read)",
+                    loaded.card,
+                    first.card,
+                ),
                 ("input channels", loaded.params.in_channels, first.params.in_channels),
                 ("classes", loaded.classes, first.classes),
                 ("preprocessing (image size)", loaded.pipelines.get("preprocess"), first.pipelines.get("preprocess")),
             ):
                 if ours != theirs:
-                    raise DataError(f"{name}: its {what} differs from {self.names[0]}'s; an ensemble's models "
-                                    "must read cases the same way")
+                    raise DataError(
+                        f"{name}: its {what} differs from {self.names[0]}'s; an ensemble's models "
+                        "must read cases the same way"
+                    )
 
     @property
     def first(self) -> LoadedModel:
@@ -141,15 +146,19 @@ class ModelSet:
     def meta(self) -> dict[str, Any]:
         """No single MLflow run: an ensemble's results are not logged to any member's run."""
         members = [recorded_numerics(m.meta) for m in self.members]
-        return {"ensemble": list(self.names),
-                **{key: ",".join(sorted({numerics[key] for numerics in members})) for key in TRAINING_NUMERICS}}
+        return {
+            "ensemble": list(self.names),
+            **{key: ",".join(sorted({numerics[key] for numerics in members})) for key in TRAINING_NUMERICS},
+        }
 
 
 def describe_models(loaded: LoadedModel | ModelSet, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """What a prediction records about the model(s) it came from: spec, MLflow run, training precision and kernels."""
     members = loaded.members if isinstance(loaded, ModelSet) else (loaded,)
-    return [{"model": name, "mlflow_run_id": m.meta.get("mlflow_run_id"), **recorded_numerics(m.meta)}
-            for m, name in zip(members, names)]
+    return [
+        {"model": name, "mlflow_run_id": m.meta.get("mlflow_run_id"), **recorded_numerics(m.meta)}
+        for m, name in zip(members, names)
+    ]
 
 
 def model_payload(
@@ -190,6 +199,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path}: its data card is damaged ({type(exc).__name__}: {exc})") from None
     if data_card.dataset not in FORMATS:
-        raise DataError(f"{path}: trained on data format '{data_card.dataset}', which this glioseg does not know "
-                        f"(known: {', '.join(FORMATS)})")
+        raise DataError(
+            f"{path}: trained on data format '{data_card.dataset}', which this glioseg does not know "
+            f"(known: {', '.join(FORMATS)})"
+        )
     return LoadedModel(model, params, payload["pipelines"], inference, payload.get("meta", {}), data_card)

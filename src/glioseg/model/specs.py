@@ -39,8 +39,10 @@ def check_store(spec: str) -> None:
     uri = tracking.tracking_uri()
     store = local_store(uri)
     if store is not None and not store.exists():
-        raise DataError(f"{spec}: no MLflow store at {store} (tracking URI {uri}); train a model first, set "
-                        "MLFLOW_TRACKING_URI, or give a model file")
+        raise DataError(
+            f"{spec}: no MLflow store at {store} (tracking URI {uri}); train a model first, set "
+            "MLFLOW_TRACKING_URI, or give a model file"
+        )
 
 
 def load_model_spec(spec: str | os.PathLike) -> LoadedModel:

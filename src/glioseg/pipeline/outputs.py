@@ -54,9 +54,11 @@ def check_source_outside_outputs(source: str, key: str = "data.source", dvc_file
         for output in outputs:
             target = output.resolve()
             if where == target or target in where.parents or where in target.parents:
-                raise ConfigError(f"params.yaml: key '{key}': {source} overlaps {output}, an output of the "
-                                  f"{stage} stage that the pipeline rewrites; copy the data outside it and "
-                                  "point the key there")
+                raise ConfigError(
+                    f"params.yaml: key '{key}': {source} overlaps {output}, an output of the "
+                    f"{stage} stage that the pipeline rewrites; copy the data outside it and "
+                    "point the key there"
+                )
 
 
 def clear_directory_outputs(stage: str | None, dvc_file: Path = DVC_FILE) -> list[Path]:

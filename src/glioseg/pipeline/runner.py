@@ -26,8 +26,20 @@ StageFunction = Callable[..., dict[str, Any]]
 # The pipeline's stages: stages/<name>.py runs the function ``run`` of glioseg.pipeline.stages.<name>.
 # Imported on demand, so that importing this module adds nothing to a stage's code dependencies
 # and the data stages do not pay for importing MLflow.
-STAGES = ("check_params", "download", "clean", "labels", "split", "cache", "augment", "train", "evaluate",
-          "sweep_train", "sweep_evaluate", "report")
+STAGES = (
+    "check_params",
+    "download",
+    "clean",
+    "labels",
+    "split",
+    "cache",
+    "augment",
+    "train",
+    "evaluate",
+    "sweep_train",
+    "sweep_evaluate",
+    "report",
+)
 DATA_STAGES = ("download", "clean", "labels", "split", "cache", "augment")
 SWEEP_STAGES = ("sweep_train", "sweep_evaluate")
 
@@ -61,8 +73,11 @@ def main(function: StageFunction, *args: str) -> None:
             raise
         _fail(f"error: {fault}; stage {stage} stopped, the outputs of its last good run are kept", 2)
     except KeyboardInterrupt:
-        _fail(f"interrupted: stage {stage} stopped, the outputs of its last good run are kept; "
-              "`dvc repro` carries on (a training resumes from its last checkpoint)", 130)
+        _fail(
+            f"interrupted: stage {stage} stopped, the outputs of its last good run are kept; "
+            "`dvc repro` carries on (a training resumes from its last checkpoint)",
+            130,
+        )
     print(json.dumps(summary, indent=2, default=str))
 
 

@@ -22,16 +22,22 @@ FOLD_COUNT = {"patient": "params.split.folds", "site": "tags.split_sites"}
 def configuration(run: pd.Series) -> tuple:
     """What makes runs folds of one configuration: run name and params, run settings left out."""
     ignored = {f"params.{name}" for name in RUN_SETTINGS}
-    params = sorted((key, None if pd.isna(value) else str(value)) for key, value in run.items()
-                    if key.startswith("params.") and key not in ignored)
+    params = sorted(
+        (key, None if pd.isna(value) else str(value))
+        for key, value in run.items()
+        if key.startswith("params.") and key not in ignored
+    )
     return (run.get("tags.mlflow.runName"), tuple(params))
 
 
 def as_served(runs: pd.DataFrame) -> pd.Series:
     """Per run, whether its metrics are an evaluation with the inference settings its model carries."""
     keys = (tracking.INFERENCE_KEY, tracking.MODEL_INFERENCE_KEY)
-    return pd.Series([tracking.evaluated_as_served({key: run.get(f"tags.{key}") for key in keys})
-                      for _, run in runs.iterrows()], index=runs.index, dtype=bool)
+    return pd.Series(
+        [tracking.evaluated_as_served({key: run.get(f"tags.{key}") for key in keys}) for _, run in runs.iterrows()],
+        index=runs.index,
+        dtype=bool,
+    )
 
 
 def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "patient") -> pd.DataFrame:
@@ -44,7 +50,7 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "pat
     missing when no set is complete.
     """
     count = FOLD_COUNT[by]
-    hint = (f"split.folds={folds}" if by == "patient" else f"split.by=site over {folds} sites")
+    hint = f"split.folds={folds}" if by == "patient" else f"split.by=site over {folds} sites"
     nothing = DataError(f"the MLflow store has no evaluated run named '{run_name}' with {hint}")
     if HEADLINE not in runs or count not in runs:
         raise nothing
@@ -58,8 +64,10 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "pat
     served = as_served(evaluated) & evaluated[HEADLINE].notna()
     chosen = evaluated[served]
     if chosen.empty:
-        raise DataError(f"the MLflow store has no run named '{run_name}' with {hint} evaluated with the inference "
-                        f"settings its model carries{other_settings(evaluated[~served], range(folds))}")
+        raise DataError(
+            f"the MLflow store has no run named '{run_name}' with {hint} evaluated with the inference "
+            f"settings its model carries{other_settings(evaluated[~served], range(folds))}"
+        )
     chosen = chosen.assign(config=[configuration(row) for _, row in chosen.iterrows()])
     newest_first = chosen.sort_values("start_time", ascending=False)
     partial: pd.DataFrame | None = None
@@ -73,9 +81,11 @@ def complete_folds(runs: pd.DataFrame, folds: int, run_name: str, by: str = "pat
     absent = sorted(set(range(folds)) - set(partial["fold"]))
     missing = ", ".join(str(f) for f in absent)
     queue = f"-S split.folds={folds}" if by == "patient" else "-S split.by=site"
-    raise DataError(f"no complete {folds}-fold cross-validation of run '{run_name}': the newest configuration "
-                    f"has folds {found}, missing {missing} (dvc exp run --queue {queue} "
-                    f"-S split.fold=...; dvc queue start){other_settings(evaluated[~served], absent)}")
+    raise DataError(
+        f"no complete {folds}-fold cross-validation of run '{run_name}': the newest configuration "
+        f"has folds {found}, missing {missing} (dvc exp run --queue {queue} "
+        f"-S split.fold=...; dvc queue start){other_settings(evaluated[~served], absent)}"
+    )
 
 
 def other_settings(runs: pd.DataFrame, folds: Iterable[int]) -> str:
@@ -85,8 +95,10 @@ def other_settings(runs: pd.DataFrame, folds: Iterable[int]) -> str:
     if newest.empty:
         return ""
     named = ", ".join(f"fold {run.fold} (run {run.run_id})" for run in newest.sort_values("fold").itertuples())
-    return (f"; evaluated only with other inference settings than its model carries, or by an older glioseg: "
-            f"{named} (run the evaluate stage again with the inference params each was trained with)")
+    return (
+        f"; evaluated only with other inference settings than its model carries, or by an older glioseg: "
+        f"{named} (run the evaluate stage again with the inference params each was trained with)"
+    )
 
 
 def newest_cross_validation(folds: int, run_name: str = "train", by: str = "patient") -> pd.DataFrame:

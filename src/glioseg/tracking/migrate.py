@@ -41,9 +41,12 @@ class Migration:
     run_ids: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
-        return {"runs_copied": self.runs_copied, "runs_already_there": self.runs_already_there,
-                "model_versions_copied": self.versions_copied,
-                "model_versions_already_there": self.versions_already_there}
+        return {
+            "runs_copied": self.runs_copied,
+            "runs_already_there": self.runs_already_there,
+            "model_versions_copied": self.versions_copied,
+            "model_versions_already_there": self.versions_already_there,
+        }
 
 
 def _pages(search, *args, **kwargs) -> Iterator[Any]:
@@ -89,15 +92,17 @@ def _copy_run(source: Any, target: Any, run: Any, experiment_id: str, done: Migr
 def _migrate_runs(source: Any, target: Any, done: Migration) -> None:
     for experiment in _pages(source.search_experiments):
         found = target.get_experiment_by_name(experiment.name)
-        experiment_id = found.experiment_id if found else target.create_experiment(experiment.name,
-                                                                                    tags=experiment.tags)
+        experiment_id = (
+            found.experiment_id if found else target.create_experiment(experiment.name, tags=experiment.tags)
+        )
         # The target's runs by the ids they are known by in any store: their own, and the run each copies.
         already = {}
         for run in _pages(target.search_runs, [experiment_id]):
             already[run.info.run_id] = already[origin(run)] = run.info.run_id
         # Top-level runs first, so that a nested run's parent has its id in the target.
-        runs = sorted(_pages(source.search_runs, [experiment.experiment_id]),
-                      key=lambda run: tracking.PARENT_RUN in run.data.tags)
+        runs = sorted(
+            _pages(source.search_runs, [experiment.experiment_id]), key=lambda run: tracking.PARENT_RUN in run.data.tags
+        )
         for run in runs:
             known = already.get(origin(run))
             if known:
@@ -118,11 +123,13 @@ def _migrate_models(source: Any, target: Any, done: Migration) -> None:
             target.create_registered_model(model.name, tags=model.tags, description=model.description)
         # A version is known by its run: glioseg registers a run's checkpoint once per model, and
         # version numbers are per store (two stores both have a version 1).
-        already = {version.run_id: version.version
-                   for version in _pages(target.search_model_versions, f"name='{model.name}'")}
+        already = {
+            version.run_id: version.version for version in _pages(target.search_model_versions, f"name='{model.name}'")
+        }
         versions = {}
-        for version in sorted(_pages(source.search_model_versions, f"name='{model.name}'"),
-                              key=lambda v: int(v.version)):
+        for version in sorted(
+            _pages(source.search_model_versions, f"name='{model.name}'"), key=lambda v: int(v.version)
+        ):
             key = f"{model.name}/{version.version}"
             run_id = done.run_ids.get(version.run_id)
             if run_id is None:
@@ -131,9 +138,13 @@ def _migrate_models(source: Any, target: Any, done: Migration) -> None:
                 versions[version.version] = already[run_id]
                 done.versions_already_there += 1
                 continue
-            created = target.create_model_version(model.name, f"runs:/{run_id}/checkpoint", run_id=run_id,
-                                                  tags={**version.tags, MIGRATED_FROM: key},
-                                                  description=version.description)
+            created = target.create_model_version(
+                model.name,
+                f"runs:/{run_id}/checkpoint",
+                run_id=run_id,
+                tags={**version.tags, MIGRATED_FROM: key},
+                description=version.description,
+            )
             versions[version.version] = already[run_id] = created.version
             done.versions_copied += 1
         for alias, version in (model.aliases or {}).items():
@@ -148,7 +159,7 @@ def store_identity(uri: str) -> str:
     real path (relative to the working directory, as MLflow reads it; through symlinks), a server or
     database by its URL without credentials, driver, query, default port or trailing slash."""
     if uri.startswith("sqlite:///"):  # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
-        return f"sqlite:///{os.path.realpath(uri[len('sqlite:///'):].split('?', 1)[0])}"
+        return f"sqlite:///{os.path.realpath(uri[len('sqlite:///') :].split('?', 1)[0])}"
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower().split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
     if scheme in ("", "file"):

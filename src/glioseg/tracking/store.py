@@ -93,8 +93,10 @@ def store_errors() -> Iterator[None]:
         yield
     except DatabaseError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise DataError(f"{tracking_uri()}: the MLflow store cannot be read ({reason}); move the file aside to "
-                        "start a new store, or set MLFLOW_TRACKING_URI to another") from None
+        raise DataError(
+            f"{tracking_uri()}: the MLflow store cannot be read ({reason}); move the file aside to "
+            "start a new store, or set MLFLOW_TRACKING_URI to another"
+        ) from None
     except OSError as exc:
         fault = write_fault(exc, artifact_location())
         if fault is None:
@@ -120,9 +122,12 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
         if experiment is None:
             return mlflow.create_experiment(name, artifact_location=wanted)
     if experiment.artifact_location != wanted:
-        print(f"warning: {tracking_uri()}: experiment '{name}' keeps its artifacts in {experiment.artifact_location} "
-              f"(fixed when it was created, not under this repository's {artifact_location()}); new runs' "
-              "artifacts go there too", file=sys.stderr)
+        print(
+            f"warning: {tracking_uri()}: experiment '{name}' keeps its artifacts in {experiment.artifact_location} "
+            f"(fixed when it was created, not under this repository's {artifact_location()}); new runs' "
+            "artifacts go there too",
+            file=sys.stderr,
+        )
     return experiment.experiment_id
 
 
@@ -176,8 +181,10 @@ def require_run(run_id: str, owner: str) -> None:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-    raise DataError(f"{owner}: its MLflow run {run_id} is not in the tracking store {tracking_uri()}; set "
-                    "MLFLOW_TRACKING_URI to the store that trained it, or train it again to log it here")
+    raise DataError(
+        f"{owner}: its MLflow run {run_id} is not in the tracking store {tracking_uri()}; set "
+        "MLFLOW_TRACKING_URI to the store that trained it, or train it again to log it here"
+    )
 
 
 @contextlib.contextmanager
@@ -215,8 +222,9 @@ def register_checkpoint(run_id: str, dataset: str, tags: dict[str, str]) -> str:
         try:
             tracker.get_registered_model(name)
         except MlflowException:
-            tracker.create_registered_model(name, description=f"glioseg U-Nets trained on {dataset} "
-                                            "(`glioseg promote` moves the champion alias)")
+            tracker.create_registered_model(
+                name, description=f"glioseg U-Nets trained on {dataset} (`glioseg promote` moves the champion alias)"
+            )
         existing = tracker.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         if existing:
             return existing[0].version
@@ -288,8 +296,13 @@ def evaluated_as_served(tags: Mapping[str, Any]) -> bool:
     return isinstance(key, str) and key == tags.get(MODEL_INFERENCE_KEY)
 
 
-def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndarray],
-               tags: dict[str, str] | None = None, texts: dict[str, str] | None = None) -> None:
+def log_to_run(
+    run_id: str,
+    metrics: dict[str, float],
+    images: dict[str, np.ndarray],
+    tags: dict[str, str] | None = None,
+    texts: dict[str, str] | None = None,
+) -> None:
     """Add metrics, images, tags and text files to an existing run (a finished training run, say)."""
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
@@ -297,8 +310,9 @@ def log_to_run(run_id: str, metrics: dict[str, float], images: dict[str, np.ndar
         _log_outputs(metrics, images, tags or {}, texts or {})
 
 
-def _log_outputs(metrics: dict[str, float], images: dict[str, np.ndarray], tags: dict[str, str],
-                 texts: dict[str, str]) -> None:
+def _log_outputs(
+    metrics: dict[str, float], images: dict[str, np.ndarray], tags: dict[str, str], texts: dict[str, str]
+) -> None:
     """Into the active run; the metrics before the tags, which (:data:`INFERENCE_KEY`) say what they are."""
     mlflow = _mlflow()
     log_metrics(metrics)
@@ -309,9 +323,15 @@ def _log_outputs(metrics: dict[str, float], images: dict[str, np.ndarray], tags:
         mlflow.log_text(text, artifact_file)
 
 
-def log_evaluation(run_id: str, settings: Mapping[str, Any], model_settings: Mapping[str, Any],
-                   metrics: dict[str, float], images: dict[str, np.ndarray], tags: dict[str, str],
-                   texts: dict[str, str]) -> str:
+def log_evaluation(
+    run_id: str,
+    settings: Mapping[str, Any],
+    model_settings: Mapping[str, Any],
+    metrics: dict[str, float],
+    images: dict[str, np.ndarray],
+    tags: dict[str, str],
+    texts: dict[str, str],
+) -> str:
     """Log an evaluation made with inference ``settings`` of the model of training run ``run_id``, whose
     file carries ``model_settings``; returns the id of the run it went to.
 
@@ -331,8 +351,11 @@ def log_evaluation(run_id: str, settings: Mapping[str, Any], model_settings: Map
     mlflow.set_tracking_uri(tracking_uri())
     with store_errors():
         experiment_id = tracker.get_run(run_id).info.experiment_id
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{key}",
-                              tags=run_tags({**tags, PARENT_RUN: run_id, INFERENCE_KEY: key})) as nested:
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"evaluate-{key}",
+            tags=run_tags({**tags, PARENT_RUN: run_id, INFERENCE_KEY: key}),
+        ) as nested:
             mlflow.log_params(described)
             _log_outputs(metrics, images, {}, texts)
     return nested.info.run_id

@@ -83,8 +83,9 @@ class World:
             return model
         if self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                       static_graph=True)
+        return DistributedDataParallel(
+            model, device_ids=[self.device] if self.device.type == "cuda" else None, static_graph=True
+        )
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (batch-norm running statistics), so all hold one model."""

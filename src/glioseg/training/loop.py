@@ -1,7 +1,7 @@
 """The training loop: seeded, in-memory batches, AMP on CUDA, best/last checkpoints and resume.
 
 Data never leave memory: the cached uint8 arrays become tensors on the training device once,
-and each epoch draws a permutation and applies :class:`~glioseg.data.transforms.BatchAugment` to
+and each epoch draws a permutation and applies :class:`~glioseg.data.batch_augment.BatchAugment` to
 whole batches. ``checkpoint_dir/last.pt`` is rewritten after every epoch (atomically) with the
 optimiser and random-generator states, so an interrupted run resumes where it stopped and ends
 with the same weights as an uninterrupted one. It is only resumed when its fingerprint (params
@@ -28,8 +28,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from glioseg.config.schema import Params
+from glioseg.data.batch_augment import BatchAugment, host_to_device
 from glioseg.data.cache import SliceArrays
-from glioseg.data.transforms import BatchAugment, host_to_device, pipelines_from_dict
+from glioseg.data.transforms import pipelines_from_dict
 from glioseg.device import autocast, autocast_dtype, kernel_name, precision_name, select_device, to_tensor
 from glioseg.errors import ConfigError, DataError, TrainingError
 from glioseg.metrics import Regions, region_confusion_tensor, summarise
@@ -53,8 +54,9 @@ def check_finite(row: dict[str, float], epoch: int, last_path: Path) -> None:
     if bad:
         kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch is kept"
         losses = ", ".join(f"{key} {value}" for key, value in bad.items())
-        raise TrainingError(f"epoch {epoch}: {losses}, not finite; training stopped and {kept} "
-                            "(lower lr or set train.clip_grad_norm)")
+        raise TrainingError(
+            f"epoch {epoch}: {losses}, not finite; training stopped and {kept} (lower lr or set train.clip_grad_norm)"
+        )
 
 
 @dataclass
@@ -98,8 +100,9 @@ def epoch_summary(counts: np.ndarray, patients: np.ndarray, loss: float) -> dict
     per_region = []
     for region in range(counts.shape[1]):
         stats = summarise(pd.DataFrame(counts[:, region], columns=["tp", "fp", "fn", "tn"]).assign(patient=patients))
-        per_region.append([stats["dice_patient_mean"], stats["iou_patient_mean"],
-                           stats.get("dice_positive_slice_mean", float("nan"))])
+        per_region.append(
+            [stats["dice_patient_mean"], stats["iou_patient_mean"], stats.get("dice_positive_slice_mean", float("nan"))]
+        )
     dice, iou, dice_positive = np.nanmean(np.array(per_region), axis=0) if per_region else [float("nan")] * 3
     return {"loss": loss, "dice": float(dice), "iou": float(iou), "dice_positive_slice": float(dice_positive)}
 
@@ -125,9 +128,7 @@ def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
 
 
 class Trainer:
-    def __init__(
-        self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str
-    ):
+    def __init__(self, params: Params, train: SliceArrays, val: SliceArrays, pipelines: dict, fingerprint: str):
         self.params = params
         self.pipelines = pipelines
         self.fingerprint = fingerprint
@@ -136,8 +137,10 @@ class Trainer:
         if params.train.batch_dice and self.world.distributed:
             # Each rank sees only its share of the batch, so one Dice over the global batch would need
             # the ranks' pixel counts gathered with their gradients; the shares' weighted Dice is another loss.
-            raise ConfigError("train.batch_dice: true is not supported under torchrun (each rank sees only "
-                              "its share of the batch); set train.batch_dice: false to train with DDP")
+            raise ConfigError(
+                "train.batch_dice: true is not supported under torchrun (each rank sees only "
+                "its share of the batch); set train.batch_dice: false to train with DDP"
+            )
         self.precision = autocast_dtype(self.device, params.train.amp, cpu=True)
         seed_everything(params.seed)
         if params.run.threads:
@@ -146,22 +149,35 @@ class Trainer:
         self.train_data = DeviceArrays.from_arrays(train, self.device)
         self.val_data = DeviceArrays.from_arrays(val, self.device)
         weight = params.train.weight_map
-        self.loss_fn = SegmentationLoss(params.loss, w0=weight.w0, sigma=weight.sigma,
-                                        class_weights=class_weights(params, train.masks),
-                                        batch_dice=params.train.batch_dice)
+        self.loss_fn = SegmentationLoss(
+            params.loss,
+            w0=weight.w0,
+            sigma=weight.sigma,
+            class_weights=class_weights(params, train.masks),
+            batch_dice=params.train.batch_dice,
+        )
         self.regions: Regions = params.regions()
         model = build_model(params.model).to(self.device).to(memory_format=torch.channels_last)
         network = self.world.wrap(model)  # DDP under torchrun, else the model itself
         self.model = distributed.unwrap(network)
         # What the training step calls. Validation, state dicts and checkpoints use the plain module.
         # torch.compile is typed for any callable; a module's compiled form is a module.
-        self.network = network if params.train.compile == "none" else cast(torch.nn.Module, torch.compile(
-            network, mode=None if params.train.compile == "default" else params.train.compile))
+        self.network = (
+            network
+            if params.train.compile == "none"
+            else cast(
+                torch.nn.Module,
+                torch.compile(network, mode=None if params.train.compile == "default" else params.train.compile),
+            )
+        )
         # One fused kernel for the whole update: per-tensor Adam is a large share of a small U-Net's CPU step.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr, fused=True)
         # Batch-norm statistics are averaged with the weights (use_buffers), so the average is a whole model.
-        self.average = None if params.train.ema is None else AveragedModel(
-            self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
+        self.average = (
+            None
+            if params.train.ema is None
+            else AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(params.train.ema), use_buffers=True)
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epochs_done = 0
         has_foreground = train.masks.reshape(len(train.masks), -1).any(axis=1)
@@ -305,8 +321,13 @@ class Trainer:
             return None
         return state if state.get("fingerprint") == self.fingerprint else None
 
-    def fit(self, checkpoint_dir: Path, on_epoch: EpochCallback | None = None,
-            run_id: str | None = None, resume: bool = True) -> TrainOutcome:
+    def fit(
+        self,
+        checkpoint_dir: Path,
+        on_epoch: EpochCallback | None = None,
+        run_id: str | None = None,
+        resume: bool = True,
+    ) -> TrainOutcome:
         """Train to ``params.epochs``, resuming ``checkpoint_dir/last.pt`` when it is this run's (and ``resume``).
 
         ``run_id`` (the MLflow run the epochs are logged to) is kept in every checkpoint, so a
@@ -324,15 +345,25 @@ class Trainer:
         resumed_from = start_epoch - 1
         best_score = max((row["val_dice"] for row in history), default=-1.0)
         epochs = range(start_epoch, self.params.epochs + 1)
-        for epoch in tqdm(epochs, desc="train", unit="epoch", initial=resumed_from, total=self.params.epochs,
-                          disable=not self.world.main):
+        for epoch in tqdm(
+            epochs,
+            desc="train",
+            unit="epoch",
+            initial=resumed_from,
+            total=self.params.epochs,
+            disable=not self.world.main,
+        ):
             began = time.perf_counter()
             train_stats = self.train_epoch()
             self.world.sync_buffers(self.kept_model)  # every rank validates the same model: rank 0's
             val_stats = self.validate()
-            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
-                   **{f"val_{k}": v for k, v in val_stats.items()}, "lr": self.optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - began}
+            row = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train_stats.items()},
+                **{f"val_{k}": v for k, v in val_stats.items()},
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - began,
+            }
             check_finite(row, epoch, last_path)
             history.append(row)
             if self.params.train.keep == "last" or row["val_dice"] > best_score:
@@ -348,7 +379,13 @@ class Trainer:
     def payload(self, **meta: Any) -> dict[str, Any]:
         """The model file's content; its meta records the precision and kernels it trained with (each
         changes the numbers)."""
-        return model_payload(self.kept_model, self.params.model, self.pipelines, self.params.inference,
-                             self.params.data_card(), training_precision=precision_name(self.precision),
-                             training_kernels=kernel_name(self.device), **meta)
-
+        return model_payload(
+            self.kept_model,
+            self.params.model,
+            self.pipelines,
+            self.params.inference,
+            self.params.data_card(),
+            training_precision=precision_name(self.precision),
+            training_kernels=kernel_name(self.device),
+            **meta,
+        )

@@ -156,8 +156,11 @@ class SegmentationLoss(nn.Module):
         terms = []
         if self.name in ("wbce", "combined"):
             weights = weight_map(
-                labels, distance_sum[:, 0] if multiclass else distance_sum,
-                w0=self.w0, sigma=self.sigma, class_weights=self.class_weights,
+                labels,
+                distance_sum[:, 0] if multiclass else distance_sum,
+                w0=self.w0,
+                sigma=self.sigma,
+                class_weights=self.class_weights,
             )
             cross_entropy = weighted_cross_entropy if multiclass else weighted_bce
             terms.append(cross_entropy(logits, labels, weights))
@@ -167,5 +170,7 @@ class SegmentationLoss(nn.Module):
         return torch.stack(terms).sum()
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, w0={self.w0}, sigma={self.sigma}, class_weights={self.class_weights}, "
-                f"batch_dice={self.batch_dice}")
+        return (
+            f"name={self.name!r}, w0={self.w0}, sigma={self.sigma}, class_weights={self.class_weights}, "
+            f"batch_dice={self.batch_dice}"
+        )

@@ -98,9 +98,7 @@ def save_volume(data: np.ndarray, matrix: np.ndarray, path: Path) -> None:
     nib.save(image, path)
 
 
-def generate_brats(
-    dest: Path, cases: int, slices: int, size: int, seed: int, suffixes: dict[str, str]
-) -> list[str]:
+def generate_brats(dest: Path, cases: int, slices: int, size: int, seed: int, suffixes: dict[str, str]) -> list[str]:
     """Write ``cases`` phantom cases under ``dest``, one file per key of ``suffixes``; return their names."""
     shape = (size, size, slices)
     matrix = affine(shape)

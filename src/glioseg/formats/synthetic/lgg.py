@@ -223,9 +223,7 @@ def _tumour_mask(volume: Volume, z: int, coords: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _ellipse_radius2(
-    coords: np.ndarray, centre: tuple[float, float], axes: tuple[float, float]
-) -> np.ndarray:
+def _ellipse_radius2(coords: np.ndarray, centre: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
     """Squared normalised radius of every pixel for an axis-aligned ellipse (1 on its outline)."""
     dx2 = ((coords - centre[0]) / axes[0]) ** 2
     dy2 = ((coords - centre[1]) / axes[1]) ** 2

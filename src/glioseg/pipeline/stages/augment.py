@@ -26,8 +26,7 @@ def preview(pipeline: A.Compose, images: np.ndarray, masks: np.ndarray, seed: in
     panels = []
     for image, mask in zip(images, masks):
         out = geometry(image=image, mask=mask)
-        panels += [display_image(image), class_colours(mask), display_image(out["image"]),
-                   class_colours(out["mask"])]
+        panels += [display_image(image), class_colours(mask), display_image(out["image"]), class_colours(out["mask"])]
     return panels
 
 

@@ -17,8 +17,14 @@ from glioseg.errors import InputWarning, RepairedInput, SkippedInput
 
 def fetch(params: Params) -> dict[str, Any]:
     data = params.data
-    manifest = params.format.fetch(data.source, paths.raw_cases(params.format.raw_name), paths.MANIFEST,
-                                   patients=data.patients, synthetic=data.synthetic, settings=params.format_settings)
+    manifest = params.format.fetch(
+        data.source,
+        paths.raw_cases(params.format.raw_name),
+        paths.MANIFEST,
+        patients=data.patients,
+        synthetic=data.synthetic,
+        settings=params.format_settings,
+    )
     return {params.format.case_noun: manifest["patient"].nunique(), params.format.slice_noun: len(manifest)}
 
 
@@ -32,5 +38,7 @@ def run(params: Params) -> dict[str, Any]:
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return summary | {"repaired": sum(issubclass(w.category, RepairedInput) for w in notes),
-                      "skipped": sum(issubclass(w.category, SkippedInput) for w in notes)}
+    return summary | {
+        "repaired": sum(issubclass(w.category, RepairedInput) for w in notes),
+        "skipped": sum(issubclass(w.category, SkippedInput) for w in notes),
+    }

@@ -24,9 +24,7 @@ from glioseg.tracking import store as tracking
 from glioseg.training import distributed
 
 
-def evaluate_run(
-    model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, params: Params
-) -> dict[str, Any]:
+def evaluate_run(model_path: Path, subsets: tuple[str, ...], out_dir: Path | None, params: Params) -> dict[str, Any]:
     """Evaluate a model on cached subsets with ``params.inference``; log the results under the model's MLflow run
     (to the run itself only with the inference settings the model file carries: :func:`tracking.log_evaluation`).
 
@@ -54,16 +52,26 @@ def evaluate_run(
         if out_dir is not None and subset == subsets[0]:
             images = write_outputs(result, part, out_dir)
     if run_id:
-        flat = {f"{subset}_{k}": v for subset, summary in results.items() for k, v in flatten(summary).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = {
+            f"{subset}_{k}": v
+            for subset, summary in results.items()
+            for k, v in flatten(summary).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         numerics = recorded_numerics(loaded.meta)
-        site = {"test_site": protocol["split"]["test_site"], "split_sites": str(protocol["split"]["sites"])} \
-            if "test_site" in protocol["split"] else {}
+        site = (
+            {"test_site": protocol["split"]["test_site"], "split_sites": str(protocol["split"]["sites"])}
+            if "test_site" in protocol["split"]
+            else {}
+        )
         settings, own = params.inference.model_dump(mode="json"), loaded.inference.model_dump(mode="json")
         logged = tracking.log_evaluation(run_id, settings, own, flat, images, numerics | site, tables)
         if logged != run_id:
-            print(f"note: {model_path} carries inference settings {own}; this evaluation with {settings} is "
-                  f"logged to MLflow run {logged}, nested under the model's run {run_id}", file=sys.stderr)
+            print(
+                f"note: {model_path} carries inference settings {own}; this evaluation with {settings} is "
+                f"logged to MLflow run {logged}, nested under the model's run {run_id}",
+                file=sys.stderr,
+            )
     return {"mlflow_run_id": run_id, **results}
 
 
@@ -77,5 +85,3 @@ def run(params: Params) -> dict[str, Any]:
     result = evaluate_run(paths.MODEL, ("test", "train"), paths.EVALUATION, params)
     write_json(paths.TEST_METRICS, {"test": result["test"], "train": result["train"]})
     return result
-
-

@@ -51,20 +51,40 @@ def collect_runs(params: Params) -> list[RunResult]:
     """The main run (train + evaluate stages) and every sweep run found under runs/."""
     main_metrics = _read(paths.TEST_METRICS)
     main = RunResult(
-        name="train", loss=params.loss, lr=params.lr, epochs=params.epochs,
+        name="train",
+        loss=params.loss,
+        lr=params.lr,
+        epochs=params.epochs,
         run_id=_read(paths.TRAIN_METRICS).get("mlflow_run_id", ""),
-        train=main_metrics["train"], test=main_metrics["test"],
+        train=main_metrics["train"],
+        test=main_metrics["test"],
     )
     runs = [main]
     for name in params.sweeps:
         data = _read(paths.sweep_dir(name) / "metrics.json")
-        runs.append(RunResult(name, data["loss"], float(data["lr"]), int(data["epochs"]),
-                              data["mlflow_run_id"], data["train"], data["test"]))
+        runs.append(
+            RunResult(
+                name,
+                data["loss"],
+                float(data["lr"]),
+                int(data["epochs"]),
+                data["mlflow_run_id"],
+                data["train"],
+                data["test"],
+            )
+        )
     return runs
 
 
-RUN_COLUMNS = ["train Dice", "test Dice", "test Dice 95% CI", "test IoU", "test Dice (tumour slices)", "MLflow run",
-               "learned"]
+RUN_COLUMNS = [
+    "train Dice",
+    "test Dice",
+    "test Dice 95% CI",
+    "test IoU",
+    "test Dice (tumour slices)",
+    "MLflow run",
+    "learned",
+]
 
 
 def interval_text(summary: dict, metric: str) -> str:
@@ -77,12 +97,18 @@ def _row(run: RunResult | None) -> dict[str, object]:
     """A table row's run columns; all missing (NaN) when no run has the row's configuration."""
     if run is None:
         return dict.fromkeys(RUN_COLUMNS, np.nan)
-    failure = learning_failure(run.train.get("dice_positive_slice_mean", np.nan), run.train.get("sensitivity"),
-                               run.train.get("specificity"))
-    values = [run.train["dice_patient_mean"], run.test["dice_patient_mean"],
-              interval_text(run.test, "dice_patient_mean"), run.test["iou_patient_mean"],
-              run.test.get("dice_positive_slice_mean", np.nan), f"`{run.run_id}` ({run.name})",
-              "yes" if failure is None else f"**no**: {failure}"]
+    failure = learning_failure(
+        run.train.get("dice_positive_slice_mean", np.nan), run.train.get("sensitivity"), run.train.get("specificity")
+    )
+    values = [
+        run.train["dice_patient_mean"],
+        run.test["dice_patient_mean"],
+        interval_text(run.test, "dice_patient_mean"),
+        run.test["iou_patient_mean"],
+        run.test.get("dice_positive_slice_mean", np.nan),
+        f"`{run.run_id}` ({run.name})",
+        "yes" if failure is None else f"**no**: {failure}",
+    ]
     return dict(zip(RUN_COLUMNS, values))
 
 
@@ -100,8 +126,14 @@ def loss_table(runs: list[RunResult], params: Params) -> pd.DataFrame:
     rows = []
     for loss, label in LOSS_LABELS.items():
         theirs = SEED_LOSS_TABLE[loss]
-        rows.append({"loss": label, **_row(by_loss.get(loss)), "seed 004 train Dice (theirs)": theirs[0],
-                     "seed 004 test Dice (theirs)": theirs[1]})
+        rows.append(
+            {
+                "loss": label,
+                **_row(by_loss.get(loss)),
+                "seed 004 train Dice (theirs)": theirs[0],
+                "seed 004 test Dice (theirs)": theirs[1],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,21 +144,38 @@ def lr_table(runs: list[RunResult]) -> pd.DataFrame:
 
 
 def seed_lr_table() -> pd.DataFrame:
-    return pd.DataFrame([{"lr": f"{lr:g}", "epochs": epochs, "train Dice": train, "test Dice": test}
-                         for lr, (epochs, train, test) in SEED_LR_TABLE.items()])
+    return pd.DataFrame(
+        [
+            {"lr": f"{lr:g}", "epochs": epochs, "train Dice": train, "test Dice": test}
+            for lr, (epochs, train, test) in SEED_LR_TABLE.items()
+        ]
+    )
 
 
 def data_summary(labels: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     def count(name: str, rows: pd.DataFrame) -> dict[str, object]:
         positive = int(rows["diagnosis"].sum())
-        return {"slices": name, "total": len(rows), "positive": positive, "negative": len(rows) - positive,
-                "patients": rows["patient"].nunique()}
+        return {
+            "slices": name,
+            "total": len(rows),
+            "positive": positive,
+            "negative": len(rows) - positive,
+            "patients": rows["patient"].nunique(),
+        }
 
-    counts = pd.DataFrame([count("all pairs", labels), count("removed (dark)", labels[labels["kept"] == 0]),
-                           count("kept", labels[labels["kept"] == 1])])
-    sizes = split.groupby("subset").agg(
-        patients=("patient", "nunique"), slices=("slice", "size"), positive=("diagnosis", "sum")
-    ).reindex(["train", "val", "test"]).reset_index()
+    counts = pd.DataFrame(
+        [
+            count("all pairs", labels),
+            count("removed (dark)", labels[labels["kept"] == 0]),
+            count("kept", labels[labels["kept"] == 1]),
+        ]
+    )
+    sizes = (
+        split.groupby("subset")
+        .agg(patients=("patient", "nunique"), slices=("slice", "size"), positive=("diagnosis", "sum"))
+        .reindex(["train", "val", "test"])
+        .reset_index()
+    )
     return counts, sizes
 
 
@@ -146,12 +195,24 @@ def class_table(labels: pd.DataFrame) -> pd.DataFrame | None:
     if not columns:
         return None
     kept = labels[labels["kept"] == 1]
-    return pd.DataFrame([{"class": c.removesuffix("_pixels"), "pixels": int(kept[c].sum()),
-                          "slices": int((kept[c] > 0).sum())} for c in columns])
+    return pd.DataFrame(
+        [
+            {"class": c.removesuffix("_pixels"), "pixels": int(kept[c].sum()), "slices": int((kept[c] > 0).sum())}
+            for c in columns
+        ]
+    )
 
 
-REGION_METRICS = ("dice_patient_mean", "iou_patient_mean", "dice_pooled", "precision", "sensitivity",
-                  "hd95_patient_mean", "hd95_missed_tumour", "hd95_false_positive")
+REGION_METRICS = (
+    "dice_patient_mean",
+    "iou_patient_mean",
+    "dice_pooled",
+    "precision",
+    "sensitivity",
+    "hd95_patient_mean",
+    "hd95_missed_tumour",
+    "hd95_false_positive",
+)
 
 
 def region_table(metrics: dict) -> pd.DataFrame | None:
@@ -189,9 +250,14 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
         number = metrics[subset].get(key, np.nan)
         return str(int(number)) if key in INTEGER_KEYS and not np.isnan(number) else float(number)
 
-    return pd.DataFrame({"metric": keys, "test": [value("test", k) for k in keys],
-                         "test 95% CI": [interval_text(metrics["test"], k) for k in keys],
-                         "train": [value("train", k) for k in keys]})
+    return pd.DataFrame(
+        {
+            "metric": keys,
+            "test": [value("test", k) for k in keys],
+            "test 95% CI": [interval_text(metrics["test"], k) for k in keys],
+            "train": [value("train", k) for k in keys],
+        }
+    )
 
 
 # Metrics shown as integers: the evaluation's counts and the training summary's.
@@ -212,8 +278,9 @@ def _md(frame: pd.DataFrame) -> str:
 def build_report(params: Params) -> Path:
     labels = pd.read_csv(paths.LABELS)
     split = pd.read_csv(paths.SPLIT)
-    removed = labels[labels["kept"] == 0].merge(pd.read_csv(paths.REMOVED)[["patient", "slice", "mean_intensity"]],
-                                                on=["patient", "slice"])
+    removed = labels[labels["kept"] == 0].merge(
+        pd.read_csv(paths.REMOVED)[["patient", "slice", "mean_intensity"]], on=["patient", "slice"]
+    )
     history = pd.read_csv(paths.TRAIN_HISTORY)
     runs = collect_runs(params)
     counts, sizes = data_summary(labels, split)
@@ -244,15 +311,21 @@ def build_report(params: Params) -> Path:
             "score a Dice near 0): its figures are no result; rerun it with another lr or more epochs.",
             "HD95 means count every patient: a missed tumour, or a tumour predicted in a patient without one,",
             "scores the diagonal of that patient's evaluation grid (`protocol.hd95` in `metrics/test.json`).",
-            *(["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
-              if len(params.regions()) > 1 else []),
+            *(
+                ["With several evaluation regions (BraTS) each Dice is the mean over the regions."]
+                if len(params.regions()) > 1
+                else []
+            ),
             "",
             "## Data",
             "",
             _md(counts),
             "",
-            *(["Tumour classes (kept slices, after the label map):", "", _md(classes), ""]
-              if classes is not None else []),
+            *(
+                ["Tumour classes (kept slices, after the label map):", "", _md(classes), ""]
+                if classes is not None
+                else []
+            ),
             "Split (by " + params.split.by + "):",
             "",
             _md(sizes),
@@ -268,9 +341,17 @@ def build_report(params: Params) -> Path:
             "",
             _md(metrics_table(test_metrics)),
             "",
-            *(["Per region (the summary above averages them; `onehot_*` and `mean_iou_classes` are the",
-               "seeds' Keras pixel metrics, background included):", "", _md(regions), ""]
-              if regions is not None else []),
+            *(
+                [
+                    "Per region (the summary above averages them; `onehot_*` and `mean_iou_classes` are the",
+                    "seeds' Keras pixel metrics, background included):",
+                    "",
+                    _md(regions),
+                    "",
+                ]
+                if regions is not None
+                else []
+            ),
             *[f"![{name}](evaluation/{name})" for name in evaluation],
             "",
             f"## Table 1: loss configuration (lr {params.lr:g}, {params.epochs} epochs)",
@@ -293,8 +374,10 @@ def build_report(params: Params) -> Path:
         ]
     )
     write_text(paths.REPORT, text)
-    write_text(figures / "tables.json", json.dumps({"loss": losses.to_dict("records"), "lr": lrs.to_dict("records")},
-                                                    indent=2, default=str))
+    write_text(
+        figures / "tables.json",
+        json.dumps({"loss": losses.to_dict("records"), "lr": lrs.to_dict("records")}, indent=2, default=str),
+    )
     return paths.REPORT
 
 

@@ -20,9 +20,9 @@ import torch
 from glioseg import paths
 from glioseg.config.numerics import recorded_numerics
 from glioseg.config.schema import Params
+from glioseg.data.batch_augment import eval_normaliser
 from glioseg.data.cache import SliceArrays, load_cache
 from glioseg.data.context import centre_slice
-from glioseg.data.transforms import eval_normaliser
 from glioseg.errors import DataError
 from glioseg.evaluation.learning import learning_failure, not_learned_warning
 from glioseg.figures import figure_to_array, learning_curves, overlay, overlay_grid
@@ -91,8 +91,9 @@ class RunLogger:
         return figure_to_array(overlay_grid(panels, titles, columns=len(panels)))
 
 
-def train_run(params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None,
-              register: bool = False) -> dict[str, Any]:
+def train_run(
+    params: Params, run_name: str, out_dir: Path, tags: dict[str, str] | None = None, register: bool = False
+) -> dict[str, Any]:
     """Train one model, tracked as one MLflow run; writes ``out_dir``/model.pt, train.json, history.csv.
 
     ``register`` adds the model to the registry as a version of ``glioseg-<dataset>``. Under
@@ -123,13 +124,23 @@ def _resumed_run(trainer: Trainer, checkpoints: Path) -> tuple[bool, str | None]
     run_id = state.get("mlflow_run_id") if state else None
     if state is None or run_id is None or tracking.run_exists(run_id):
         return True, run_id
-    print(f"warning: {checkpoints / 'last.pt'}: its MLflow run {run_id} is not in {tracking.tracking_uri()}; "
-          "training starts over, logged to a new run", file=sys.stderr)
+    print(
+        f"warning: {checkpoints / 'last.pt'}: its MLflow run {run_id} is not in {tracking.tracking_uri()}; "
+        "training starts over, logged to a new run",
+        file=sys.stderr,
+    )
     return False, None
 
 
-def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: Path, tags: dict[str, str],
-                      arrays: SliceArrays, register: bool) -> dict[str, Any]:
+def _tracked_training(
+    trainer: Trainer,
+    params: Params,
+    run_name: str,
+    out_dir: Path,
+    tags: dict[str, str],
+    arrays: SliceArrays,
+    register: bool,
+) -> dict[str, Any]:
     """Rank 0's side of :func:`train_run`: one MLflow run for the whole training, resumed runs included."""
     checkpoints = out_dir / "checkpoints"
     resume, run_id = _resumed_run(trainer, checkpoints)
@@ -141,10 +152,13 @@ def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: 
             tracking.log_artifact(paths.AUGMENT, "augment")
             tracking.log_training_data(
                 pd.DataFrame({"patient": arrays.patient, "slice": arrays.slice, "subset": arrays.subset}),
-                name=f"{params.dataset}-{params.split.by}-split", source=str(paths.CACHE),
-                tags={"cache_sha256": tracking.file_sha256(paths.CACHE)})
-        outcome = trainer.fit(checkpoints, RunLogger(params, val, trainer.pipelines), run_id=run.info.run_id,
-                              resume=resume)
+                name=f"{params.dataset}-{params.split.by}-split",
+                source=str(paths.CACHE),
+                tags={"cache_sha256": tracking.file_sha256(paths.CACHE)},
+            )
+        outcome = trainer.fit(
+            checkpoints, RunLogger(params, val, trainer.pipelines), run_id=run.info.run_id, resume=resume
+        )
         best = {**outcome.best, "meta": {**outcome.best["meta"], "mlflow_run_id": run.info.run_id}}
         save_checkpoint(out_dir / "model.pt", best)
         tracking.log_artifact(out_dir / "model.pt", "checkpoint")
@@ -168,14 +182,19 @@ def _tracked_training(trainer: Trainer, params: Params, run_name: str, out_dir: 
         model.load_state_dict(best["state_dict"])
         tracking.log_model(model)
         if register:
-            summary["registered_version"] = tracking.register_checkpoint(run.info.run_id, params.dataset, {
-                "data_manifest_sha256": tracking.file_sha256(paths.MANIFEST), "best_epoch": str(outcome.best_epoch),
-                "val_dice": f"{summary['val']['dice']:.4f}", **recorded_numerics(best["meta"])})
+            summary["registered_version"] = tracking.register_checkpoint(
+                run.info.run_id,
+                params.dataset,
+                {
+                    "data_manifest_sha256": tracking.file_sha256(paths.MANIFEST),
+                    "best_epoch": str(outcome.best_epoch),
+                    "val_dice": f"{summary['val']['dice']:.4f}",
+                    **recorded_numerics(best["meta"]),
+                },
+            )
     return summary
 
 
 def run(params: Params) -> dict[str, Any]:
     """The train stage: the main model -> models/model.pt, train.json, history.csv, a registered version."""
     return train_run(params, "train", paths.MODELS, register=True)
-
-
