@@ -79,6 +79,13 @@ def test_five_folds_partition_the_patients():
     assert sum(len(t) for t in tests) == 50
 
 
+def test_fewer_patients_than_folds_is_one_line_naming_the_key():
+    with pytest.raises(DataError, match=r"^split.folds: 5 folds need at least 5 patients; the data has 3$"):
+        split_slices(make_labels(3), SplitParams(folds=5, fold=0), seed=4)
+    with pytest.raises(DataError, match=r"^split.folds: 5 folds need at least 5 patients; the data has 4$"):
+        split_slices(make_labels(4), SplitParams(folds=5, fold=0, fold_is="val"), seed=4)
+
+
 def test_fold_params_are_checked():
     from glioseg.config.schema import parse_params
     from glioseg.errors import ConfigError

@@ -42,7 +42,7 @@ def subset_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
         if frac > 0 and sizes[name] == 0:
             donor = max(sizes, key=lambda name: sizes[name])
             if sizes[donor] <= 1:
-                raise DataError(f"cannot split {n} items into {', '.join(fractions)}: too few")
+                raise DataError(f"cannot split {n} items into {', '.join(map(str, fractions))}: too few")
             sizes[donor] -= 1
             sizes[name] += 1
     return sizes
@@ -72,6 +72,9 @@ def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Seri
     """k-fold by patient: fold ``params.fold`` is the test set, val is drawn from the others; or, with
     ``fold_is: val``, the test set is the patient split's and fold ``params.fold`` of the rest is val."""
     # Fold numbers stand in for subset names: the folds are dealt as the subsets are.
+    if len(burden) < params.folds:
+        raise DataError(f"split.folds: {params.folds} folds need at least {params.folds} patients; the data has "
+                        f"{len(burden)}")
     shares: dict[Any, float] = dict.fromkeys(range(params.folds), 1 / params.folds)
     if params.fold_is == "val":
         fractions = {name: getattr(params, name) for name in SUBSETS}
