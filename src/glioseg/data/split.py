@@ -73,8 +73,9 @@ def fold_assign(burden: pd.DataFrame, params: SplitParams, seed: int) -> pd.Seri
     ``fold_is: val``, the test set is the patient split's and fold ``params.fold`` of the rest is val."""
     # Fold numbers stand in for subset names: the folds are dealt as the subsets are.
     if len(burden) < params.folds:
-        raise DataError(f"split.folds: {params.folds} folds need at least {params.folds} patients; the data has "
-                        f"{len(burden)}")
+        raise DataError(
+            f"split.folds: {params.folds} folds need at least {params.folds} patients; the data has {len(burden)}"
+        )
     shares: dict[Any, float] = dict.fromkeys(range(params.folds), 1 / params.folds)
     if params.fold_is == "val":
         fractions = {name: getattr(params, name) for name in SUBSETS}
