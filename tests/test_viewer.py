@@ -634,7 +634,7 @@ def test_page_shows_a_brats_case_per_region_and_downloads_its_label_volume(
         caption = page.find('[data-testid="stImage"]')[0].text
         assert "left: truth, right: prediction" in caption and "yellow: enhancing" in caption
         button = page.find('[data-testid="stDownloadButton"] button')[0]
-        assert button.text == "Download predicted label volume (NIfTI)"
+        assert button.text == f"Download predicted label volume ({name}_pred.nii.gz)"
         button.click()
         download = tmp_path / "downloads" / f"{name}_pred.nii.gz"
         page.wait.until(lambda _: download.is_file() and download.stat().st_size > 0)

@@ -279,6 +279,11 @@ def prediction_download(result: CaseResult) -> tuple[bytes, str, str]:
         return buffer.getvalue(), f"{result.name}_masks.zip", "application/zip"
 
 
+def download_name(file_name: str) -> str:
+    """What the download button offers: the case's one prediction file (a label volume), or its masks zipped."""
+    return "masks (zip)" if file_name.endswith(".zip") else f"label volume ({file_name})"
+
+
 def page_message(message: str, server_folders: Iterable[Path]) -> str:
     """An error as the page shows it: the server's own folders (uploads, temp) are left out of paths.
 

@@ -139,7 +139,7 @@ def main() -> None:
     with numbers_column:
         show_numbers(result, table, index)
         data, file_name, mime = cached_download(result, *key)
-        kind = "label volume (NIfTI)" if result.reference is not None else "masks (zip)"
+        kind = logic.download_name(file_name)
         st.download_button(f"Download predicted {kind}", data, file_name=file_name, mime=mime)
     with st.expander("Per-slice areas and Dice"):
         st.dataframe(table, hide_index=True)
